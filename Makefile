@@ -1,0 +1,92 @@
+# AlignKit — every entry point a developer or a user needs. `make help` lists them.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE := $(VENV)/lib/python3.11/site-packages
+APT_PACKAGES := python3-qgis qgis qgis-providers xvfb xauth python3-venv python3-numpy python3-scipy \
+                python3-pyproj python3-gdal python3-matplotlib
+QGIS_PROCESS := tools/qgis_process.sh
+OUT ?= out/result.gpkg
+DEMO_DIR := out/demo
+
+.PHONY: help setup test test-fast demo priors align align-stack bench lint package install screenshot clean
+
+help:
+	@echo "make setup                         install QGIS (apt), .venv and Python dependencies (idempotent)"
+	@echo "make test                          run the whole test suite (core + QGIS, offscreen)"
+	@echo "make demo                          generate a synthetic survey and align it through qgis_process"
+	@echo "make priors IMAGES=dir OUT=f.gpkg [CRS=EPSG:n]   camera priors and predicted footprints"
+	@echo "make align IMAGES=dir OUT=f.gpkg [CRS=EPSG:n]    drone photo alignment"
+	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m]   image stack registration"
+	@echo "make bench                         benchmarks, figures as JSON under bench/"
+	@echo "make lint | package | install | screenshot"
+
+# ---- set-up: each step leaves a stamp so a second run is quiet and quick ----
+setup: $(VENV)/.deps-stamp
+
+$(VENV)/.apt-stamp:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing from Debian: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@touch $@
+
+$(VENV)/.deps-stamp: $(VENV)/.apt-stamp requirements.txt requirements-dev.txt
+	@echo "Installing Python dependencies into $(VENV)"
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(PY) -c "import numpy, cv2, scipy, pyproj, exif, qgis.core; assert numpy.__version__ < '2'" \
+	  || { echo "Python dependencies are broken, see above"; exit 1; }
+	@mkdir -p $(VENV)/pkg && ln -sfn "$(CURDIR)" $(VENV)/pkg/alignkit
+	@echo "$(CURDIR)/$(VENV)/pkg" > $(SITE)/alignkit-dev.pth
+	@touch $@
+
+# ---- tests ----
+test: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
+
+test-fast: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow" tests
+
+lint: setup
+	$(PY) -m ruff check .
+
+# ---- jobs, run through qgis_process like a script would ----
+demo: setup
+	$(PY) -m alignkit.tools.demo --out $(DEMO_DIR)
+
+priors: setup
+	@[ -n "$(IMAGES)" ] || { echo "usage: make priors IMAGES=dir OUT=file.gpkg [CRS=EPSG:n]"; exit 2; }
+	$(QGIS_PROCESS) run alignkit:photopriors -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)")
+
+align: setup
+	@[ -n "$(IMAGES)" ] || { echo "usage: make align IMAGES=dir OUT=file.gpkg [CRS=EPSG:n]"; exit 2; }
+	$(QGIS_PROCESS) run alignkit:alignphotos -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)")
+
+align-stack: setup
+	@[ -n "$(INPUT)" ] || { echo "usage: make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m]"; exit 2; }
+	$(QGIS_PROCESS) run alignkit:alignstack -- INPUT="$(INPUT)" OUTPUT_FOLDER="$(OUT)" \
+	  $(if $(REFERENCE),REFERENCE="$(REFERENCE)") $(if $(MODEL),MODEL="$(MODEL)")
+
+bench: setup
+	$(PY) -m alignkit.tools.bench --out bench
+
+screenshot: setup
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m alignkit.tools.screenshot --out docs
+
+# ---- distribution ----
+package:
+	@rm -rf build/package dist && mkdir -p build/package/alignkit dist
+	@git ls-files -z | grep -zv -E '^(tests/|tools/bench|\.|Makefile|requirements-dev)' | \
+	  xargs -0 -I{} cp --parents {} build/package/alignkit/
+	@cd build/package && zip -q -r ../../dist/alignkit.zip alignkit
+	@echo "dist/alignkit.zip"
+
+install:
+	@d="$${QGIS_PROFILE_DIR:-$$HOME/.local/share/QGIS/QGIS3/profiles/default}/python/plugins"; \
+	mkdir -p "$$d" && ln -sfn "$(CURDIR)" "$$d/alignkit" && echo "linked $$d/alignkit -> $(CURDIR)"
+
+clean:
+	rm -rf build dist out .pytest_cache

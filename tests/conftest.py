@@ -1,0 +1,32 @@
+"""Shared fixtures. `alignkit` is importable through .venv's alignkit-dev.pth (made by `make setup`)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+try:
+    import alignkit  # noqa: F401
+except ImportError:  # running outside `make test`: expose the checkout under its plugin name
+    link_dir = ROOT / ".venv" / "pkg"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    if not (link_dir / "alignkit").exists():
+        (link_dir / "alignkit").symlink_to(ROOT)
+    sys.path.insert(0, str(link_dir))
+
+
+def shared_path(*parts):
+    """A path under ../shared/data, or skip the test with the reason when it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not available: {p}")
+    return p
+
+
+@pytest.fixture
+def shared():
+    return shared_path
