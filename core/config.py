@@ -1,0 +1,59 @@
+"""Configuration of the photo-alignment job. Every default carries a one-line reason."""
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class AlignConfig:
+    images: str = ""  # folder of photos (read only; never written to)
+    output: str = ""  # GeoPackage to write; the summary JSON, PLY and report go beside it
+    workspace: str = ""  # stage products; default: "<output stem>_workspace" beside the output
+    target_crs: str = ""  # e.g. "EPSG:32615"; empty: the UTM zone of the photos' GPS centroid
+
+    # --- features ---
+    max_image_size: int = 3200  # long side of the working image in pixels, as COLMAP's default
+    max_features: int = 8000  # per image; more slows matching with little gain on drone overlap
+    sift_contrast_threshold: float = 0.02  # lower than OpenCV's 0.04: keeps features on low-texture ground
+
+    # --- candidate pairs ---
+    pair_neighbors: int = 12  # k nearest GPS neighbours tried per image: O(N*k) matching
+    pair_overlap_margin: float = 1.5  # also pair images closer than this many footprint widths
+    exhaustive_below: int = 30  # without GPS, match all pairs when there are fewer images than this
+
+    # --- matching ---
+    lowe_ratio: float = 0.8  # Lowe's ratio test threshold (0.8 as in his paper)
+    ransac_threshold_px: float = 1.5  # epipolar inlier threshold in working-image pixels
+    min_inliers: int = 30  # pairs with fewer verified matches are dropped
+    seed: int = 42  # every RNG in the pipeline derives from this
+
+    # --- reconstruction and bundle adjustment ---
+    min_triangulation_angle_deg: float = 1.5  # rays closer than this give depth-unstable points
+    max_reproj_error_px: float = 4.0  # observations beyond this are outliers after each adjustment
+    robust_loss: str = "huber"  # "huber", "cauchy", "soft_l1" or "linear" (scipy loss names)
+    robust_scale_px: float = 1.0  # pixel scale where the robust loss starts to down-weight
+    refine_focal: bool = True  # self-calibrate focal (held near the EXIF prior, see focal_prior_sigma)
+    refine_distortion: bool = True  # estimate radial k1, k2 per camera model
+    focal_prior_sigma: float = 0.05  # relative std of the EXIF focal prior: damps focal/height drift
+    gps_sigma_h_m: float = 0.0  # horizontal GPS std; 0 = estimate from the residuals
+    gps_sigma_v_m: float = 0.0  # vertical GPS std; 0 = estimate from the residuals
+
+    # --- execution ---
+    workers: int = 0  # worker processes for per-image / per-pair work; 0 = number of CPU cores
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+# Quality presets offered in the dock and Processing: (working size, feature count).
+PRESETS = {
+    "fast": {"max_image_size": 1600, "max_features": 4000},
+    "balanced": {"max_image_size": 2400, "max_features": 8000},
+    "accurate": {"max_image_size": 3200, "max_features": 12000},
+}
