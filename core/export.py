@@ -1,0 +1,180 @@
+"""Georeferencing and export: ENU results -> target CRS, GeoPackage layers, PLY, summary.
+
+The solver works in a local ENU frame; only here do coordinates go to the target CRS (pyproj).
+Without GPS the frame is local: layers are written without a CRS rather than with a wrong one.
+"""
+import numpy as np
+
+from .camera import angles_from_rotation
+from .footprints import ground_footprint
+from .gpkg import Layer, write_geopackage
+from .workspace import atomic_output
+
+CAMERA_FIELDS = [
+    ("image", "str"), ("registered", "bool"), ("status", "str"), ("problem", "str"),
+    ("yaw", "real"), ("pitch", "real"), ("roll", "real"), ("focal_px", "real"), ("k1", "real"), ("k2", "real"),
+    ("n_observations", "int"), ("reproj_rmse_px", "real"),
+    ("gps_dx", "real"), ("gps_dy", "real"), ("gps_dz", "real"), ("component", "int"),
+    ("capture_time", "str"), ("path", "str"),
+]
+POINT_FIELDS = [("point_id", "int"), ("track_length", "int"), ("reproj_px", "real"),
+                ("red", "int"), ("green", "int"), ("blue", "int")]
+PAIR_FIELDS = [("image_a", "str"), ("image_b", "str"), ("inliers", "int"), ("model", "str")]
+
+
+class _ToCrs:
+    """ENU -> output coordinates: the target CRS when georeferenced, else the local ENU frame itself."""
+
+    def __init__(self, frame, crs):
+        self.frame, self.crs = frame, crs
+
+    def __call__(self, enu):
+        enu = np.atleast_2d(np.asarray(enu, dtype=np.float64))
+        if self.frame is None or len(enu) == 0:
+            return enu.copy()
+        return self.frame.to_crs(enu, self.crs)
+
+
+def write_results(paths, priors, usable, recon, track_set, pair_matches, frame, crs, config, timings, warnings):
+    to_crs = _ToCrs(frame, crs)
+    index_of = {p.path: i for i, p in enumerate(usable)}
+    cam_xyz = np.full((len(usable), 3), np.nan)
+    if recon.registered.any():
+        cam_xyz[recon.registered] = to_crs(recon.C[recon.registered])
+
+    layers = [
+        _cameras_layer(priors, index_of, recon, cam_xyz, frame, to_crs),
+        _footprints_layer(usable, recon, to_crs),
+        _points_layer(recon, track_set, to_crs),
+        _pairs_layer(usable, pair_matches, recon, cam_xyz),
+    ]
+    write_geopackage(paths["gpkg"], crs, layers)
+    points_xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
+    write_ply(paths["ply"], points_xyz, recon.point_rgb)
+
+    registered = int(recon.registered.sum())
+    return {
+        "images": len(priors),
+        "usable": len(usable),
+        "registered": registered,
+        "components": int(len(set(recon.component[recon.registered].tolist()))),
+        "points": int(len(recon.points)),
+        "mean_reproj_px": float(recon.mean_reproj_px),
+        "gps_fit_rmse_m": _gps_rmse(recon),
+        "gps_sigma_h_m": _float_or_none(recon.gps_sigma_h_m),
+        "gps_sigma_v_m": _float_or_none(recon.gps_sigma_v_m),
+        "crs": crs,
+        "georeferenced": frame is not None,
+        "frame": frame.to_dict() if frame is not None else None,
+        "height_reference": "EXIF GPSAltitude (roughly above mean sea level on DJI photos), not ellipsoidal",
+        "pairs_candidate": None,
+        "pairs_verified": len(pair_matches),
+        "warnings": list(warnings),
+        "outputs": {k: str(v) for k, v in paths.items()},
+        "config": config.to_dict(),
+        **timings,
+    }
+
+
+def _float_or_none(v):
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _gps_rmse(recon):
+    r = recon.gps_residual[recon.registered]
+    r = r[np.isfinite(r).all(axis=1)]
+    return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) if len(r) else None
+
+
+def _cameras_layer(priors, index_of, recon, cam_xyz, frame, to_crs):
+    feats = []
+    for prior in priors:
+        i = index_of.get(prior.path)
+        attrs = {"image": prior.name, "path": prior.path, "capture_time": prior.capture_time,
+                 "status": prior.status, "problem": "; ".join(prior.problems) or None,
+                 "registered": False, "component": -1}
+        geom = None
+        if i is not None and recon.registered[i]:
+            yaw, pitch, roll = angles_from_rotation(recon.R[i])
+            dx, dy, dz = recon.gps_residual[i]
+            attrs.update(
+                registered=True, status="registered", yaw=yaw, pitch=pitch, roll=roll,
+                focal_px=recon.focal[i], k1=recon.k1[i], k2=recon.k2[i],
+                n_observations=int(recon.n_obs[i]), reproj_rmse_px=recon.reproj_rmse_px[i],
+                gps_dx=_float_or_none(dx), gps_dy=_float_or_none(dy), gps_dz=_float_or_none(dz),
+                component=int(recon.component[i]),
+            )
+            geom = tuple(cam_xyz[i])
+        else:
+            if i is not None:
+                attrs["status"] = "not registered"
+                attrs["problem"] = attrs["problem"] or "not enough verified matches to register"
+            if frame is not None and prior.lat is not None and prior.gps_alt is not None:
+                geom = tuple(to_crs(frame.to_enu([prior.lat], [prior.lon], [prior.gps_alt]))[0])
+        feats.append((geom, attrs))
+    return Layer("cameras", "PointZ", CAMERA_FIELDS, feats)
+
+
+def _footprints_layer(usable, recon, to_crs):
+    """Corner rays of each registered photo on a plane at the median height of the points it sees."""
+    feats = []
+    obs_img, obs_pt = recon.obs_image, recon.obs_point
+    global_ground = np.median(recon.points[:, 2]) if len(recon.points) else 0.0
+    for i, p in enumerate(usable):
+        if not recon.registered[i]:
+            continue
+        seen = obs_pt[obs_img == i]
+        ground_z = np.median(recon.points[seen, 2]) if len(seen) >= 10 else global_ground
+        K = np.array([[recon.focal[i], 0, p.K()[0, 2]], [0, recon.focal[i], p.K()[1, 2]], [0, 0, 1.0]])
+        poly = ground_footprint(K, recon.R[i], recon.C[i], ground_z, p.width, p.height,
+                                dist=(recon.k1[i], recon.k2[i]))
+        if poly is None:
+            continue
+        ring = [tuple(c[:2]) for c in to_crs(poly)]
+        feats.append(([ring], {"image": p.name, "ground_z": float(ground_z)}))
+    return Layer("footprints", "Polygon", [("image", "str"), ("ground_z", "real")], feats)
+
+
+def _points_layer(recon, track_set, to_crs):
+    xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
+    track_length = np.bincount(recon.obs_point, minlength=len(recon.points))
+    feats = [
+        (tuple(xyz[k]), {"point_id": k, "track_length": int(track_length[k]),
+                         "reproj_px": float(recon.point_error_px[k]),
+                         "red": int(recon.point_rgb[k, 0]), "green": int(recon.point_rgb[k, 1]),
+                         "blue": int(recon.point_rgb[k, 2])})
+        for k in range(len(xyz))
+    ]
+    return Layer("sparse_points", "PointZ", POINT_FIELDS, feats)
+
+
+def _pairs_layer(usable, pair_matches, recon, cam_xyz):
+    feats = []
+    for pm in pair_matches:
+        a, b = cam_xyz[pm.i], cam_xyz[pm.j]
+        geom = [tuple(a[:2]), tuple(b[:2])] if np.isfinite(a).all() and np.isfinite(b).all() else None
+        feats.append((geom, {"image_a": usable[pm.i].name, "image_b": usable[pm.j].name,
+                             "inliers": int(pm.n_inliers), "model": pm.model}))
+    return Layer("pairs", "LineString", PAIR_FIELDS, feats)
+
+
+def write_ply(path, xyz, rgb):
+    """Binary little-endian PLY: double x, y, z (projected coordinates need double) and uchar colour."""
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment AlignKit sparse point cloud\n"
+        f"element vertex {len(xyz)}\nproperty double x\nproperty double y\nproperty double z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    ).encode("ascii")
+    rec = np.zeros(len(xyz), dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8"),
+                                    ("r", "u1"), ("g", "u1"), ("b", "u1")])
+    rec["x"], rec["y"], rec["z"] = xyz.T
+    rec["r"], rec["g"], rec["b"] = rgb.T
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(rec.tobytes())
+
+    atomic_output(path, write)

@@ -1,0 +1,204 @@
+"""The photo-alignment job: one entry point, `run(config, progress, is_canceled)`.
+
+Stages run in order and each keeps its product in the workspace, in a folder named after the
+stage and a hash of the settings it depends on. A rerun with the same settings reuses what is
+complete (a killed or cancelled run resumes); changed settings get a fresh folder, so a stale
+product is never mixed in.
+"""
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
+from .cancel import check
+from .config import AlignConfig
+from .executor import make_executor
+from .geo import LocalFrame, utm_crs_for
+
+log = logging.getLogger("alignkit")
+
+# Share of the progress bar per stage, roughly their share of the run time.
+_WEIGHTS = {"priors": 0.02, "features": 0.5, "pairs": 0.01, "matching": 0.25, "tracks": 0.02,
+            "reconstruction": 0.17, "export": 0.03}
+
+
+class AlignmentError(Exception):
+    """The job cannot produce a result (bad input, too few usable photos); the message says why."""
+
+
+def output_paths(config):
+    out = Path(config.output)
+    stem = out.with_suffix("")
+    return {
+        "gpkg": out,
+        "summary": Path(f"{stem}_summary.json"),
+        "ply": Path(f"{stem}_sparse.ply"),
+        "workspace": Path(config.workspace) if config.workspace else Path(f"{stem}_workspace"),
+    }
+
+
+def _stage_dir(ws, name, config, keys):
+    settings = {k: getattr(config, k) for k in keys}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return ws / f"{name}-{digest}"
+
+
+class _Progress:
+    """Maps each stage's 0..1 progress onto the whole run, so the bar moves smoothly and never back."""
+
+    def __init__(self, callback):
+        self.callback = callback or (lambda fraction, message: None)
+        self.done = 0.0
+        self.stage = None
+
+    def start(self, stage, message):
+        if self.stage is not None:
+            self.done += _WEIGHTS[self.stage]
+        self.stage = stage
+        self.callback(min(self.done, 1.0), message)
+
+    def __call__(self, fraction, message=""):
+        self.callback(min(self.done + _WEIGHTS[self.stage] * max(0.0, min(1.0, fraction)), 1.0), message)
+
+
+def run(config: AlignConfig, progress=None, is_canceled=None):
+    """Align the photos of `config.images` and write the results; returns the summary dict."""
+    t_start = time.perf_counter()
+    timings = {}
+    report = _Progress(progress)
+    paths = output_paths(config)
+    _check_paths(config, paths)
+    ws = paths["workspace"]
+    ws.mkdir(parents=True, exist_ok=True)
+
+    # --- priors ---
+    report.start("priors", "Reading EXIF/XMP priors")
+    t = time.perf_counter()
+    priors = camera.read_priors(config.images)
+    usable = [p for p in priors if p.status != "unusable" and p.focal_px]
+    if len(usable) < 2:
+        problems = "; ".join(f"{p.name}: {', '.join(p.problems)}" for p in priors if p not in usable)
+        raise AlignmentError(
+            f"{config.images}: {len(usable)} usable photo(s), at least 2 are needed"
+            + (f" ({problems})" if problems else "")
+        )
+    has_gps = np.array([p.lat is not None and p.lon is not None and p.gps_alt is not None for p in usable])
+    warnings = []
+    if has_gps.sum() >= 3:
+        frame = LocalFrame.centred_on(
+            [p.lat for p in usable if p.lat is not None],
+            [p.lon for p in usable if p.lon is not None],
+            [p.gps_alt for p in usable if p.gps_alt is not None],
+        )
+        gps_enu = np.full((len(usable), 3), np.nan)
+        gps_enu[has_gps] = frame.to_enu(
+            [p.lat for p, g in zip(usable, has_gps) if g],
+            [p.lon for p, g in zip(usable, has_gps) if g],
+            [p.gps_alt for p, g in zip(usable, has_gps) if g],
+        )
+        crs = config.target_crs or utm_crs_for(frame.lon0, frame.lat0)
+    else:
+        frame, crs = None, None
+        gps_enu = np.full((len(usable), 3), np.nan)
+        warnings.append(
+            "fewer than 3 photos have GPS: the result is in a local frame (arbitrary scale and "
+            "orientation), NOT georeferenced; the layers carry no CRS"
+        )
+        log.warning(warnings[-1])
+    timings["priors_s"] = time.perf_counter() - t
+    check(is_canceled)
+
+    executor = make_executor(config.workers)
+    try:
+        # --- features ---
+        report.start("features", f"Extracting SIFT features from {len(usable)} photos")
+        t = time.perf_counter()
+        feat_dir = _stage_dir(ws, "features", config,
+                              ["max_image_size", "max_features", "sift_contrast_threshold"])
+        store = features.extract_features(
+            [p.path for p in usable], feat_dir, config, executor, report, is_canceled
+        )
+        timings["extract_s"] = time.perf_counter() - t
+
+        # --- candidate pairs ---
+        report.start("pairs", "Selecting candidate pairs")
+        t = time.perf_counter()
+        footprint_radius = _footprint_radius(usable)
+        candidates = pairs.candidate_pairs(
+            gps_enu, footprint_radius, [p.capture_time for p in usable], config
+        )
+        timings["pairs_s"] = time.perf_counter() - t
+
+        # --- matching ---
+        report.start("matching", f"Matching {len(candidates)} candidate pairs")
+        t = time.perf_counter()
+        match_dir = _stage_dir(ws, "matches", config,
+                               ["max_image_size", "max_features", "sift_contrast_threshold",
+                                "lowe_ratio", "ransac_threshold_px", "min_inliers", "seed"])
+        Ks = np.stack([p.K() for p in usable])
+        pair_matches = matching.match_pairs(
+            store, candidates, Ks, config, executor, report, is_canceled, workspace_dir=match_dir
+        )
+        timings["match_s"] = time.perf_counter() - t
+    finally:
+        executor.close()
+
+    # --- tracks ---
+    report.start("tracks", "Building tracks")
+    t = time.perf_counter()
+    track_set = tracks.build_tracks(pair_matches, store)
+    timings["tracks_s"] = time.perf_counter() - t
+    check(is_canceled)
+
+    # --- reconstruction and bundle adjustment ---
+    report.start("reconstruction", "Incremental reconstruction and bundle adjustment")
+    t = time.perf_counter()
+    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key} for p in usable]
+    recon = reconstruction.reconstruct(track_set, cams, gps_enu, pair_matches, config, report, is_canceled)
+    timings["reconstruct_s"] = time.perf_counter() - t
+    if not recon.registered.any():
+        raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
+
+    # --- export ---
+    report.start("export", "Writing GeoPackage, PLY and summary")
+    t = time.perf_counter()
+    timings["export_s"] = 0.0
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = export.write_results(
+        paths, priors, usable, recon, track_set, pair_matches, frame, crs, config, timings, warnings
+    )
+    timings["export_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+    summary.update(timings)
+    workspace.write_json(paths["summary"], summary)
+    report(1.0, f"Done: {summary['registered']}/{summary['images']} photos registered")
+    return summary
+
+
+def _check_paths(config, paths):
+    images = Path(config.images)
+    if not images.is_dir():
+        raise AlignmentError(f"image folder does not exist: {images}")
+    if not config.output:
+        raise AlignmentError("no output GeoPackage given")
+    if paths["gpkg"].suffix.lower() != ".gpkg":
+        raise AlignmentError(f"output must be a .gpkg file: {paths['gpkg']}")
+    images_real = os.path.realpath(images)
+    for key in ("gpkg", "workspace"):
+        target = os.path.realpath(paths[key])
+        if target == images_real or target.startswith(images_real + os.sep):
+            raise AlignmentError(f"the {key} {paths[key]} is inside the image folder, which is never written to")
+
+
+def _footprint_radius(priors):
+    """Half-diagonal of each photo's ground footprint (m) from relative altitude and focal; NaN if unknown."""
+    radius = np.full(len(priors), np.nan)
+    for i, p in enumerate(priors):
+        if p.rel_alt and p.rel_alt > 0 and p.focal_px:
+            radius[i] = 0.5 * np.hypot(p.width, p.height) / p.focal_px * p.rel_alt
+    return radius

@@ -1,0 +1,130 @@
+"""alignkit:alignphotos — drone photos to a georeferenced sparse reconstruction (thin wrapper of core.pipeline)."""
+import os
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
+
+from ..core import pipeline
+from ..core.cancel import Canceled
+from ..core.config import PRESETS, AlignConfig
+
+LAYERS = ("footprints", "pairs", "sparse_points", "cameras")  # load order: cameras end up on top
+
+
+class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
+    PRESET_NAMES = list(PRESETS)
+
+    def name(self):
+        return "alignphotos"
+
+    def displayName(self):  # noqa: N802
+        return "Align drone photos"
+
+    def group(self):
+        return "Photo alignment"
+
+    def groupId(self):  # noqa: N802
+        return "photoalignment"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "Aligns a folder of geotagged photos (structure from motion): SIFT features, GPS-guided pairs, "
+            "RANSAC-verified matches, incremental reconstruction and bundle adjustment with GPS priors. "
+            "Writes a GeoPackage with the layers cameras, footprints, sparse_points and pairs in the target "
+            "CRS (default: the UTM zone of the photos), a <name>_summary.json, a <name>_sparse.ply and a "
+            "resumable workspace folder beside it. The image folder is never written to."
+        )
+
+    def createInstance(self):  # noqa: N802
+        return AlignPhotosAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile(
+            "IMAGES", "Photo folder", behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterCrs(
+            "TARGET_CRS", "Target CRS (default: UTM zone of the photos)", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT", "Output GeoPackage", fileFilter="GeoPackage (*.gpkg)"))
+        self.addParameter(QgsProcessingParameterEnum(
+            "PRESET", "Quality preset", options=self.PRESET_NAMES, defaultValue=self.PRESET_NAMES.index("accurate")))
+        defaults = AlignConfig()
+        advanced = [
+            QgsProcessingParameterNumber("MAX_IMAGE_SIZE", "Working image size (long side, px; 0 = preset)",
+                                         defaultValue=0, minValue=0, maxValue=20000),
+            QgsProcessingParameterNumber("MAX_FEATURES", "Features per image (0 = preset)",
+                                         defaultValue=0, minValue=0, maxValue=100000),
+            QgsProcessingParameterNumber("PAIR_NEIGHBORS", "GPS neighbours matched per photo",
+                                         defaultValue=defaults.pair_neighbors, minValue=2, maxValue=200),
+            QgsProcessingParameterNumber("WORKERS", "Worker processes (0 = all cores)",
+                                         defaultValue=0, minValue=0, maxValue=256),
+            QgsProcessingParameterFile("WORKSPACE", "Workspace folder (default: beside the output)",
+                                       behavior=QgsProcessingParameterFile.Folder, optional=True),
+        ]
+        for p in advanced:
+            p.setFlags(p.flags() | p.FlagAdvanced)
+            self.addParameter(p)
+        self.addOutput(QgsProcessingOutputFile("SUMMARY", "Summary JSON"))
+        self.addOutput(QgsProcessingOutputNumber("REGISTERED", "Registered photos"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        config = self.config_from_parameters(parameters, context)
+
+        def progress(fraction, message):
+            feedback.setProgress(100.0 * fraction)
+            if message:
+                feedback.setProgressText(message)
+
+        try:
+            summary = pipeline.run(config, progress=progress, is_canceled=feedback.isCanceled)
+        except Canceled:
+            raise QgsProcessingException(
+                "Alignment cancelled; run it again with the same settings to resume from the workspace")
+        except (pipeline.AlignmentError, FileNotFoundError, ValueError) as e:
+            raise QgsProcessingException(str(e))
+        for w in summary.get("warnings", []):
+            feedback.pushWarning(w)
+        feedback.pushInfo(
+            f"{summary['registered']}/{summary['images']} photos registered, {summary['points']} points, "
+            f"mean reprojection {summary['mean_reproj_px']:.2f} px, CRS {summary['crs']}, {summary['total_s']:.1f} s")
+        if context.project() is not None:
+            for layer in LAYERS:
+                details = QgsProcessingContext.LayerDetails(layer, context.project(), "OUTPUT")
+                context.addLayerToLoadOnCompletion(f"{config.output}|layername={layer}", details)
+        return {"OUTPUT": config.output, "SUMMARY": summary["outputs"]["summary"],
+                "REGISTERED": summary["registered"]}
+
+    def config_from_parameters(self, parameters, context):
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not output.lower().endswith(".gpkg"):
+            output = os.path.splitext(output)[0] + ".gpkg"
+        crs = self.parameterAsCrs(parameters, "TARGET_CRS", context)
+        preset = self.PRESET_NAMES[self.parameterAsEnum(parameters, "PRESET", context)]
+        config = AlignConfig(
+            images=self.parameterAsFile(parameters, "IMAGES", context),
+            output=output,
+            workspace=self.parameterAsFile(parameters, "WORKSPACE", context) or "",
+            target_crs=crs.authid() if crs.isValid() else "",
+            pair_neighbors=self.parameterAsInt(parameters, "PAIR_NEIGHBORS", context),
+            workers=self.parameterAsInt(parameters, "WORKERS", context),
+            **PRESETS[preset],
+        )
+        if crs.isValid() and not crs.authid():
+            config.target_crs = crs.toWkt(crs.WKT_PREFERRED)
+        size = self.parameterAsInt(parameters, "MAX_IMAGE_SIZE", context)
+        count = self.parameterAsInt(parameters, "MAX_FEATURES", context)
+        if size:
+            config.max_image_size = size
+        if count:
+            config.max_features = count
+        return config
+
