@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SITE := $(VENV)/lib/python3.11/site-packages
 APT_PACKAGES := python3-qgis qgis qgis-providers xvfb xauth python3-venv python3-numpy python3-scipy \
-                python3-pyproj python3-gdal python3-matplotlib
+                python3-pyproj python3-gdal python3-matplotlib zip
 QGIS_PROCESS := tools/qgis_process.sh
 OUT ?= out/result.gpkg
 DEMO_DIR := out/demo
