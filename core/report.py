@@ -1,0 +1,333 @@
+"""HTML quality report of an alignment, read back from its GeoPackage and `<stem>_summary.json`.
+
+Pure: OGR reads the layers, matplotlib (its Agg canvas directly, no pyplot, so no GUI backend
+and no global state in QGIS's process) draws the plots, embedded as base64 PNG so the report
+is one self-contained file: `<stem>_report.html` beside the GeoPackage.
+"""
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.path import Path as MplPath
+from osgeo import ogr
+
+from .workspace import atomic_output
+
+ogr.UseExceptions()
+
+COVERAGE_CELLS = 240  # grid cells along the longer side of the coverage map: fine enough, fast
+CAMERA_COLUMNS = [
+    ("image", "image"), ("registered", "registered"), ("status", "status"),
+    ("reproj_rmse_px", "RMSE (px)"), ("n_observations", "observations"),
+    ("gps_dx", "GPS dE (m)"), ("gps_dy", "GPS dN (m)"), ("gps_dz", "GPS dU (m)"),
+    ("focal_px", "focal (px)"), ("component", "component"), ("problem", "problem"),
+]
+
+
+def report_path_for(gpkg_path):
+    gpkg_path = Path(gpkg_path)
+    return gpkg_path.with_name(gpkg_path.stem + "_report.html")
+
+
+def summary_path_for(gpkg_path):
+    gpkg_path = Path(gpkg_path)
+    return gpkg_path.with_name(gpkg_path.stem + "_summary.json")
+
+
+def read_layer(ds, name):
+    """(attribute dicts, geometries) of one layer; a geometry is an (N, 2+) float64 array or None.
+
+    Points give a (1, 3) array, lines their vertices, polygons their outer ring.
+    """
+    layer = ds.GetLayerByName(name)
+    if layer is None:
+        return [], []
+    defn = layer.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    rows, geoms = [], []
+    layer.ResetReading()
+    for feat in layer:
+        rows.append({n: (None if not feat.IsFieldSetAndNotNull(n) else feat.GetField(n)) for n in names})
+        g = feat.GetGeometryRef()
+        if g is None or g.IsEmpty():
+            geoms.append(None)
+            continue
+        if g.GetGeometryType() in (ogr.wkbPolygon, ogr.wkbPolygon25D, ogr.wkbPolygonZM, ogr.wkbPolygonM):
+            g = g.GetGeometryRef(0)  # outer ring
+        geoms.append(np.asarray(g.GetPoints(), dtype=np.float64))
+    return rows, geoms
+
+
+def read_geopackage(gpkg_path):
+    """The four result layers as {name: (rows, geometries)} and the layer CRS name (or None)."""
+    ds = ogr.Open(str(gpkg_path))
+    if ds is None:
+        raise ValueError(f"{gpkg_path}: not a readable GeoPackage")
+    layers = {name: read_layer(ds, name) for name in ("cameras", "footprints", "sparse_points", "pairs")}
+    if not layers["cameras"][0]:
+        raise ValueError(f"{gpkg_path}: no 'cameras' layer or it is empty; is this an AlignKit result?")
+    srs = ds.GetLayerByName("cameras").GetSpatialRef()
+    crs_name = None
+    if srs is not None:
+        code = srs.GetAuthorityCode(None)
+        crs_name = f"{srs.GetAuthorityName(None)}:{code}" if code else srs.GetName()
+    return layers, crs_name
+
+
+def write_report(gpkg_path, summary_path=None, out_path=None):
+    """Write the HTML report of an alignment; returns its path (default `<stem>_report.html`)."""
+    gpkg_path = Path(gpkg_path)
+    summary_path = Path(summary_path) if summary_path else summary_path_for(gpkg_path)
+    out_path = Path(out_path) if out_path else report_path_for(gpkg_path)
+    summary = {}
+    if summary_path.exists():
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    text = build_report_html(gpkg_path, summary)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_output(out_path, write)
+    return out_path
+
+
+def build_report_html(gpkg_path, summary):
+    layers, crs_name = read_geopackage(gpkg_path)
+    cam_rows, cam_geoms = layers["cameras"]
+    fp_rows, fp_geoms = layers["footprints"]
+    pt_rows, _ = layers["sparse_points"]
+    pair_rows, _ = layers["pairs"]
+
+    registered = [bool(r.get("registered")) for r in cam_rows]
+    reproj = np.array([r["reproj_px"] for r in pt_rows if r.get("reproj_px") is not None], dtype=np.float64)
+    track_len = np.array([r["track_length"] for r in pt_rows if r.get("track_length") is not None], dtype=np.int64)
+    components = {r.get("component") for r in cam_rows if r.get("registered") and r.get("component") is not None}
+
+    counts = [
+        ("Images", summary.get("images", len(cam_rows))),
+        ("Registered", f"{sum(registered)} of {len(cam_rows)}"),
+        ("Components", summary.get("components", len(components))),
+        ("Sparse points", summary.get("points", len(pt_rows))),
+        ("Verified pairs", summary.get("pairs_verified", len(pair_rows))),
+        ("Mean reprojection error (px)", _fmt(summary.get("mean_reproj_px", _mean(reproj)))),
+        ("Median reprojection error (px)", _fmt(float(np.median(reproj)) if len(reproj) else None)),
+        ("Mean track length", _fmt(float(track_len.mean()) if len(track_len) else None)),
+        ("GPS fit RMSE (m)", _fmt(summary.get("gps_fit_rmse_m"))),
+        ("GPS sigma horizontal / vertical (m)",
+         f"{_fmt(summary.get('gps_sigma_h_m'))} / {_fmt(summary.get('gps_sigma_v_m'))}"),
+        ("CRS", summary.get("crs") or crs_name or "none (local frame, not georeferenced)"),
+        ("Heights", summary.get("height_reference", "")),
+    ]
+
+    parts = [_HEAD.format(title=html.escape(f"AlignKit report: {Path(gpkg_path).name}"))]
+    parts.append(f"<h1>AlignKit alignment report</h1><p class='muted'>{html.escape(str(gpkg_path))}</p>")
+    for warning in summary.get("warnings", []) or []:
+        parts.append(f"<p class='warn'>{html.escape(str(warning))}</p>")
+    parts.append("<h2>Summary</h2>" + _table(["", ""], counts, header=False))
+
+    parts.append("<h2>Plots</h2><div class='plots'>")
+    parts.append(_figure_html(_hist_figure(reproj, "Reprojection error of sparse points", "error (px)"),
+                              "Reprojection error histogram"))
+    parts.append(_figure_html(_track_figure(track_len), "Track length histogram"))
+    parts.append(_figure_html(_gps_figure(cam_rows, cam_geoms), "GPS residuals over the camera layout"))
+    parts.append(_figure_html(_coverage_figure(fp_geoms, cam_rows, cam_geoms), "Coverage (footprint overlap)"))
+    parts.append("</div>")
+
+    parts.append("<h2>Cameras</h2>")
+    cam_table = [[_cell(r.get(key)) for key, _ in CAMERA_COLUMNS] for r in cam_rows]
+    parts.append(_table([label for _, label in CAMERA_COLUMNS], cam_table))
+
+    timings = [(k[:-2], _fmt(v, 1)) for k, v in summary.items() if k.endswith("_s") and isinstance(v, (int, float))]
+    if timings:
+        parts.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], timings))
+    config = summary.get("config") or {}
+    if config:
+        parts.append("<h2>Configuration</h2>" + _table(["setting", "value"], sorted(config.items())))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- plots
+def _new_figure(width=5.6, height=4.0):
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _no_data(ax, text):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _hist_figure(values, title, xlabel):
+    fig, ax = _new_figure()
+    ax.set_title(title)
+    if len(values) == 0:
+        _no_data(ax, "no points")
+        return fig
+    upper = max(float(np.percentile(values, 99.5)), 1e-6)
+    ax.hist(np.clip(values, 0, upper), bins=40, range=(0, upper), color="#3288bd")
+    ax.axvline(float(np.median(values)), color="#d7191c", lw=1.2, label=f"median {np.median(values):.2f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("points")
+    ax.legend()
+    return fig
+
+
+def _track_figure(track_len):
+    fig, ax = _new_figure()
+    ax.set_title("Track length (images seeing each point)")
+    if len(track_len) == 0:
+        _no_data(ax, "no points")
+        return fig
+    counts = np.bincount(track_len)
+    lengths = np.arange(len(counts))
+    keep = lengths >= 2
+    ax.bar(lengths[keep], counts[keep], color="#66c2a5", width=0.8)
+    ax.set_xlabel("track length")
+    ax.set_ylabel("points")
+    return fig
+
+
+def _gps_figure(cam_rows, cam_geoms):
+    fig, ax = _new_figure(5.6, 5.0)
+    ax.set_title("Adjusted minus GPS position (arrows), colour = vertical")
+    xy, d = [], []
+    unreg = []
+    for row, g in zip(cam_rows, cam_geoms):
+        if g is None:
+            continue
+        if row.get("registered") and None not in (row.get("gps_dx"), row.get("gps_dy"), row.get("gps_dz")):
+            xy.append(g[0, :2])
+            d.append((row["gps_dx"], row["gps_dy"], row["gps_dz"]))
+        elif not row.get("registered"):
+            unreg.append(g[0, :2])
+    if not xy:
+        _no_data(ax, "no GPS residuals (no GPS or nothing registered)")
+        return fig
+    xy, d = np.array(xy), np.array(d)
+    xy0 = xy.mean(axis=0)
+    rel = xy - xy0
+    extent = max(float(np.ptp(rel[:, 0])), float(np.ptp(rel[:, 1])), 1.0)
+    horizontal = np.hypot(d[:, 0], d[:, 1])
+    # Arrows are exaggerated so that the largest one is about a tenth of the layout.
+    gain = 0.1 * extent / max(float(horizontal.max()), 1e-9)
+    vmax = max(float(np.abs(d[:, 2]).max()), 1e-9)
+    q = ax.quiver(rel[:, 0], rel[:, 1], d[:, 0] * gain, d[:, 1] * gain, d[:, 2], cmap="coolwarm",
+                  clim=(-vmax, vmax), angles="xy", scale_units="xy", scale=1, width=0.006)
+    ax.scatter(rel[:, 0], rel[:, 1], s=8, color="k", zorder=3)
+    if unreg:
+        u = np.array(unreg) - xy0
+        ax.scatter(u[:, 0], u[:, 1], marker="x", s=40, color="#c51b7d", label="not registered", zorder=4)
+        ax.legend(loc="upper right")
+    fig.colorbar(q, ax=ax, label="vertical residual (m)", shrink=0.8)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(f"easting - {xy0[0]:.1f} (m)")
+    ax.set_ylabel(f"northing - {xy0[1]:.1f} (m)")
+    ax.text(0.01, 0.01, f"arrows x{gain:.0f}; largest horizontal residual {horizontal.max():.2f} m",
+            transform=ax.transAxes, fontsize=8, color="0.3")
+    return fig
+
+
+def coverage_grid(rings, cells=COVERAGE_CELLS):
+    """Count of footprints covering each cell centre: (counts (ny, nx) int, (xmin, xmax, ymin, ymax))."""
+    rings = [r[:, :2] for r in rings if r is not None and len(r) >= 3]
+    if not rings:
+        return None, None
+    allxy = np.vstack(rings)
+    xmin, ymin = allxy.min(axis=0)
+    xmax, ymax = allxy.max(axis=0)
+    step = max(xmax - xmin, ymax - ymin, 1e-9) / cells
+    xs = np.arange(xmin + step / 2, xmax, step)
+    ys = np.arange(ymin + step / 2, ymax, step)
+    gx, gy = np.meshgrid(xs, ys)
+    centres = np.column_stack([gx.ravel(), gy.ravel()])
+    counts = np.zeros(len(centres), dtype=np.int32)
+    for ring in rings:
+        counts += MplPath(ring).contains_points(centres)
+    return counts.reshape(gy.shape), (xmin, xs[-1] + step / 2, ymin, ys[-1] + step / 2)
+
+
+def _coverage_figure(fp_geoms, cam_rows, cam_geoms):
+    fig, ax = _new_figure(5.6, 5.0)
+    ax.set_title("Coverage: photos seeing each ground point")
+    counts, extent = coverage_grid(fp_geoms)
+    if counts is None:
+        _no_data(ax, "no footprints")
+        return fig
+    x0, y0 = extent[0], extent[2]
+    shown = np.ma.masked_equal(counts, 0)
+    top = max(int(counts.max()), 1)
+    cmap = matplotlib.colormaps["viridis"].resampled(top)  # one colour per overlap count
+    im = ax.imshow(shown, origin="lower", cmap=cmap, vmin=0.5, vmax=top + 0.5,
+                   extent=(0, extent[1] - x0, 0, extent[3] - y0), interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="overlapping photos", shrink=0.8, ticks=range(1, top + 1, max(1, top // 8)))
+    pos = np.array([g[0, :2] for r, g in zip(cam_rows, cam_geoms) if g is not None and r.get("registered")])
+    if len(pos):
+        ax.scatter(pos[:, 0] - x0, pos[:, 1] - y0, s=6, color="white", edgecolor="k", linewidth=0.3)
+    ax.set_xlabel(f"easting - {x0:.1f} (m)")
+    ax.set_ylabel(f"northing - {y0:.1f} (m)")
+    ax.set_aspect("equal")
+    return fig
+
+
+def _figure_html(fig, caption):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'/>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+# ---------------------------------------------------------------------------- html helpers
+def _mean(values):
+    return float(np.mean(values)) if len(values) else None
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return _fmt(value)
+    return "-" if value is None else value
+
+
+def _table(headers, rows, header=True):
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(_cell(v)))}</td>" for v in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+_HEAD = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"/><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
+th {{ background: #f0f0f0; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure {{ margin: 0; }}
+figcaption {{ font-size: 0.85em; color: #555; }}
+.muted {{ color: #777; }}
+.warn {{ background: #fff3cd; padding: 0.4em; border: 1px solid #e0c060; }}
+</style></head><body>"""
