@@ -1,0 +1,728 @@
+"""The AlignKit dock: photo alignment and image-stack registration, run as QGIS background tasks.
+
+`iface` is injected (QGIS's own, or pytest-qgis's stub). Long work runs in a QgsTask registered
+with QGIS's task manager, so the status-bar progress, the task manager's cancel button and the
+dock's Cancel button all act on the same task. Layers are only loaded from finished(), in the
+main thread, and only for a complete run.
+"""
+import os
+from pathlib import Path
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsMessageLog,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsSettings,
+)
+from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsProjectionSelectionWidget
+from qgis.PyQt.QtCore import QObject, Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.config import PRESETS, AlignConfig
+from . import layers as layer_loader
+from .task import CoreTask
+
+SETTINGS_PREFIX = "alignkit/"
+LOG_TAG = "AlignKit"
+STACK_MODELS = ("homography", "affine", "similarity", "euclidean", "translation")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def is_inside(path, folder):
+    """True when `path` is `folder` itself or lies below it (symlinks resolved)."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def default_output_for(folder, project_home=""):
+    """`<folder name>_alignkit.gpkg` in the project home, else beside (not inside) the image folder."""
+    folder = Path(folder)
+    base = Path(project_home) if project_home and not is_inside(project_home, folder) else folder.parent
+    return str(base / f"{folder.name}_alignkit.gpkg")
+
+
+class _StackFeedback(QgsProcessingFeedback):
+    """Processing feedback that forwards the algorithm's messages to the dock's log (queued)."""
+
+    class _Relay(QObject):
+        text = pyqtSignal(str)
+
+    def __init__(self):
+        super().__init__()
+        self.relay = self._Relay()
+
+    def pushInfo(self, info):  # noqa: N802
+        super().pushInfo(info)
+        self.relay.text.emit(info)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802, N803
+        super().reportError(error, fatalError)
+        self.relay.text.emit(f"error: {error}")
+
+
+class AlignKitDock(QgsDockWidget):
+    def __init__(self, iface, parent=None):
+        parent = parent if parent is not None else (iface.mainWindow() if iface is not None else None)
+        super().__init__("AlignKit", parent)
+        self.setObjectName("AlignKitDock")
+        self.iface = iface
+        self.settings = QgsSettings()
+        self.task = None  # the running task: QGIS does not keep Python task objects alive
+        self._stack_run = None  # (task, context, feedback) of a running alignstack job
+        self._output_edited = False  # once the user picks an output, folder changes stop overriding it
+        self._crs_chosen = False  # once the user picks a CRS, previews stop overriding it
+        self.last_result = None  # dict of the last finished alignment (paths, summary), for callers
+        self.last_preview = None  # dict of the last preview (counts, camera, suggested CRS)
+
+        tabs = QTabWidget()
+        tabs.addTab(self._build_photo_tab(), "Photo alignment")
+        tabs.addTab(self._build_stack_tab(), "Image stack")
+        self.tabs = tabs
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(tabs)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(500)  # a short log; the full one is QGIS's message log
+        self.log.setPlaceholderText("Messages of the current run")
+        layout.addWidget(self.log, 1)
+        self.setWidget(body)
+
+        QgsProject.instance().crsChanged.connect(self._update_export_option)
+        last = self.settings.value(SETTINGS_PREFIX + "last_folder", "", type=str)
+        if last and os.path.isdir(last):
+            self.folder_widget.setFilePath(last)
+        self._apply_preset(self.preset_combo.currentText())
+        self._update_default_crs()
+        self._set_busy(False)
+
+    # ------------------------------------------------------------------ widgets
+    def _build_photo_tab(self):
+        tab = QWidget()
+        form = QFormLayout()
+        self.folder_widget = QgsFileWidget()
+        self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder_widget.setDialogTitle("Folder of drone photos")
+        self.folder_widget.fileChanged.connect(self._folder_changed)
+        form.addRow("Photos", self.folder_widget)
+
+        self.crs_widget = QgsProjectionSelectionWidget()
+        self.crs_widget.setOptionVisible(QgsProjectionSelectionWidget.CrsNotSet, True)
+        self.crs_widget.setNotSetText("UTM zone of the photos (automatic)")
+        self.crs_widget.crsChanged.connect(self._crs_changed)
+        form.addRow("Target CRS", self.crs_widget)
+
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoPackage (*.gpkg)")
+        self.output_widget.setDialogTitle("Output GeoPackage")
+        self.output_widget.fileChanged.connect(self._output_changed)
+        form.addRow("Output", self.output_widget)
+
+        self.export_check = QCheckBox()
+        self.export_check.setToolTip("Write a second GeoPackage reprojected to the project CRS and load that one")
+        form.addRow("", self.export_check)
+
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(PRESETS))
+        self.preset_combo.setCurrentText("balanced")
+        self.preset_combo.currentTextChanged.connect(self._apply_preset)
+        form.addRow("Quality", self.preset_combo)
+
+        self.advanced = QgsCollapsibleGroupBox("Advanced")
+        self.advanced.setCollapsed(True)
+        adv = QFormLayout(self.advanced)
+        defaults = AlignConfig()
+        self.size_spin = self._spin(400, 12000, defaults.max_image_size, "Long side of the working image (px)")
+        adv.addRow("Working size (px)", self.size_spin)
+        self.features_spin = self._spin(500, 100000, defaults.max_features, "SIFT features kept per image")
+        adv.addRow("Features per image", self.features_spin)
+        self.neighbors_spin = self._spin(2, 200, defaults.pair_neighbors, "Nearest GPS neighbours matched per image")
+        adv.addRow("Pair neighbours", self.neighbors_spin)
+        self.ratio_spin = QDoubleSpinBox()
+        self.ratio_spin.setRange(0.5, 0.95)
+        self.ratio_spin.setSingleStep(0.05)
+        self.ratio_spin.setValue(defaults.lowe_ratio)
+        adv.addRow("Lowe ratio", self.ratio_spin)
+        self.inliers_spin = self._spin(8, 1000, defaults.min_inliers, "Pairs with fewer verified matches are dropped")
+        adv.addRow("Min. inliers", self.inliers_spin)
+        self.focal_check = QCheckBox("Refine focal length")
+        self.focal_check.setChecked(defaults.refine_focal)
+        adv.addRow(self.focal_check)
+        self.distortion_check = QCheckBox("Refine radial distortion")
+        self.distortion_check.setChecked(defaults.refine_distortion)
+        adv.addRow(self.distortion_check)
+        self.workers_spin = self._spin(0, 256, defaults.workers, "Worker processes; 0 = number of CPU cores")
+        adv.addRow("Workers (0 = all cores)", self.workers_spin)
+
+        buttons = QHBoxLayout()
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.setToolTip("Read the photos' EXIF/XMP: count, GPS, camera, predicted footprints")
+        self.preview_button.clicked.connect(self.preview)
+        self.align_button = QPushButton("Align")
+        self.align_button.clicked.connect(self.align)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        for b in (self.preview_button, self.align_button, self.cancel_button):
+            buttons.addWidget(b)
+
+        self.preview_label = QLabel("Choose a folder of geotagged photos, then Preview or Align.")
+        self.preview_label.setWordWrap(True)
+
+        layout = QVBoxLayout(tab)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.preview_label)
+        layout.addStretch(1)
+        self._update_export_option()
+        return tab
+
+    def _build_stack_tab(self):
+        tab = QWidget()
+        form = QFormLayout()
+        self.stack_folder_widget = QgsFileWidget()
+        self.stack_folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.stack_folder_widget.setDialogTitle("Folder of images to register")
+        self.stack_folder_widget.fileChanged.connect(self._stack_folder_changed)
+        form.addRow("Images", self.stack_folder_widget)
+        self.reference_combo = QComboBox()
+        form.addRow("Reference", self.reference_combo)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(list(STACK_MODELS))
+        form.addRow("Model", self.model_combo)
+        self.crop_check = QCheckBox("Crop to the area common to all images")
+        self.crop_check.setChecked(True)
+        form.addRow("", self.crop_check)
+        self.stack_output_widget = QgsFileWidget()
+        self.stack_output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.stack_output_widget.setDialogTitle("Output folder for the aligned images")
+        form.addRow("Output folder", self.stack_output_widget)
+        buttons = QHBoxLayout()
+        self.stack_run_button = QPushButton("Align stack")
+        self.stack_run_button.clicked.connect(self.align_stack)
+        self.stack_cancel_button = QPushButton("Cancel")
+        self.stack_cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.stack_run_button)
+        buttons.addWidget(self.stack_cancel_button)
+        self.stack_label = QLabel("Registers every image of a folder onto a reference image.")
+        self.stack_label.setWordWrap(True)
+        layout = QVBoxLayout(tab)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.stack_label)
+        layout.addStretch(1)
+        return tab
+
+    @staticmethod
+    def _spin(low, high, value, tip):
+        spin = QSpinBox()
+        spin.setRange(low, high)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    # ------------------------------------------------------------------ state
+    def folder(self):
+        return self.folder_widget.filePath().strip()
+
+    def output_path(self):
+        return self.output_widget.filePath().strip()
+
+    def target_crs(self):
+        crs = self.crs_widget.crs()
+        return crs.authid() if crs.isValid() else ""
+
+    def set_folder(self, folder):
+        self.folder_widget.setFilePath(str(folder))
+
+    def set_output(self, path):
+        self.output_widget.setFilePath(str(path))
+        self._output_edited = True
+
+    def set_target_crs(self, authid):
+        self.crs_widget.setCrs(QgsCoordinateReferenceSystem(authid) if authid else QgsCoordinateReferenceSystem())
+        self._crs_chosen = True
+
+    def _folder_changed(self, path):
+        path = path.strip()
+        self.preview_label.setText("Preview reads the photos' EXIF/XMP before anything long starts.")
+        self.last_preview = None
+        if not path or not os.path.isdir(path):
+            return
+        self.settings.setValue(SETTINGS_PREFIX + "last_folder", path)
+        if not self._output_edited or is_inside(self.output_path() or path, path):
+            self.output_widget.blockSignals(True)
+            self.output_widget.setFilePath(default_output_for(path, QgsProject.instance().homePath()))
+            self.output_widget.blockSignals(False)
+
+    def _output_changed(self, _path):
+        self._output_edited = True
+
+    def _crs_changed(self, _crs):
+        self._crs_chosen = True
+        self._update_export_option()
+
+    def _apply_preset(self, name):
+        preset = PRESETS.get(name)
+        if preset:
+            self.size_spin.setValue(preset["max_image_size"])
+            self.features_spin.setValue(preset["max_features"])
+
+    def _update_default_crs(self, suggested=""):
+        """Project CRS when projected, else the suggested (UTM of the photos), else 'automatic'."""
+        if self._crs_chosen:
+            return
+        project_crs = QgsProject.instance().crs()
+        self.crs_widget.blockSignals(True)
+        if project_crs.isValid() and not project_crs.isGeographic():
+            self.crs_widget.setCrs(project_crs)
+        elif suggested:
+            self.crs_widget.setCrs(QgsCoordinateReferenceSystem(suggested))
+        else:
+            self.crs_widget.setCrs(QgsCoordinateReferenceSystem())
+        self.crs_widget.blockSignals(False)
+        self._update_export_option()
+
+    def _update_export_option(self, *_):
+        project_crs = QgsProject.instance().crs()
+        target = self.crs_widget.crs() if hasattr(self, "crs_widget") else QgsCoordinateReferenceSystem()
+        differs = project_crs.isValid() and (not target.isValid() or target != project_crs)
+        self.export_check.setVisible(differs)
+        if differs:
+            self.export_check.setText(f"Also write the layers in the project CRS ({project_crs.authid()})")
+        else:
+            self.export_check.setChecked(False)
+
+    def export_crs(self):
+        """The project CRS when the user asked for a copy of the layers in it, else ''."""
+        if self.export_check.isHidden() or not self.export_check.isChecked():
+            return ""
+        project_crs = QgsProject.instance().crs()
+        return project_crs.authid() if project_crs.isValid() else ""
+
+    def current_config(self):
+        """An AlignConfig from the widgets; ValueError with a clear message when something is wrong."""
+        folder = self.folder()
+        if not folder:
+            raise ValueError("choose the folder of photos first")
+        if not os.path.isdir(folder):
+            raise ValueError(f"{folder}: the folder does not exist")
+        output = self.output_path() or default_output_for(folder, QgsProject.instance().homePath())
+        if not output.lower().endswith(".gpkg"):
+            output += ".gpkg"
+        if is_inside(output, folder):
+            raise ValueError(f"{output}: the output must not be inside the image folder (it is never written to)")
+        return AlignConfig(
+            images=folder,
+            output=output,
+            target_crs=self.target_crs(),
+            max_image_size=self.size_spin.value(),
+            max_features=self.features_spin.value(),
+            pair_neighbors=self.neighbors_spin.value(),
+            lowe_ratio=round(self.ratio_spin.value(), 3),
+            min_inliers=self.inliers_spin.value(),
+            refine_focal=self.focal_check.isChecked(),
+            refine_distortion=self.distortion_check.isChecked(),
+            workers=self.workers_spin.value(),
+        )
+
+    def is_running(self):
+        return self.task is not None or self._stack_run is not None
+
+    def _set_busy(self, busy):
+        for widget in (self.preview_button, self.align_button, self.stack_run_button):
+            widget.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self.stack_cancel_button.setEnabled(busy)
+
+    def log_message(self, text, level=Qgis.Info):
+        self.log.appendPlainText(text)
+        QgsMessageLog.logMessage(text, LOG_TAG, level)
+
+    def _bar(self):
+        return self.iface.messageBar() if self.iface is not None else None
+
+    def _notify(self, text, level, details=None):
+        bar = self._bar()
+        if bar is None:
+            return
+        if details:
+            bar.pushMessage(LOG_TAG, text, details, level, 0)
+        else:
+            bar.pushMessage(LOG_TAG, text, level, 0 if level == Qgis.Critical else 10)
+
+    def _notify_with_link(self, text, level, link_text, path):
+        """A message-bar item with a button that opens `path` (the report) in the browser."""
+        bar = self._bar()
+        if bar is None:
+            return
+        item = bar.createMessage(LOG_TAG, text)
+        button = QPushButton(link_text, item)
+        url = QUrl.fromLocalFile(str(path))
+        button.clicked.connect(lambda _checked=False: QDesktopServices.openUrl(url))
+        item.layout().addWidget(button)
+        bar.pushWidget(item, level, 0)
+
+    # ------------------------------------------------------------------ tasks
+    def _start(self, task):
+        if self.is_running():
+            self._notify("a job is already running; cancel it first", Qgis.Warning)
+            return False
+        self.task = task
+        task.message.connect(self.log_message)
+        task.progressChanged.connect(self._set_progress)
+        self.progress.setValue(0)
+        self._set_busy(True)
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def _set_progress(self, value):
+        self.progress.setValue(int(round(value)))
+
+    def _take_task(self, task):
+        """Forget `task` once it has ended; False when it was already handled (or is not ours)."""
+        if self.task is not task:
+            return False
+        self.task = None
+        self._set_busy(False)
+        return True
+
+    def cancel(self):
+        """Cancel the running job: same effect as the cancel button of QGIS's task manager."""
+        if self.task is not None:
+            self.log_message("cancelling...")
+            self.task.cancel()
+        if self._stack_run is not None:
+            self.log_message("cancelling...")
+            self._stack_run[0].cancel()
+
+    def _report_error(self, task, what):
+        text = f"{what} failed: {task.error}"
+        self.log_message(text, Qgis.Critical)
+        QgsMessageLog.logMessage(task.error_trace, LOG_TAG, Qgis.Critical)
+        self._notify(text, Qgis.Critical, details=task.error_trace or str(task.error))
+
+    # --- preview (camera priors) ---
+    def preview(self):
+        try:
+            folder = self.folder()
+            if not folder or not os.path.isdir(folder):
+                raise ValueError(f"{folder or 'no folder'}: choose an existing folder of photos")
+            config = self.current_config()
+        except ValueError as exc:
+            self._notify(str(exc), Qgis.Warning)
+            self.log_message(str(exc), Qgis.Warning)
+            return None
+        stem = os.path.splitext(config.output)[0]
+        priors_gpkg = stem + "_priors.gpkg"
+        target_crs = config.target_crs
+
+        def work(progress, is_canceled):
+            return preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled)
+
+        task = CoreTask(f"AlignKit: preview {os.path.basename(folder)}", work, self._preview_done)
+        self.log_message(f"reading the photos of {folder}")
+        return task if self._start(task) else None
+
+    def _preview_done(self, task):
+        if not self._take_task(task):
+            return
+        if task.canceled:
+            self.log_message("preview cancelled")
+            return
+        if task.error is not None:
+            self._report_error(task, "Preview")
+            return
+        info = task.result
+        self.last_preview = info
+        self.preview_label.setText(info["text"])
+        for line in info.get("problems", [])[:20]:
+            self.log_message(line, Qgis.Warning)
+        self._update_default_crs(info.get("suggested_crs", ""))
+        if info.get("gpkg"):
+            try:
+                layer_loader.load_geopackage(
+                    info["gpkg"], f"{info['folder_name']} priors", layer_loader.PRIORS_STYLES, info["folder"]
+                )
+            except (ValueError, RuntimeError) as exc:
+                self.log_message(f"priors layers not loaded: {exc}", Qgis.Warning)
+        self.log_message(info["text"])
+
+    # --- alignment ---
+    def align(self):
+        try:
+            config = self.current_config()
+        except ValueError as exc:
+            self._notify(str(exc), Qgis.Warning)
+            self.log_message(str(exc), Qgis.Warning)
+            return None
+        export_crs = self.export_crs()
+        self.settings.setValue(SETTINGS_PREFIX + "preset", self.preset_combo.currentText())
+
+        def work(progress, is_canceled):
+            return align_photos(config, export_crs, progress, is_canceled)
+
+        name = os.path.basename(os.path.normpath(config.images))
+        task = CoreTask(f"AlignKit: align {name}", work, self._align_done)
+        task.config = config
+        self.log_message(f"aligning {config.images} -> {config.output}")
+        return task if self._start(task) else None
+
+    def _align_done(self, task):
+        if not self._take_task(task):
+            return
+        config = task.config
+        if task.canceled:
+            workspace = config.workspace or os.path.splitext(config.output)[0] + "_workspace"
+            text = f"Alignment cancelled. Completed stages are kept in {workspace}; Align again resumes from them."
+            self.log_message(text)
+            self._notify(text, Qgis.Info)
+            return
+        if task.error is not None:
+            self._report_error(task, "Alignment")
+            return
+        result = task.result
+        group_name = os.path.basename(os.path.normpath(config.images))
+        try:
+            layer_loader.load_geopackage(result["gpkg"], group_name, layer_loader.RESULT_STYLES, config.images)
+        except (ValueError, RuntimeError) as exc:
+            text = f"Alignment finished but its layers could not be loaded: {exc}"
+            self.log_message(text, Qgis.Critical)
+            self._notify(text, Qgis.Critical)
+            return
+        summary = result.get("summary") or {}
+        self.last_result = result
+        text = (
+            f"{summary.get('registered', '?')} of {summary.get('images', '?')} photos registered, "
+            f"{summary.get('points', '?')} points, {summary.get('mean_reproj_px', float('nan')):.2f} px mean "
+            f"reprojection error, in {task.seconds:.0f} s"
+        )
+        self.log_message(text)
+        self.progress.setValue(100)
+        if result.get("report"):
+            self._notify_with_link(text, Qgis.Success, "Open report", result["report"])
+        else:
+            self._notify(text, Qgis.Success)
+
+    # --- image stack ---
+    def _stack_folder_changed(self, path):
+        self.reference_combo.clear()
+        if not path or not os.path.isdir(path):
+            return
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+        self.reference_combo.addItem("(middle image)", "")
+        for n in names:
+            self.reference_combo.addItem(n, n)
+        if not self.stack_output_widget.filePath():
+            folder = Path(path)
+            self.stack_output_widget.setFilePath(str(folder.parent / f"{folder.name}_aligned"))
+
+    def align_stack(self):
+        folder = self.stack_folder_widget.filePath().strip()
+        output = self.stack_output_widget.filePath().strip()
+        problem = None
+        if not folder or not os.path.isdir(folder):
+            problem = f"{folder or 'no folder'}: choose an existing folder of images"
+        elif not output:
+            problem = "choose an output folder"
+        elif is_inside(output, folder):
+            problem = f"{output}: the output folder must not be inside the input folder"
+        alg = QgsApplication.processingRegistry().algorithmById("alignkit:alignstack")
+        if problem is None and alg is None:
+            problem = "the alignkit:alignstack algorithm is not available (is the Processing provider loaded?)"
+        if problem:
+            self._notify(problem, Qgis.Warning)
+            self.log_message(problem, Qgis.Warning)
+            return None
+        if self.is_running():
+            self._notify("a job is already running; cancel it first", Qgis.Warning)
+            return None
+        params = {
+            "INPUT": folder,
+            "REFERENCE": self.reference_combo.currentData() or "",
+            "MODEL": STACK_MODELS.index(self.model_combo.currentText()),
+            "CROP": self.crop_check.isChecked(),
+            "OUTPUT_FOLDER": output,
+        }
+        model_param = alg.parameterDefinition("MODEL")
+        if model_param is not None and model_param.type() == "enum":
+            options = list(model_param.options())
+            if self.model_combo.currentText() in options:
+                params["MODEL"] = options.index(self.model_combo.currentText())
+        elif model_param is not None:
+            params["MODEL"] = self.model_combo.currentText()
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        feedback = _StackFeedback()
+        feedback.relay.text.connect(self.log_message)
+        task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
+        task.executed.connect(lambda ok, results: self._stack_done(task, ok, results))
+        task.progressChanged.connect(self._set_progress)
+        self._stack_run = (task, context, feedback)
+        self._set_busy(True)
+        self.progress.setValue(0)
+        self.log_message(f"registering the images of {folder} -> {output}")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _stack_done(self, task, ok, results):
+        if self._stack_run is None or self._stack_run[0] is not task:
+            return
+        feedback = self._stack_run[2]
+        self._stack_run = None
+        self._set_busy(False)
+        if feedback.isCanceled():
+            self.log_message("image stack registration cancelled")
+            return
+        if not ok:
+            text = "Image stack registration failed; see the AlignKit log for details"
+            self.log_message(text, Qgis.Critical)
+            self._notify(text, Qgis.Critical)
+            return
+        output = results.get("OUTPUT_FOLDER", self.stack_output_widget.filePath())
+        text = stack_summary(output)
+        self.stack_label.setText(text)
+        self.log_message(text)
+        self._notify(text, Qgis.Success)
+
+    # ------------------------------------------------------------------ teardown
+    def shutdown(self, timeout_ms=30000):
+        """Cancel and wait for a running job, then disconnect from the project (plugin unload)."""
+        if self.task is not None:
+            task, self.task = self.task, None
+            task.on_done = None  # the dock is going away: finished() must not call back into it
+            try:
+                task.message.disconnect(self.log_message)
+                task.progressChanged.disconnect(self._set_progress)
+                task.cancel()
+                task.waitForFinished(timeout_ms)
+            except RuntimeError:
+                pass  # the C++ task is already deleted: it has ended
+        if self._stack_run is not None:
+            task, _context, feedback = self._stack_run
+            self._stack_run = None
+            try:
+                feedback.relay.text.disconnect(self.log_message)
+                task.cancel()
+                task.waitForFinished(timeout_ms)
+            except (RuntimeError, TypeError):
+                pass
+        try:
+            QgsProject.instance().crsChanged.disconnect(self._update_export_option)
+        except TypeError:
+            pass  # already disconnected
+
+
+# ---------------------------------------------------------------------- background work
+# These run in the task's worker thread: core calls and file writing only.
+
+
+def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
+    """Camera priors of a folder: counts, camera model, suggested CRS and the priors GeoPackage."""
+    from ..core import camera, priors as priors_core
+    from ..core.cancel import check
+    from ..core.gpkg import write_geopackage
+
+    progress(0.0, "reading EXIF/XMP")
+    priors = camera.read_priors(folder, progress=lambda f, m="": progress(0.9 * f, m), is_canceled=is_canceled)
+    check(is_canceled)
+    with_gps = [p for p in priors if p.lat is not None and p.lon is not None]
+    unusable = [p for p in priors if p.status == "unusable"]
+    models = {}
+    for p in priors:
+        if p.status != "unusable":
+            models.setdefault(f"{p.make or '?'} {p.model or '?'} {p.width}x{p.height}", p)
+    cameras = "; ".join(
+        f"{key}, focal {p.focal_px:.0f} px ({p.focal_source})" if p.focal_px else key for key, p in models.items()
+    )
+    suggested = priors_core.default_crs(priors) if with_gps else ""
+    text = (
+        f"{len(priors)} photos, {len(with_gps)} with GPS, {len(unusable)} unusable. "
+        f"Camera: {cameras or 'unknown'}"
+    )
+    gpkg = ""
+    if with_gps:
+        progress(0.9, "writing predicted cameras and footprints")
+        crs = target_crs or suggested
+        write_geopackage(priors_gpkg, crs, priors_core.prior_layers(priors, crs))
+        gpkg = priors_gpkg
+    # After prior_layers: it adds footprint problems to the priors.
+    problems = [f"{p.name}: {'; '.join(p.problems)}" for p in priors if p.problems]
+    progress(1.0, "preview done")
+    return {
+        "folder": folder,
+        "folder_name": os.path.basename(os.path.normpath(folder)),
+        "images": len(priors),
+        "with_gps": len(with_gps),
+        "unusable": len(unusable),
+        "cameras": list(models),
+        "suggested_crs": suggested,
+        "text": text,
+        "problems": problems,
+        "gpkg": gpkg,
+    }
+
+
+def align_photos(config, export_crs, progress, is_canceled):
+    """The pipeline, then the HTML report and (optionally) a copy in the project CRS."""
+    from ..core import pipeline, report
+
+    summary = pipeline.run(config, progress, is_canceled)
+    report_path = ""
+    try:
+        report_path = str(report.write_report(config.output))
+    except Exception as exc:  # noqa: BLE001 (a report failure must not discard a finished alignment)
+        progress(1.0, f"report not written: {exc}")
+    gpkg = config.output
+    if export_crs and export_crs != (summary or {}).get("crs"):
+        stem = os.path.splitext(config.output)[0]
+        gpkg = layer_loader.reproject_geopackage(
+            config.output, f"{stem}_{export_crs.replace(':', '')}.gpkg", export_crs, list(layer_loader.RESULT_STYLES)
+        )
+    return {"gpkg": gpkg, "summary": summary, "report": report_path, "output": config.output}
+
+
+def stack_summary(output_folder):
+    """One line from transforms.json: how many images were aligned or rejected."""
+    import json
+
+    path = os.path.join(output_folder, "transforms.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return f"Image stack written to {output_folder}"
+    statuses = [img.get("status") for img in data.get("images", [])]
+    return (
+        f"{statuses.count('aligned')} images aligned to {data.get('reference')} ({data.get('model')}), "
+        f"{statuses.count('rejected')} rejected; written to {output_folder}"
+    )
