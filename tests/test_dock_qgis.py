@@ -1,9 +1,11 @@
 """The dock, its background task and the styled layers, driven through pytest-qgis's stub iface."""
-import os
 import time
 from pathlib import Path
 
 import pytest
+from alignkit.tests import result_fixture as fx
+from alignkit.ui import layers as layer_loader
+from alignkit.ui.dock import AlignKitDock, default_output_for, is_inside
 from osgeo import ogr
 from qgis.core import (
     QgsApplication,
@@ -13,10 +15,6 @@ from qgis.core import (
     QgsSettings,
     QgsVectorLayer,
 )
-
-from alignkit.tests import result_fixture as fx
-from alignkit.ui import layers as layer_loader
-from alignkit.ui.dock import AlignKitDock, default_output_for, is_inside
 
 pytestmark = pytest.mark.qgis
 

@@ -20,7 +20,7 @@ from qgis.core import (
     QgsSettings,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsProjectionSelectionWidget
-from qgis.PyQt.QtCore import QObject, Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -648,7 +648,8 @@ class AlignKitDock(QgsDockWidget):
 
 def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
     """Camera priors of a folder: counts, camera model, suggested CRS and the priors GeoPackage."""
-    from ..core import camera, priors as priors_core
+    from ..core import camera
+    from ..core import priors as priors_core
     from ..core.cancel import check
     from ..core.gpkg import write_geopackage
 
