@@ -48,59 +48,64 @@ def camera_altitude(prior):
 def prior_layers(priors, crs, ground_height=None, samples_per_edge=8):
     """(cameras Layer, footprints Layer) in `crs` from a list of CameraPrior. Adds footprint problems to priors."""
     located = [p for p in priors if p.lat is not None and p.lon is not None]
-    frame = None
+    positions, footprints = {}, []
     if located:
-        alts = [camera_altitude(p) for p in located if camera_altitude(p) is not None]
-        frame = LocalFrame(np.mean([p.lat for p in located]), np.mean([p.lon for p in located]),
-                           float(np.mean(alts)) if alts else 0.0)
-    footprints = []
-    positions = {}
-    for p in located:
-        alt = camera_altitude(p)
-        if alt is None:
-            alt = 0.0
-            p.problems.append("no camera altitude (GPSAltitude / AbsoluteAltitude): point drawn at height 0")
-        centre = frame.to_enu([p.lat], [p.lon], [alt])[0]
-        positions[p.path] = tuple(frame.to_crs(centre[None, :], crs)[0])
-        feature = _footprint_feature(p, centre, alt, ground_height, frame, crs, samples_per_edge)
-        if feature is not None:
-            footprints.append(feature)
+        alts = []
+        for p in located:
+            if camera_altitude(p) is None:
+                p.problems.append("no camera altitude (GPSAltitude / AbsoluteAltitude): point drawn at height 0")
+            alts.append(camera_altitude(p) if camera_altitude(p) is not None else 0.0)
+        lat, lon = [p.lat for p in located], [p.lon for p in located]
+        frame = LocalFrame(np.mean(lat), np.mean(lon), float(np.mean(alts)))
+        centres = frame.to_enu(lat, lon, alts)
+        # One CRS transformation for all points: a pyproj Transformer per photo would dominate the run time.
+        polygons = [(p, _footprint_enu(p, c, alt, ground_height, samples_per_edge))
+                    for p, c, alt in zip(located, centres, alts)]
+        polygons = [(p, poly, attrs) for p, (poly, attrs) in polygons if poly is not None]
+        stacked = np.vstack([centres] + [poly for _, poly, _ in polygons])
+        xyz = frame.to_crs(stacked, crs)
+        positions = {p.path: tuple(xyz[i]) for i, p in enumerate(located)}
+        start = len(located)
+        for _, poly, attrs in polygons:
+            ring = [tuple(c[:2]) for c in xyz[start:start + len(poly)]]
+            start += len(poly)
+            footprints.append(([ring], attrs))
     cameras = [(positions.get(p.path), _camera_attributes(p)) for p in priors]
-    return Layer("cameras", "PointZ", CAMERA_FIELDS, cameras), Layer("footprints", "Polygon", FOOTPRINT_FIELDS,
-                                                                      footprints)
+    return (Layer("cameras", "PointZ", CAMERA_FIELDS, cameras),
+            Layer("footprints", "Polygon", FOOTPRINT_FIELDS, footprints))
 
 
-def _footprint_feature(p, centre, alt, ground_height, frame, crs, samples_per_edge):
+def _footprint_enu(p, centre, alt, ground_height, samples_per_edge):
+    """(ENU polygon, attributes) of a photo's predicted footprint, or (None, None) with the reason in problems."""
     if p.status == "unusable" or not p.focal_px:
-        return None
+        return None, None
     if ground_height is not None:
         if camera_altitude(p) is None:
             p.problems.append("no footprint: no camera altitude to subtract the ground height from")
-            return None
+            return None, None
         height = alt - float(ground_height)
     elif p.rel_alt is not None:
         height = p.rel_alt
     else:
         p.problems.append("no footprint: no RelativeAltitude and no ground height given")
-        return None
+        return None, None
     if height < MIN_HEIGHT_ABOVE_GROUND_M:
         p.problems.append(f"no footprint: camera {height:.1f} m above the ground")
-        return None
+        return None, None
     R, source = camera.camera_rotation(p)
     if source == "assumed_nadir_north_up":
         p.problems.append("footprint assumes a nadir, north-up camera (no yaw in the metadata)")
-    ground_z = centre[2] - height
-    poly = ground_footprint(p.K(), R, centre, ground_z, p.width, p.height, samples_per_edge=samples_per_edge)
+    poly = ground_footprint(p.K(), R, centre, centre[2] - height, p.width, p.height,
+                            samples_per_edge=samples_per_edge)
     if poly is None:
         p.problems.append("no footprint: the camera looks above the horizon")
-        return None
-    ring = [tuple(xy[:2]) for xy in frame.to_crs(poly, crs)]
+        return None, None
     attrs = {
         "image": p.name, "height_above_ground": float(height), "ground_alt": float(alt - height),
         "orientation_source": source, "gsd_cm": 100.0 * height / p.focal_px,
         "area_m2": polygon_area(poly[:, :2]),
     }
-    return [ring], attrs
+    return poly, attrs
 
 
 def _camera_attributes(p):
