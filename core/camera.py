@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sensors
+from .cancel import check
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # 43.27 mm, the 35 mm format's diagonal
@@ -120,17 +121,14 @@ def read_priors(folder, progress=None, is_canceled=None):
     if not folder.exists():
         raise FileNotFoundError(f"image folder does not exist: {folder}")
     if not folder.is_dir():
-        raise NotADirectoryError(f"not a folder: {folder}")
+        raise ValueError(f"not a folder: {folder}")
     images, skipped = list_images(folder)
     if not images:
         extra = f" ({len(skipped)} other file(s) skipped, e.g. {skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}{extra}")
     priors = []
     for i, path in enumerate(images):
-        if is_canceled is not None and is_canceled():
-            from .cancel import Canceled
-
-            raise Canceled("cancelled by the user")
+        check(is_canceled)
         priors.append(read_prior(path))
         if progress is not None:
             progress((i + 1) / len(images), path.name)
