@@ -338,3 +338,14 @@ def test_copy_keeps_working_outside_the_data_folder(tmp_path, shared):
     shutil.copyfile(src, dst)
     a, b = read_prior(src), read_prior(dst)
     assert (b.lat, b.lon, b.focal_px, b.rel_alt, b.gimbal_yaw) == (a.lat, a.lon, a.focal_px, a.rel_alt, a.gimbal_yaw)
+
+
+def test_progress_and_cancel(survey):
+    out, _ = survey
+    seen = []
+    read_priors(out / "images", progress=lambda f, msg: seen.append((f, msg)))
+    assert seen == [(0.25, "img_0001.jpg"), (0.5, "img_0002.jpg"), (0.75, "img_0003.jpg"), (1.0, "img_0004.jpg")]
+    from alignkit.core.cancel import Canceled
+
+    with pytest.raises(Canceled):
+        read_priors(out / "images", is_canceled=lambda: True)

@@ -109,7 +109,6 @@ def layer(path, name):
     return lyr
 
 
-@pytest.mark.slow
 def test_brighton_priors_layers(registered, shared, tmp_path):
     images = shared("brighton_beach", "images")
     out = tmp_path / "brighton priors.gpkg"
@@ -141,7 +140,6 @@ def test_brighton_priors_layers(registered, shared, tmp_path):
     assert any("written to" in m for m in feedback.messages)
 
 
-@pytest.mark.slow
 def test_ground_height_and_target_crs(registered, shared, tmp_path):
     images = shared("brighton_beach", "images")
     out = tmp_path / "geographic.gpkg"
