@@ -382,13 +382,15 @@ def make_texture(rng, shape):
     # Slowly varying ground colour (grass, soil, rock) modulated by the detail.
     cgrid = rng.uniform(0.05, 1.0, (max(2, h // 400 + 2), max(2, w // 400 + 2), 3)).astype(np.float32)
     palette = np.array([[70, 110, 60], [120, 100, 70], [150, 145, 130], [90, 130, 80]], np.float32)
-    weights = cv2.resize(cgrid, (w, h), interpolation=cv2.INTER_LINEAR)  # linear: no overshoot
     channels = []
     for ch in range(3):
-        plane = weights[..., ch] * palette[1 + ch % 3, ch] + (0.35 * palette[0, ch])
+        weight = cv2.resize(np.ascontiguousarray(cgrid[..., ch]), (w, h), interpolation=cv2.INTER_LINEAR)
+        plane = weight * palette[1 + ch % 3, ch] + (0.35 * palette[0, ch])  # linear resize: no overshoot
+        del weight
         plane += lum
         channels.append(cv2.add(plane, 0.0, dtype=cv2.CV_8U))  # saturating float -> uint8
-    del lum, weights
+        del plane
+    del lum
     img = cv2.merge(channels)
     del channels
     # Shapes: log-uniform sizes so every SIFT octave has blobs and corners; sub-pixel positions (shift 4).
@@ -472,27 +474,31 @@ class Scene:
         xn, yn = self._rays
         # World ray d = R.T @ (xn, yn, 1); depth t along it equals the camera z.
         d = [np.float32(R[0, k]) * xn + np.float32(R[1, k]) * yn + np.float32(R[2, k]) for k in range(3)]
+        # Solve on every 8th pixel first (cheap), then start the full grid from that depth map.
+        coarse = [a[::8, ::8] for a in d]
+        t = np.full_like(coarse[2], -float(C[2])) / coarse[2]
+        t = self._intersect(coarse, C, t, 0.02, max_iter, index)
+        t = cv2.resize(t, (xn.shape[1], xn.shape[0]), interpolation=cv2.INTER_LINEAR)
+        t = self._intersect(d, C, t, tol_m, max_iter, index)
         ce, cn, cu = (np.float32(c) for c in C)
-        t = (np.float32(0.0) - cu) / d[2]
+        return ce + t * d[0], cn + t * d[1], cu + t * d[2]
+
+    def _intersect(self, d, C, t, tol_m, max_iter, index):
+        ce, cn, cu = (np.float32(c) for c in C)
         change = np.inf
         for _ in range(max_iter):
-            e = ce + t * d[0]
-            n = cn + t * d[1]
             # cv2.remap is fast but quantised (~1/32 cell): use it until within a centimetre.
-            h = self.dem.sample(e, n) if change > 0.02 else self.dem.sample_exact(e, n)
+            sample = self.dem.sample if change > 0.02 else self.dem.sample_exact
+            h = sample(ce + t * d[0], cn + t * d[1])
             t_new = (h - cu) / d[2]
             change = float(np.abs((t_new - t) * d[2]).max())
             t = t_new
             if change < tol_m:
-                break
-        else:
-            raise RuntimeError(
-                f"ray-terrain intersection did not converge for image {index} (last change {change:.3g} m): "
-                "relief too steep for the view angles"
-            )
-        e = ce + t * d[0]
-        n = cn + t * d[1]
-        return e, n, cu + t * d[2]
+                return t
+        raise RuntimeError(
+            f"ray-terrain intersection did not converge for image {index} (last change {change:.3g} m): "
+            "relief too steep for the view angles"
+        )
 
     def render(self, index):
         """Noise-free (H, W, 3) uint8 BGR rendering of camera `index`."""
