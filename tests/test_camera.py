@@ -349,3 +349,21 @@ def test_progress_and_cancel(survey):
 
     with pytest.raises(Canceled):
         read_priors(out / "images", is_canceled=lambda: True)
+
+
+def test_dji_xmp_attribute_and_element_forms():
+    attributes = ('<x:xmpmeta><rdf:RDF><rdf:Description drone-dji:RelativeAltitude="+39.80" '
+                  "drone-dji:GimbalYawDegree='-132.5' drone-dji:RtkStdLon=\"0.012\" tiff:Model=\"FC6310R\"/>"
+                  "</rdf:RDF></x:xmpmeta>")
+    elements = ("<x:xmpmeta><rdf:RDF><rdf:Description>\n <drone-dji:RelativeAltitude> 39.80 </drone-dji:RelativeAltitude>"
+                "\n <drone-dji:GimbalYawDegree>-132.5</drone-dji:GimbalYawDegree>\n"
+                " <drone-dji:RtkStdLon>0.012</drone-dji:RtkStdLon><tiff:Model>FC6310R</tiff:Model>"
+                "</rdf:Description></rdf:RDF></x:xmpmeta>")
+    for text in (attributes, elements):
+        prior = camera.CameraPrior(path="x.jpg", name="x.jpg")
+        values = camera._dji_xmp(text)
+        assert values["Model"] == "FC6310R"
+        camera._fill_xmp(prior, values)
+        assert (prior.rel_alt, prior.gimbal_yaw, prior.rtk_std_lon) == (39.8, -132.5, 0.012)
+        assert prior.flight_yaw is None and prior.rtk_std_lat is None
+        assert prior.problems == []  # gimbal yaw present, plausible height: nothing to report
