@@ -26,6 +26,7 @@ Focal length in pixels, in order of preference (`focal_source`):
 4. "fallback_guess": 1.2 x the long side (COLMAP's default prior); always named in `problems`.
 """
 import math
+import os
 import re
 import struct
 import warnings
@@ -45,6 +46,7 @@ FOCAL_35MM_DISAGREEMENT = 0.10  # report when the 35 mm equivalent and focal/sen
 PLAUSIBLE_SENSOR_WIDTH_MM = (1.0, 60.0)  # phone sensors (~4 mm) up to medium format (~54 mm)
 PLAUSIBLE_FOCAL_RATIO = (0.3, 10.0)  # focal_px / long side: ~150 deg fisheye to ~6 deg telephoto
 PLAUSIBLE_REL_ALT_M = (1.0, 1500.0)  # below 1 m the photo was taken on the ground; above is not a drone
+_HEAD_BYTES = 1 << 20  # header bytes read from non-JPEG files (PNG/TIFF metadata sits near the start)
 _RESOLUTION_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # EXIF FocalPlaneResolutionUnit
 
 
@@ -153,7 +155,7 @@ def read_prior(path):
 def _fill_prior(prior, path):
     problems = prior.problems
     try:
-        data = path.read_bytes()
+        data, tail = _read_head_and_tail(path)
     except OSError as e:
         problems.append(f"cannot read the file: {e.strerror or e}")
         return
@@ -161,7 +163,7 @@ def _fill_prior(prior, path):
         problems.append("empty file (0 bytes)")
         return
 
-    size, xmp_text, header = _image_size(path, data, problems)
+    size, xmp_text, header = _image_size(path, data, tail, problems)
     if size is None:
         prior.status = "unusable"
         return
@@ -190,7 +192,22 @@ def _fill_prior(prior, path):
 # --------------------------------------------------------------------------- pixel size
 
 
-def _image_size(path, data, problems):
+def _read_head_and_tail(path):
+    """(bytes, last bytes): a JPEG whole (the end-of-image check needs it, and photos are a few MB),
+    other formats only their first MiB and last 64 bytes (a folder may hold GB-sized GeoTIFFs)."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+        if head[:2] == b"\xff\xd8":
+            data = head + f.read()
+            return data, data[-64:]
+        size = os.fstat(f.fileno()).st_size
+        if size <= len(head):
+            return head, head[-64:]
+        f.seek(size - 64)
+        return head, f.read()
+
+
+def _image_size(path, data, tail, problems):
     """((width, height), xmp text or None, header bytes to search for XMP) from the image's own header,
     or (None, None, None) with the reason in problems."""
     if data[:2] == b"\xff\xd8":
@@ -201,7 +218,7 @@ def _image_size(path, data, problems):
             problems.append("damaged PNG: no IHDR header")
             return None, None, None
         width, height = struct.unpack(">II", data[16:24])
-        if b"IEND" not in data[-64:]:
+        if b"IEND" not in tail:
             problems.append("truncated PNG: the file ends before its IEND chunk")
             return None, None, None
         return (int(width), int(height)), None, data

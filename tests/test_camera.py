@@ -256,6 +256,7 @@ def bad_folder(tmp_path, survey):
     pixels = cv2.imdecode(np.frombuffer(good, np.uint8), cv2.IMREAD_COLOR)
     cv2.imwrite(str(folder / "no_exif.jpg"), pixels)
     cv2.imwrite(str(folder / "plain.png"), pixels)
+    (folder / "cut.png").write_bytes((folder / "plain.png").read_bytes()[:-30])
     exif = pytest.importorskip("exif")
     tagged = exif.Image(good)
     for tag in ("gps_latitude", "gps_longitude", "gps_latitude_ref", "gps_longitude_ref", "gps_altitude"):
@@ -277,13 +278,14 @@ def test_bad_input_gets_a_status_per_file_and_the_folder_is_untouched(bad_folder
     status = {name: p.status for name, p in priors.items()}
     assert status == {
         "fake.jpg": "unusable", "truncated.jpg": "unusable", "header_only.jpg": "unusable",
-        "empty.jpeg": "unusable", "no_exif.jpg": "no_gps", "plain.png": "no_gps", "no_gps.jpg": "no_gps",
+        "empty.jpeg": "unusable", "cut.png": "unusable", "no_exif.jpg": "no_gps", "plain.png": "no_gps", "no_gps.jpg": "no_gps",
         "Überflug Straße 7 ä.jpg": "ok",
     }
     assert "not a JPEG" in priors["fake.jpg"].problems[0]
     assert "truncated JPEG" in priors["truncated.jpg"].problems[0]
     assert "truncated JPEG" in priors["header_only.jpg"].problems[0]
     assert "empty file" in priors["empty.jpeg"].problems[0]
+    assert "truncated PNG" in priors["cut.png"].problems[0]
     for name in ("no_exif.jpg", "plain.png"):
         p = priors[name]
         assert (p.width, p.height) == (200, 150)
