@@ -369,3 +369,20 @@ def test_dji_xmp_attribute_and_element_forms():
         assert (prior.rel_alt, prior.gimbal_yaw, prior.rtk_std_lon) == (39.8, -132.5, 0.012)
         assert prior.flight_yaw is None and prior.rtk_std_lat is None
         assert prior.problems == []  # gimbal yaw present, plausible height: nothing to report
+
+
+def test_sensor_table_agrees_with_the_manufacturers_35mm_figures():
+    from alignkit.core import sensors
+
+    # 35 mm-equivalent focal lengths in the makers' spec sheets (the table's sources).
+    spec_35mm = {"dji fc300s": 20, "dji fc300x": 20, "dji fc300c": 20, "dji fc330": 20, "dji fc6310": 24,
+                 "dji fc6310s": 24, "dji fc6310r": 24, "dji fc6510": 24, "hasselblad l1d-20c": 28}
+    for key, spec in sensors.SENSORS.items():
+        assert spec.source and 1.0 < spec.height_mm < spec.width_mm < 60.0, key
+        if spec.focal_mm is not None:
+            diagonal_35mm = spec.focal_mm * math.hypot(36, 24) / math.hypot(spec.width_mm, spec.height_mm)
+            assert diagonal_35mm == pytest.approx(spec_35mm[key], abs=0.6), key
+    assert sensors.lookup_sensor("DJI", "FC300S").width_mm == 6.17
+    assert sensors.lookup_sensor("Canon", "Canon PowerShot S110").width_mm == 7.44
+    assert sensors.lookup_sensor("Hasselblad", "L1D-20c").focal_mm == 10.26
+    assert sensors.lookup_sensor("AlignKit", "SynthCam") is None and sensors.lookup_sensor(None, None) is None
