@@ -1,7 +1,7 @@
 """QGIS glue: registers the Processing provider, the toolbar action and the dock."""
 import os
 
-from qgis.core import QgsApplication, Qgis
+from qgis.core import Qgis, QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction

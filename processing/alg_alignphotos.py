@@ -88,9 +88,10 @@ class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
             summary = pipeline.run(config, progress=progress, is_canceled=feedback.isCanceled)
         except Canceled:
             raise QgsProcessingException(
-                "Alignment cancelled; run it again with the same settings to resume from the workspace")
+                "Alignment cancelled; run it again with the same settings to resume from the workspace"
+            ) from None
         except (pipeline.AlignmentError, FileNotFoundError, ValueError) as e:
-            raise QgsProcessingException(str(e))
+            raise QgsProcessingException(str(e)) from e
         for w in summary.get("warnings", []):
             feedback.pushWarning(w)
         feedback.pushInfo(
