@@ -13,6 +13,7 @@ import cv2
 import exif
 import numpy as np
 import pytest
+
 from alignkit.core.geo import LocalFrame
 from alignkit.core.synthetic import (
     Scene,
@@ -155,9 +156,10 @@ def test_sift_matches_agree_with_true_relative_pose(survey, pair):
     assert np.percentile(dist, 90) < 0.5
 
 
-def test_rendered_texture_lies_where_true_camera_projects_it():
+@pytest.mark.parametrize("relief_m", [12.0, 35.0])
+def test_rendered_texture_lies_where_true_camera_projects_it(relief_m):
     """A Gaussian spot painted on the ground texture appears at K R (X - C), X on the analytic terrain."""
-    spec = SurveySpec(rows=1, cols=2, width=400, height=300, relief_m=12.0, k1=-0.08, k2=0.02, seed=3)
+    spec = SurveySpec(rows=1, cols=2, width=400, height=300, relief_m=relief_m, k1=-0.08, k2=0.02, seed=3)
     scene = Scene(spec)
     tex = scene.texture
     cam = scene.cameras[0]
@@ -184,12 +186,14 @@ def test_rendered_texture_lies_where_true_camera_projects_it():
         col = (X[0] - tex.e0) / tex.cell
         row = (tex.n0 - X[1]) / tex.cell
         ty, tx = np.mgrid[0 : tex.data.shape[0], 0 : tex.data.shape[1]]
-        spot = 150.0 * np.exp(-((tx - col) ** 2 + (ty - row) ** 2) / (2 * 4.0**2))
+        spot = 150.0 * np.exp(
+            -((tx - col) ** 2 + (ty - row) ** 2) / (2 * 2.5**2)
+        )  # small: the projection is locally non-affine
         tex.data = np.repeat((60 + spot)[..., None], 3, axis=2).astype(np.float32)
         img = scene.render(0)[..., 1].astype(np.float64) - 60
         w = np.clip(img, 0, None)
         centroid = np.array([(w * xx).sum(), (w * yy).sum()]) / w.sum()
-        assert centroid == pytest.approx(px, abs=0.05)
+        assert centroid == pytest.approx(px, abs=0.04)
     # The per-pixel intersection lands on the analytic terrain.
     e, n, u = scene.ground_points(1)
     assert np.abs(terrain_height(scene.terrain, e.astype(float), n.astype(float)) - u).max() < 0.001
@@ -241,3 +245,16 @@ def test_cli_writes_a_survey_and_rejects_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_survey.main(["--out", str(tmp_path), "--overlap", "1.5"])
     assert "overlap" in capsys.readouterr().err
+
+
+def test_regenerating_into_a_folder_replaces_the_old_survey_and_refuses_foreign_files(tmp_path):
+    generate_survey(tmp_path, SurveySpec(rows=1, cols=3, width=160, height=120))
+    generate_survey(tmp_path, SurveySpec(rows=1, cols=2, width=160, height=120))
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["img_0001.jpg", "img_0002.jpg"]
+    assert len(load_ground_truth(tmp_path)["cameras"]) == 2
+    (tmp_path / "images" / "holiday.jpg").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="holiday.jpg"):
+        generate_survey(tmp_path, SurveySpec(rows=1, cols=2, width=160, height=120))
+    assert (tmp_path / "images" / "holiday.jpg").read_bytes() == b"not ours"
+    with pytest.raises(ValueError, match="overlap"):
+        SurveySpec(overlap=1.0)
