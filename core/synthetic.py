@@ -550,7 +550,14 @@ def _signed(x):
     return f"{x:+.2f}"
 
 
+def _dji_yaw(deg):
+    """DJI writes yaw in (-180, 180]."""
+    return 180.0 - (180.0 - deg) % 360.0
+
+
 def _xmp_packet(spec, rel_alt, abs_alt, gimbal, flight):
+    gimbal = (_dji_yaw(gimbal[0]), gimbal[1], gimbal[2])
+    flight = (_dji_yaw(flight[0]), flight[1], flight[2])
     attrs = {
         "tiff:Make": spec.make,
         "tiff:Model": spec.model,

@@ -245,6 +245,9 @@ def test_cli_writes_a_survey_and_rejects_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_survey.main(["--out", str(tmp_path), "--overlap", "1.5"])
     assert "overlap" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert make_survey.main(["--out", str(tmp_path / "a_file"), "--rows", "1", "--cols", "1"]) == 2
+    assert "a_file" in capsys.readouterr().err
 
 
 def test_regenerating_into_a_folder_replaces_the_old_survey_and_refuses_foreign_files(tmp_path):

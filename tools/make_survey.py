@@ -62,7 +62,11 @@ def main(argv=None):
     except ValueError as e:
         ap.error(str(e))
     t0 = time.perf_counter()
-    out = generate_survey(a.out, spec)
+    try:
+        out = generate_survey(a.out, spec)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"make_survey: error: {e}", file=sys.stderr)
+        return 2
     print(
         f"{spec.n_images} images and ground_truth.json written to {out} in {time.perf_counter() - t0:.1f} s"
     )
