@@ -13,11 +13,14 @@ class AlignConfig:
     max_image_size: int = 3200  # long side of the working image in pixels, as COLMAP's default
     max_features: int = 8000  # per image; more slows matching with little gain on drone overlap
     sift_contrast_threshold: float = 0.02  # lower than OpenCV's 0.04: keeps features on low-texture ground
+    sift_max_tile_pixels: int = 3_000_000  # SIFT larger images in overlapping strips: ~0.8 GB per worker, not 1.4
+    root_sift: bool = True  # RootSIFT descriptors (Hellinger distance): more correct matches for the same cost
 
     # --- candidate pairs ---
     pair_neighbors: int = 12  # k nearest GPS neighbours tried per image: O(N*k) matching
-    pair_overlap_margin: float = 1.5  # also pair images closer than this many footprint widths
+    pair_overlap_margin: float = 1.5  # also pair images closer than this many footprint radii (mean of the two)
     exhaustive_below: int = 30  # without GPS, match all pairs when there are fewer images than this
+    pair_sequential_window: int = 5  # without GPS (large sets), pair each photo with the next few in capture time
 
     # --- matching ---
     lowe_ratio: float = 0.8  # Lowe's ratio test threshold (0.8 as in his paper)

@@ -1,0 +1,140 @@
+"""One small interface for per-image / per-pair work: `Executor.map(fn, items, progress, is_canceled)`.
+
+`fn` is a module-level function taking one small item (paths, indices, the config as a dict); it
+reads its inputs from and writes its product to the workspace itself, so no big arrays cross a
+process boundary and a distributed engine could take the pool's place with the same workspace.
+Results are yielded in completion order; put whatever identifies the item into the result.
+"""
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+
+from .cancel import Canceled, check
+
+POLL_S = 0.1  # how often a waiting map looks at is_canceled: cancel is honoured well within a second
+
+
+class Executor:
+    def map(self, fn, items, progress=None, is_canceled=None, message="working"):
+        raise NotImplementedError
+
+    def close(self):
+        """Release workers; the executor may still be used afterwards (it starts new ones)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _report(progress, done, total, message):
+    if progress is not None:
+        progress(done / total if total else 1.0, message)
+
+
+class SerialExecutor(Executor):
+    """Runs every item in this process, in order: for debugging, tests and tiny jobs."""
+
+    def map(self, fn, items, progress=None, is_canceled=None, message="working"):
+        items = list(items)
+        for done, item in enumerate(items, 1):
+            check(is_canceled)
+            result = fn(item)
+            _report(progress, done, len(items), message)
+            yield result
+
+
+def _python_executable():
+    """A real Python interpreter for spawned workers.
+
+    Inside QGIS sys.executable is the qgis binary: spawning it would open another QGIS.
+    """
+    exe = sys.executable or ""
+    if os.path.basename(exe).lower().startswith("python"):
+        return exe
+    names = ("python.exe", "pythonw.exe") if os.name == "nt" else ("python3", "python")
+    folders = (sys.exec_prefix,) if os.name == "nt" else (os.path.join(sys.exec_prefix, "bin"),)
+    for folder in folders:
+        for name in names:
+            candidate = os.path.join(folder, name)
+            if os.path.isfile(candidate):
+                return candidate
+    raise RuntimeError(f"no Python interpreter found for worker processes (sys.executable={exe!r})")
+
+
+def _init_worker():
+    # One OpenCV thread per worker: the pool already keeps every core busy.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class ProcessExecutor(Executor):
+    """A pool of worker processes started with "spawn".
+
+    Spawn, not fork: the QGIS process is multi-threaded (Qt), and forking it can deadlock.
+    """
+
+    def __init__(self, workers=0):
+        self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
+        self._pool = None  # kept between map calls: starting a worker (imports) costs about a second
+
+    def _get_pool(self):
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            context.set_executable(_python_executable())
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_worker)
+        return self._pool
+
+    def map(self, fn, items, progress=None, is_canceled=None, message="working"):
+        items = list(items)
+        if not items:
+            return
+        check(is_canceled)
+        pool = self._get_pool()
+        finished = False
+        try:
+            pending = {pool.submit(fn, item) for item in items}
+            done_count = 0
+            while pending:
+                done, pending = cf.wait(pending, timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()  # re-raises a worker's exception here
+                    done_count += 1
+                    _report(progress, done_count, len(items), message)
+                    yield result
+                if is_canceled is not None and is_canceled():
+                    raise Canceled("cancelled by the user")
+            finished = True
+        finally:
+            if not finished:  # cancel, a worker's error, or the caller abandoned the generator
+                self._pool = None
+                _terminate(pool)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _terminate(pool):
+    """Stop a pool now (cancel, error, or the consumer abandoned the generator)."""
+    # Python < 3.14 has no public way to kill busy workers; _processes is the pool's own table.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=2.0)
+        if process.is_alive():
+            process.kill()
+
+
+def make_executor(workers=0):
+    """A process pool of `workers` processes (0 = one per CPU core); 1 worker runs in this process."""
+    if not isinstance(workers, int):  # an AlignConfig or its dict
+        workers = workers.get("workers", 0) if isinstance(workers, dict) else getattr(workers, "workers", 0)
+    return SerialExecutor() if workers == 1 else ProcessExecutor(workers)

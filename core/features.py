@@ -1,0 +1,275 @@
+"""Stage 1: SIFT features into an out-of-core store in the workspace.
+
+Per image `i` the store holds, under `<workspace>/features/`:
+  `i.kp.npy`   float64 (N, 4): x, y (original pixels, pixel-centre convention), size (diameter of the
+               keypoint's neighbourhood in original pixels, OpenCV's `size`), angle (degrees, OpenCV's)
+  `i.desc.npy` uint8 (N, 128): SIFT or RootSIFT descriptors
+  `i.rgb.npy`  uint8 (N, 3): colour of the original image at the keypoint
+  `i.json`     written last: the image identity and the parameters; its presence marks the image done.
+Features are sorted by detector response, strongest first. Each worker reads its image, writes
+these files and returns a few numbers, so descriptor arrays never cross a process boundary and
+no process holds more than one image: peak memory does not grow with the number of images.
+"""
+import os
+import time
+
+import cv2
+import numpy as np
+
+from . import workspace
+from .cancel import check
+from .executor import SerialExecutor
+
+FEATURES_DIR = "features"
+INDEX_FILE = "index.json"
+FORMAT_VERSION = 1  # bump when the stored meaning changes, so old workspaces are re-extracted
+
+# OpenCV's SIFT keypoints sit +0.25 working pixels right of and below the pixel-centre convention
+# (measured: SIFT on an image and on its exact 180 degree rotation gives keypoints 0.5 px apart).
+OPENCV_SIFT_OFFSET_PX = 0.25
+
+
+def feature_params(config):
+    """The config values that change extracted features (a dict, so it travels to workers)."""
+    return {
+        "max_image_size": int(config.max_image_size),
+        "max_features": int(config.max_features),
+        "contrast_threshold": float(config.sift_contrast_threshold),
+        "root_sift": bool(getattr(config, "root_sift", True)),
+        "max_tile_pixels": int(getattr(config, "sift_max_tile_pixels", 0)),
+        "version": FORMAT_VERSION,
+    }
+
+
+def _paths(features_dir, index):
+    stem = os.path.join(features_dir, f"{index:05d}")
+    return {"kp": stem + ".kp.npy", "desc": stem + ".desc.npy", "rgb": stem + ".rgb.npy", "meta": stem + ".json"}
+
+
+def _image_identity(path):
+    st = os.stat(path)
+    return {"image": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _is_complete(files, identity, params):
+    if not os.path.exists(files["meta"]):
+        return None
+    try:
+        meta = workspace.read_json(files["meta"])
+    except (OSError, ValueError):
+        return None
+    if meta.get("identity") != identity or meta.get("params") != params:
+        return None
+    if meta.get("error") is None and not all(os.path.exists(files[k]) for k in ("kp", "desc", "rgb")):
+        return None
+    return meta
+
+
+def working_size(width, height, max_image_size):
+    """(width, height) of the working image: long side at most max_image_size, aspect kept."""
+    scale = max(width, height) / float(max_image_size)
+    if scale <= 1.0:
+        return width, height
+    return max(1, int(round(width / scale))), max(1, int(round(height / scale)))
+
+
+def root_sift(descriptors):
+    """RootSIFT (Arandjelovic & Zisserman 2012): L2 on it is the Hellinger kernel on SIFT, better for matching.
+
+    L1-normalise, square root (unit L2 norm), scaled by 512 into uint8 like OpenCV's own SIFT.
+    """
+    d = descriptors.astype(np.float32)
+    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
+    return np.clip(np.rint(np.sqrt(d) * 512.0), 0, 255).astype(np.uint8)
+
+
+def _tiles(length, count, margin):
+    """Split [0, length) into `count` cores; each tile is its core widened by `margin`, clipped."""
+    edges = np.linspace(0, length, count + 1).round().astype(int)
+    return [(a, b, max(0, a - margin), min(length, b + margin)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def sift_features(gray, max_features, contrast_threshold, max_tile_pixels=0, tile_margin=128):
+    """SIFT on a grayscale image: keypoints (N,4) in ITS pixel-centre coordinates, uint8 descriptors, responses.
+
+    OpenCV's SIFT doubles the image and keeps an 11-layer float pyramid of it: ~1.4 GB at 3200 x 1800.
+    Above `max_tile_pixels` the image is cut into strips across its long side, each SIFT-ed with a
+    `tile_margin` overlap; a strip keeps the keypoints in its core, and the strongest
+    `max_features` of all strips are kept, as one SIFT call would.
+    """
+    height, width = gray.shape[:2]
+    count = 1 if max_tile_pixels <= 0 else int(np.ceil(width * height / float(max_tile_pixels)))
+    long_axis = 1 if width >= height else 0
+    length = gray.shape[long_axis]
+    # Each strip may hold most features (texture is uneven), but not all: that would cost descriptors.
+    per_tile = max_features if count == 1 else int(np.ceil(max_features * min(1.0, 1.5 / count + 0.25)))
+    sift = cv2.SIFT_create(nfeatures=int(per_tile), contrastThreshold=float(contrast_threshold))
+    kps, descs, responses = [], [], []
+    for core_a, core_b, a, b in _tiles(length, count, tile_margin if count > 1 else 0):
+        tile = gray[:, a:b] if long_axis == 1 else gray[a:b, :]
+        keypoints, descriptors = sift.detectAndCompute(np.ascontiguousarray(tile), None)
+        if not keypoints:
+            continue
+        kp = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in keypoints], dtype=np.float64)
+        kp[:, 1 - long_axis] += a  # pt is (x, y): x offset for strips along the width
+        along = kp[:, 1 - long_axis]
+        keep = (along >= core_a - 0.5) & (along < core_b - 0.5)
+        kps.append(kp[keep])
+        descs.append(descriptors[keep])
+        responses.append(np.array([k.response for k in keypoints], dtype=np.float64)[keep])
+    if not kps:
+        return np.zeros((0, 4), np.float64), np.zeros((0, 128), np.uint8), np.zeros(0)
+    kp, descriptors, response = np.concatenate(kps), np.concatenate(descs), np.concatenate(responses)
+    kp[:, :2] -= OPENCV_SIFT_OFFSET_PX
+    # Strongest first; ties broken by position so the order never depends on thread scheduling.
+    order = np.lexsort((kp[:, 1], kp[:, 0], -response))[:max_features]
+    descriptors = np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(kp[order]), descriptors, response[order]
+
+
+def extract_image(item):
+    """Worker: extract one image into the store unless already complete. Returns a small summary dict."""
+    index, path, features_dir, params = item
+    files = _paths(features_dir, index)
+    identity = _image_identity(path)
+    meta = _is_complete(files, identity, params)
+    if meta is not None:
+        return {"index": index, "skipped": True, "count": meta.get("count", 0), "error": meta.get("error"), "seconds": 0.0}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    # IGNORE_ORIENTATION: keypoints live in the stored pixel grid, whatever the EXIF orientation says.
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        error = f"{path}: OpenCV cannot decode this image (corrupt, truncated or unsupported format)"
+        workspace.write_json(files["meta"], {"identity": identity, "params": params, "error": error, "count": 0})
+        return {"index": index, "skipped": False, "count": 0, "error": error, "seconds": time.perf_counter() - start}
+    height, width = bgr.shape[:2]
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    ww, wh = working_size(width, height, params["max_image_size"])
+    if (ww, wh) != (width, height):
+        gray = cv2.resize(gray, (ww, wh), interpolation=cv2.INTER_AREA)
+    sx, sy = width / ww, height / wh
+    kp, desc, _ = sift_features(gray, params["max_features"], params["contrast_threshold"], params["max_tile_pixels"])
+    del gray
+    # Working -> original pixels with pixel centres at integers: x = (x_w + 0.5) * s - 0.5.
+    kp[:, 0] = (kp[:, 0] + 0.5) * sx - 0.5
+    kp[:, 1] = (kp[:, 1] + 0.5) * sy - 0.5
+    kp[:, 2] *= 0.5 * (sx + sy)
+    if params["root_sift"] and len(desc):
+        desc = root_sift(desc)
+    cols = np.clip(np.rint(kp[:, 0]).astype(np.intp), 0, width - 1)
+    rows = np.clip(np.rint(kp[:, 1]).astype(np.intp), 0, height - 1)
+    rgb = np.ascontiguousarray(bgr[rows, cols, ::-1])
+    del bgr
+    workspace.write_npy(files["kp"], kp)
+    workspace.write_npy(files["desc"], desc)
+    workspace.write_npy(files["rgb"], rgb)
+    seconds = time.perf_counter() - start
+    workspace.write_json(
+        files["meta"],
+        {
+            "identity": identity,
+            "params": params,
+            "error": None,
+            "count": int(len(kp)),
+            "width": width,
+            "height": height,
+            "working_size": [ww, wh],
+            "seconds": seconds,
+            "cpu_seconds": time.process_time() - cpu_start,
+        },
+    )
+    return {"index": index, "skipped": False, "count": int(len(kp)), "error": None, "seconds": seconds}
+
+
+def extract_features(image_paths, workspace_dir, config, executor=None, progress=None, is_canceled=None):
+    """Extract SIFT features of every image into `<workspace_dir>/features`; resumable.
+
+    Images whose features are already complete for the same file and parameters are skipped.
+    Returns a FeatureStore; `store.errors` maps index -> message for images that could not be read.
+    """
+    image_paths = [os.fspath(p) for p in image_paths]
+    features_dir = os.path.join(os.fspath(workspace_dir), FEATURES_DIR)
+    os.makedirs(features_dir, exist_ok=True)
+    params = feature_params(config)
+    executor = executor or SerialExecutor()
+    items = [(i, p, features_dir, params) for i, p in enumerate(image_paths)]
+    results = {}
+    for result in executor.map(extract_image, items, progress=progress, is_canceled=is_canceled, message="extracting features"):
+        results[result["index"]] = result
+    check(is_canceled)
+    entries = []
+    for i, path in enumerate(image_paths):
+        meta = workspace.read_json(_paths(features_dir, i)["meta"])
+        entries.append(
+            {
+                "image": os.path.abspath(path),
+                "count": meta.get("count", 0),
+                "width": meta.get("width"),
+                "height": meta.get("height"),
+                "working_size": meta.get("working_size"),
+                "error": meta.get("error"),
+                "skipped": results[i]["skipped"],
+                "seconds": meta.get("seconds", 0.0),
+                "cpu_seconds": meta.get("cpu_seconds", 0.0),
+            }
+        )
+    workspace.write_json(os.path.join(features_dir, INDEX_FILE), {"params": params, "images": entries})
+    return FeatureStore(workspace_dir)
+
+
+class FeatureStore:
+    """Lazy, read-only access to the features of a workspace (memory-mapped .npy files)."""
+
+    def __init__(self, workspace_dir):
+        self.features_dir = os.path.join(os.fspath(workspace_dir), FEATURES_DIR)
+        index_path = os.path.join(self.features_dir, INDEX_FILE)
+        if not os.path.exists(index_path):
+            raise FileNotFoundError(f"{index_path}: no feature index; run extract_features first")
+        index = workspace.read_json(index_path)
+        self.params = index["params"]
+        self.images = index["images"]
+        self.errors = {i: e["error"] for i, e in enumerate(self.images) if e.get("error")}
+
+    def __len__(self):
+        return len(self.images)
+
+    def count(self, i):
+        return int(self.images[i]["count"])
+
+    def image_size(self, i):
+        """(width, height) of the original image."""
+        return self.images[i]["width"], self.images[i]["height"]
+
+    def _load(self, i, kind, empty_shape, dtype, mmap=True):
+        if self.count(i) == 0:
+            return np.zeros(empty_shape, dtype)
+        return np.load(_paths(self.features_dir, i)[kind], mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def keypoint_table(self, i):
+        """(N, 4) float64: x, y, size, angle (memory-mapped)."""
+        return self._load(i, "kp", (0, 4), np.float64)
+
+    def keypoints(self, i):
+        """(N, 2) float64 original-pixel xy, pixel-centre convention, OpenCV's SIFT offset corrected."""
+        return np.ascontiguousarray(self.keypoint_table(i)[:, :2])
+
+    def scales(self, i):
+        """(N,) keypoint size (neighbourhood diameter) in original pixels."""
+        return np.ascontiguousarray(self.keypoint_table(i)[:, 2])
+
+    def angles(self, i):
+        return np.ascontiguousarray(self.keypoint_table(i)[:, 3])
+
+    def descriptors(self, i):
+        """(N, 128) uint8, memory-mapped."""
+        return self._load(i, "desc", (0, 128), np.uint8)
+
+    def colors(self, i):
+        """(N, 3) uint8 RGB."""
+        return np.asarray(self._load(i, "rgb", (0, 3), np.uint8))
+
+    def working_scale(self, i):
+        """Original pixels per working pixel (for thresholds given in working pixels)."""
+        width, _ = self.image_size(i)
+        working = self.images[i].get("working_size")
+        return width / float(working[0]) if working else 1.0

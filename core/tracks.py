@@ -1,0 +1,176 @@
+"""Stage 4: tracks, i.e. features that verified matches link across images.
+
+Connected components of the match graph (nodes: (image, feature)), found with SciPy. A component
+holding two different features of one image is inconsistent (a wrong match somewhere links two
+distinct points); it is SPLIT, not dropped: its matches are re-joined strongest pair first with a
+union-find that refuses any union putting two features of one image into one track. Tracks seen
+in fewer than two images are dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from . import workspace
+
+
+@dataclass
+class Tracks:
+    obs_track: np.ndarray  # (K,) int64 track id, 0..T-1, observations sorted by track then image
+    obs_image: np.ndarray  # (K,) int32 image index
+    obs_feature: np.ndarray  # (K,) int32 feature index in that image
+    obs_xy: np.ndarray  # (K, 2) float64 original-pixel position (pixel-centre convention)
+    track_rgb: np.ndarray  # (T, 3) uint8 mean colour of the track's observations
+
+    @property
+    def n_tracks(self):
+        return len(self.track_rgb)
+
+    def lengths(self):
+        """(T,) number of images observing each track."""
+        return np.bincount(self.obs_track, minlength=self.n_tracks)
+
+    def save(self, path):
+        workspace.write_npz(
+            path,
+            obs_track=self.obs_track,
+            obs_image=self.obs_image,
+            obs_feature=self.obs_feature,
+            obs_xy=self.obs_xy,
+            track_rgb=self.track_rgb,
+        )
+
+    @classmethod
+    def load(cls, path):
+        z = workspace.read_npz(path)
+        return cls(
+            obs_track=z["obs_track"].astype(np.int64),
+            obs_image=z["obs_image"].astype(np.int32),
+            obs_feature=z["obs_feature"].astype(np.int32),
+            obs_xy=np.ascontiguousarray(z["obs_xy"], np.float64).reshape(-1, 2),
+            track_rgb=z["track_rgb"].astype(np.uint8).reshape(-1, 3),
+        )
+
+
+def _find(parent, a):
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:  # path compression
+        parent[a], a = root, parent[a]
+    return root
+
+
+def _split_component(edges, strength, node_image):
+    """Consistent sub-tracks of one inconsistent component. edges: (E, 2) node ids; returns {node: label}."""
+    parent = {}
+    images = {}
+    for a, b in edges[np.argsort(-strength, kind="stable")]:
+        for n in (a, b):
+            if n not in parent:
+                parent[n] = n
+                images[n] = {node_image[n]}
+        ra, rb = _find(parent, a), _find(parent, b)
+        if ra == rb or images[ra] & images[rb]:
+            continue  # same track already, or the union would give one image two features
+        if len(images[ra]) < len(images[rb]):
+            ra, rb = rb, ra
+        parent[rb] = ra
+        images[ra] |= images.pop(rb)
+    return {n: _find(parent, n) for n in parent}
+
+
+def build_tracks(pair_matches, store):
+    """Tracks from verified pair matches (list of PairMatches) and the feature store."""
+    n_images = len(store)
+    counts = np.array([store.count(i) for i in range(n_images)], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(counts)])
+    src, dst, strength = [], [], []
+    for pm in pair_matches:
+        if len(pm.matches) == 0:
+            continue
+        m = np.asarray(pm.matches, dtype=np.int64).reshape(-1, 2)
+        src.append(offset[pm.i] + m[:, 0])
+        dst.append(offset[pm.j] + m[:, 1])
+        strength.append(np.full(len(m), pm.n_inliers, np.float64))
+    if not src:
+        return _empty()
+    src, dst, strength = np.concatenate(src), np.concatenate(dst), np.concatenate(strength)
+    nodes, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    e_src, e_dst = inverse[: len(src)], inverse[len(src) :]
+    n_nodes = len(nodes)
+    graph = coo_matrix((np.ones(len(e_src)), (e_src, e_dst)), shape=(n_nodes, n_nodes))
+    _, label = connected_components(graph, directed=False)
+    node_image = (np.searchsorted(offset, nodes, side="right") - 1).astype(np.int64)
+
+    # A component is inconsistent when it has more nodes than distinct images.
+    order = np.lexsort((node_image, label))
+    same = (label[order][1:] == label[order][:-1]) & (node_image[order][1:] == node_image[order][:-1])
+    bad_labels = np.unique(label[order][1:][same])
+    if len(bad_labels):
+        next_label = label.max() + 1
+        bad_edge = np.isin(label[e_src], bad_labels)
+        edge_label = label[e_src[bad_edge]]
+        bad_edges = np.column_stack([e_src[bad_edge], e_dst[bad_edge]])
+        bad_strength = strength[bad_edge]
+        for comp in bad_labels:
+            sel = edge_label == comp
+            mapping = _split_component(bad_edges[sel], bad_strength[sel], node_image)
+            roots = {}
+            for node, root in mapping.items():
+                if root not in roots:
+                    roots[root] = next_label
+                    next_label += 1
+                label[node] = roots[root]
+
+    # Keep tracks seen in at least two images; renumber 0..T-1 in order of first node.
+    _, first, relabel = np.unique(label, return_index=True, return_inverse=True)
+    length = np.bincount(relabel)
+    keep = length[relabel] >= 2
+    rank = np.argsort(np.argsort(first))  # track ids follow the first observation's (image, feature)
+    track = rank[relabel][keep]
+    kept_nodes = nodes[keep]
+    images = node_image[keep]
+    order = np.lexsort((images, track))
+    track = track[order]
+    _, track = np.unique(track, return_inverse=True)
+    images = images[order].astype(np.int32)
+    features = (kept_nodes[order] - offset[images]).astype(np.int32)
+    xy = np.zeros((len(order), 2), np.float64)
+    rgb = np.zeros((len(order), 3), np.float64)
+    for i in np.unique(images):
+        sel = images == i
+        xy[sel] = store.keypoints(int(i))[features[sel]]
+        rgb[sel] = store.colors(int(i))[features[sel]]
+    n_tracks = int(track.max()) + 1 if len(track) else 0
+    track_rgb = np.zeros((n_tracks, 3))
+    np.add.at(track_rgb, track, rgb)
+    track_rgb /= np.maximum(np.bincount(track, minlength=n_tracks), 1)[:, None]
+    return Tracks(
+        obs_track=track.astype(np.int64),
+        obs_image=images,
+        obs_feature=features,
+        obs_xy=np.ascontiguousarray(xy),
+        track_rgb=np.clip(np.rint(track_rgb), 0, 255).astype(np.uint8),
+    )
+
+
+def _empty():
+    return Tracks(
+        obs_track=np.zeros(0, np.int64),
+        obs_image=np.zeros(0, np.int32),
+        obs_feature=np.zeros(0, np.int32),
+        obs_xy=np.zeros((0, 2), np.float64),
+        track_rgb=np.zeros((0, 3), np.uint8),
+    )
+
+
+def save_tracks(tracks, path):
+    tracks.save(path)
+
+
+def load_tracks(path):
+    return Tracks.load(path)

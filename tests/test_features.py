@@ -1,0 +1,142 @@
+"""SIFT feature store: pixel convention, scaling, resumability, determinism, cancellation."""
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from alignkit.core.cancel import Canceled
+from alignkit.core.config import AlignConfig
+from alignkit.core.executor import ProcessExecutor, SerialExecutor
+from alignkit.core.features import FeatureStore, extract_features
+
+
+def _texture(seed, width=720, height=480):
+    """A colour image with blob texture at several scales (SIFT finds plenty)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height, width, 3), np.float32)
+    for sigma in (1.5, 4.0, 10.0):
+        noise = rng.normal(0, 1, (height, width, 3)).astype(np.float32)
+        img += cv2.GaussianBlur(noise, (0, 0), sigma) * sigma
+    img = (img - img.min()) / (img.max() - img.min()) * 255
+    return img.astype(np.uint8)
+
+
+def _config(**kw):
+    values = {"max_image_size": 400, "max_features": 1500, "workers": 1}
+    values.update(kw)
+    return AlignConfig(**values)
+
+
+@pytest.fixture
+def rotated_pair(tmp_path):
+    img = _texture(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), img)
+    cv2.imwrite(str(folder / "b.png"), np.ascontiguousarray(img[::-1, ::-1]))
+    return [folder / "a.png", folder / "b.png"], img
+
+
+def test_keypoints_follow_pixel_centre_convention_after_scaling(rotated_pair, tmp_path):
+    """A point at (x, y) sits at (W-1-x, H-1-y) in the 180-degree rotated image, at any working scale."""
+    paths, img = rotated_pair
+    height, width = img.shape[:2]
+    store = extract_features(paths, tmp_path / "ws", _config(), SerialExecutor())
+    a, b = store.keypoints(0), store.keypoints(1)
+    b_back = np.column_stack([width - 1 - b[:, 0], height - 1 - b[:, 1]])
+    dist, idx = cKDTree(b_back).query(a)
+    close = dist < 1.0  # the same detections (working pixel = 1.8 original pixels here)
+    assert close.sum() > 300
+    residual = a[close] - b_back[idx[close]]
+    # Without the 0.25 px offset correction this would be 2 * 0.25 * 1.8 = 0.9 px.
+    assert np.all(np.abs(np.median(residual, axis=0)) < 0.05)
+    assert store.image_size(0) == (width, height)
+    assert store.working_scale(0) == pytest.approx(width / 400)
+
+
+def test_store_arrays_and_colours(rotated_pair, tmp_path):
+    paths, img = rotated_pair
+    store = extract_features(paths, tmp_path / "ws", _config(max_features=500), SerialExecutor())
+    assert len(store) == 2
+    for i in range(2):
+        n = store.count(i)
+        assert 100 < n <= 500
+        kp, desc, rgb = store.keypoints(i), store.descriptors(i), store.colors(i)
+        assert kp.shape == (n, 2) and kp.dtype == np.float64 and kp.flags.c_contiguous
+        assert desc.shape == (n, 128) and desc.dtype == np.uint8
+        assert isinstance(desc, np.memmap)  # read lazily from the workspace
+        assert rgb.shape == (n, 3) and rgb.dtype == np.uint8
+        assert store.scales(i).min() > 0
+        assert np.all((kp >= -0.5) & (kp <= np.array(store.image_size(i)) - 0.5))
+    # Colours are the original image's RGB at the keypoint (the file is BGR).
+    kp = store.keypoints(0)
+    cols, rows = np.rint(kp[:, 0]).astype(int), np.rint(kp[:, 1]).astype(int)
+    np.testing.assert_array_equal(store.colors(0), img[rows, cols, ::-1])
+
+
+def test_rerun_skips_completed_images_and_redoes_changed_ones(rotated_pair, tmp_path):
+    paths, _ = rotated_pair
+    ws = tmp_path / "ws"
+    first = extract_features(paths, ws, _config(), SerialExecutor())
+    assert not any(e["skipped"] for e in first.images)
+    before = os.stat(ws / "features" / "00000.desc.npy").st_mtime_ns
+    second = extract_features(paths, ws, _config(), SerialExecutor())
+    assert all(e["skipped"] for e in second.images)
+    assert os.stat(ws / "features" / "00000.desc.npy").st_mtime_ns == before
+    cv2.imwrite(str(paths[1]), _texture(2))  # a changed photo is extracted again
+    third = extract_features(paths, ws, _config(), SerialExecutor())
+    assert [e["skipped"] for e in third.images] == [True, False]
+    # A different feature budget invalidates every image.
+    fourth = extract_features(paths, ws, _config(max_features=700), SerialExecutor())
+    assert not any(e["skipped"] for e in fourth.images)
+    assert max(fourth.count(0), fourth.count(1)) <= 700
+
+
+def test_corrupt_image_is_reported_and_others_extracted(rotated_pair, tmp_path):
+    paths, _ = rotated_pair
+    bad = paths[0].parent / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    store = extract_features([paths[0], bad], tmp_path / "ws", _config(), SerialExecutor())
+    assert store.count(0) > 100
+    assert store.count(1) == 0 and store.descriptors(1).shape == (0, 128)
+    assert "bad.jpg" in store.errors[1] and "decode" in store.errors[1]
+
+
+@pytest.mark.slow
+def test_process_pool_gives_identical_features(rotated_pair, tmp_path):
+    paths, _ = rotated_pair
+    serial = extract_features(paths, tmp_path / "a", _config(), SerialExecutor())
+    with ProcessExecutor(2) as executor:
+        pooled = extract_features(paths, tmp_path / "b", _config(workers=2), executor)
+    for i in range(2):
+        np.testing.assert_array_equal(serial.keypoints(i), pooled.keypoints(i))
+        np.testing.assert_array_equal(serial.descriptors(i), pooled.descriptors(i))
+
+
+@pytest.mark.slow
+def test_process_pool_cancels_within_a_second():
+    start = time.monotonic()
+    deadline = start + 1.0
+    with ProcessExecutor(2) as executor:
+        with pytest.raises(Canceled):
+            # time.sleep is importable in a spawned worker; each item would take 30 s.
+            for _ in executor.map(time.sleep, [30, 30, 30], is_canceled=lambda: time.monotonic() > deadline):
+                pass
+    # Worker start-up (spawn) takes up to a few seconds on a loaded machine; the cancel itself < 1 s.
+    assert time.monotonic() - deadline < 1.5
+
+
+def test_serial_executor_reports_progress_and_cancels():
+    seen = []
+    out = list(SerialExecutor().map(abs, [-1, -2, -3], progress=lambda f, m: seen.append(f)))
+    assert out == [1, 2, 3] and seen == pytest.approx([1 / 3, 2 / 3, 1.0])
+    with pytest.raises(Canceled):
+        list(SerialExecutor().map(abs, [1, 2], is_canceled=lambda: True))
+
+
+def test_store_without_index_names_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="extract_features"):
+        FeatureStore(tmp_path)
