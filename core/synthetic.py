@@ -47,7 +47,7 @@ class SurveySpec:
     width: int = 1200  # image width in pixels
     height: int = 900  # image height in pixels
     focal_mm: float = 8.77  # lens focal; with the 13.2 mm sensor: f35 = 23.00 mm by the diagonal, 797 px
-    sensor_width_mm: float = 13.2  # a 1-inch sensor (13.2 x 8.8 mm class); height follows the pixel aspect
+    sensor_width_mm: float = 13.2  # a 1-inch-class sensor width; its height follows the image aspect (9.9 mm)
     k1: float = 0.0  # radial distortion of the rendered lens (normalised coordinates)
     k2: float = 0.0  # second radial coefficient
     yaw_deg: float = 0.0  # heading of the first flight line, degrees clockwise from north
@@ -65,7 +65,7 @@ class SurveySpec:
     lon0: float = 6.6  # take-off longitude (degrees)
     h0: float = 400.0  # take-off ground height (metres, MSL-like)
     make: str = "AlignKit"  # not in any sensor table: readers must use the EXIF focal values
-    model: str = "SynthCam"
+    model: str = "SynthCam"  # likewise absent from every sensor table
     start_time: str = "2024:06:15 10:00:00"  # DateTimeOriginal of the first image; then 1 s apart
 
     def __post_init__(self):
@@ -114,6 +114,7 @@ class SurveySpec:
 
 
 # Surveys named by the alignment acceptance criteria (issue 4), so every test builds the same ones.
+# Vary one with dataclasses.replace(ACCEPTANCE_SURVEYS[name], ...) rather than by assignment.
 ACCEPTANCE_SURVEYS = {
     "nadir_20": SurveySpec(rows=4, cols=5, gps_noise_h_m=1.0, gps_noise_v_m=2.0),  # consumer GPS
     "gps_noise_60": SurveySpec(rows=6, cols=10, gps_noise_h_m=3.0, gps_noise_v_m=3.0, yaw_deg=30.0, seed=2),
