@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .camera import angles_from_rotation, rotation_from_gimbal
 from .geo import LocalFrame
 from .workspace import write_json
 
@@ -123,46 +124,6 @@ ACCEPTANCE_SURVEYS = {
 
 
 # ---------------------------------------------------------------- rotations
-
-
-def _rot_x(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def _rot_y(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]])
-
-
-def _rot_z(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-
-
-# ENU <-> NED (its own inverse) and gimbal axes (x forward, y right, z down) <-> OpenCV camera axes.
-_ENU_FROM_NED = np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, -1]])
-_GIMBAL_FROM_CV = np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])
-
-
-def rotation_from_dji_angles(yaw_deg, pitch_deg, roll_deg):
-    """R (ENU -> OpenCV camera) from DJI gimbal angles, applied in the gimbal's mechanical order.
-
-    DJI gimbals turn yaw (clockwise from north), then roll, then pitch (-90 = nadir) in NED:
-    R_ned_from_gimbal = Rz(yaw) Rx(roll) Ry(pitch). This order has no singularity at nadir, where
-    the yaw-pitch-roll order would make yaw and roll the same rotation.
-    """
-    g = _rot_z(math.radians(yaw_deg)) @ _rot_x(math.radians(roll_deg)) @ _rot_y(math.radians(pitch_deg))
-    return np.ascontiguousarray((_ENU_FROM_NED @ g @ _GIMBAL_FROM_CV).T)
-
-
-def dji_angles_from_rotation(R):
-    """Inverse of rotation_from_dji_angles: (yaw, pitch, roll) degrees, yaw in [0, 360)."""
-    g = _ENU_FROM_NED.T @ np.asarray(R, float).T @ _GIMBAL_FROM_CV.T  # = Rz(yaw) Rx(roll) Ry(pitch)
-    roll = math.asin(max(-1.0, min(1.0, g[2, 1])))
-    yaw = math.atan2(-g[0, 1], g[1, 1])
-    pitch = math.atan2(-g[2, 0], g[2, 2])
-    return math.degrees(yaw) % 360.0, math.degrees(pitch), math.degrees(roll)
 
 
 def _small_rotation(rng, sigma_deg):
@@ -303,7 +264,7 @@ def _plan(spec):
             along = (k - (spec.cols - 1) / 2.0) * step_along
             en = across * right + along * ahead
             C = np.array([en[0], en[1], spec.altitude_m]) + rng_pose.normal(0.0, spec.position_jitter_m, 3)
-            R0 = rotation_from_dji_angles(heading, -90.0, 0.0)
+            R0 = rotation_from_gimbal(heading, -90.0, 0.0)
             R = _small_rotation(rng_pose, spec.attitude_jitter_deg) @ R0
             gps = C + np.array(
                 [
@@ -663,7 +624,7 @@ def generate_survey(out_dir, spec=None, progress=None):
     cameras = []
     for i, cam in enumerate(scene.cameras):
         name = f"img_{i + 1:04d}.jpg"  # IMAGE_NAME
-        gimbal = dji_angles_from_rotation(cam["R"])
+        gimbal = angles_from_rotation(cam["R"])
         # The drone body leans into the wind a little; the gimbal keeps the camera near nadir.
         flight = (cam["heading"], float(rng_flight.normal(0, 2.0)), float(rng_flight.normal(0, 2.0)))
         data = _jpeg_with_metadata(

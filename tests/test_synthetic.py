@@ -14,15 +14,14 @@ import exif
 import numpy as np
 import pytest
 
+from alignkit.core.camera import angles_from_rotation, rotation_from_gimbal
 from alignkit.core.geo import LocalFrame
 from alignkit.core.synthetic import (
     Scene,
     SurveySpec,
-    dji_angles_from_rotation,
     generate_survey,
     load_ground_truth,
     project,
-    rotation_from_dji_angles,
     terrain_height,
 )
 from alignkit.tools import make_survey
@@ -107,7 +106,7 @@ def test_exif_and_xmp_carry_the_truth(survey):
         assert float(xmp[b"AbsoluteAltitude"]) - float(xmp[b"RelativeAltitude"]) == pytest.approx(
             400.0, abs=0.011
         )
-        R_xmp = rotation_from_dji_angles(
+        R_xmp = rotation_from_gimbal(
             float(xmp[b"GimbalYawDegree"]), float(xmp[b"GimbalPitchDegree"]), float(xmp[b"GimbalRollDegree"])
         )
         angle = np.degrees(np.arccos(np.clip((np.trace(R_xmp @ np.array(cam["R"]).T) - 1) / 2, -1, 1)))
@@ -226,12 +225,12 @@ def test_lawnmower_flight_and_terrain(tmp_path):
 
 
 def test_gimbal_angles_round_trip_and_nadir_axes():
-    R = rotation_from_dji_angles(0.0, -90.0, 0.0)
+    R = rotation_from_gimbal(0.0, -90.0, 0.0)
     assert R == pytest.approx(
         np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]]), abs=1e-12
     )  # x east, y south, z down
     for angles in [(33.0, -88.0, 1.5), (271.0, -91.0, -0.7), (0.5, -45.0, 10.0)]:
-        assert dji_angles_from_rotation(rotation_from_dji_angles(*angles)) == pytest.approx(angles, abs=1e-9)
+        assert angles_from_rotation(rotation_from_gimbal(*angles)) == pytest.approx(angles, abs=1e-9)
 
 
 def test_cli_writes_a_survey_and_rejects_bad_values(tmp_path, capsys):
