@@ -1,12 +1,9 @@
 """The photo-alignment job: one entry point, `run(config, progress, is_canceled)`.
 
-Stages run in order and each keeps its product in the workspace, in a folder named after the
-stage and a hash of the settings it depends on. A rerun with the same settings reuses what is
-complete (a killed or cancelled run resumes); changed settings get a fresh folder, so a stale
-product is never mixed in.
+Stages run in order and keep their products in the workspace (features/, matches/, ...), each
+file stamped with the settings and input file it came from. A rerun reuses what is complete and
+still valid (a killed or cancelled run resumes); products of other settings are redone, never mixed in.
 """
-import hashlib
-import json
 import logging
 import os
 import time
@@ -40,12 +37,6 @@ def output_paths(config):
         "ply": Path(f"{stem}_sparse.ply"),
         "workspace": Path(config.workspace) if config.workspace else Path(f"{stem}_workspace"),
     }
-
-
-def _stage_dir(ws, name, config, keys):
-    settings = {k: getattr(config, k) for k in keys}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return ws / f"{name}-{digest}"
 
 
 class _Progress:
@@ -118,11 +109,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         # --- features ---
         report.start("features", f"Extracting SIFT features from {len(usable)} photos")
         t = time.perf_counter()
-        feat_dir = _stage_dir(ws, "features", config,
-                              ["max_image_size", "max_features", "sift_contrast_threshold"])
-        store = features.extract_features(
-            [p.path for p in usable], feat_dir, config, executor, report, is_canceled
-        )
+        store = features.extract_features([p.path for p in usable], ws, config, executor, report, is_canceled)
         timings["extract_s"] = time.perf_counter() - t
 
         # --- candidate pairs ---
@@ -130,19 +117,16 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         t = time.perf_counter()
         footprint_radius = _footprint_radius(usable)
         candidates = pairs.candidate_pairs(
-            gps_enu, footprint_radius, [p.capture_time for p in usable], config
+            gps_enu, footprint_radius, [p.capture_time for p in usable], config, store=store
         )
         timings["pairs_s"] = time.perf_counter() - t
 
         # --- matching ---
         report.start("matching", f"Matching {len(candidates)} candidate pairs")
         t = time.perf_counter()
-        match_dir = _stage_dir(ws, "matches", config,
-                               ["max_image_size", "max_features", "sift_contrast_threshold",
-                                "lowe_ratio", "ransac_threshold_px", "min_inliers", "seed"])
         Ks = np.stack([p.K() for p in usable])
         pair_matches = matching.match_pairs(
-            store, candidates, Ks, config, executor, report, is_canceled, workspace_dir=match_dir
+            store, candidates, Ks, config, executor, report, is_canceled, workspace_dir=ws
         )
         timings["match_s"] = time.perf_counter() - t
     finally:
