@@ -11,10 +11,11 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from osgeo import gdal
+
 from alignkit.core import camera, synthetic
 from alignkit.core.camera import focal_from_35mm, read_prior, read_priors, rotation_from_gimbal
 from alignkit.core.geo import LocalFrame
-from osgeo import gdal
 
 gdal.UseExceptions()
 

@@ -4,6 +4,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+
 from alignkit.core.camera import rotation_from_gimbal
 from alignkit.core.footprints import ground_footprint, image_border, polygon_area
 

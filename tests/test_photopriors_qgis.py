@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from alignkit.processing.alg_photopriors import PhotoPriorsAlgorithm
 from qgis.core import (
     QgsApplication,
     QgsProcessingException,
@@ -15,6 +14,8 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+
+from alignkit.processing.alg_photopriors import PhotoPriorsAlgorithm
 
 pytestmark = pytest.mark.qgis
 
