@@ -1,0 +1,103 @@
+"""alignkit:alignstack — align a stack of images to a reference (thin wrapper of core.stack)."""
+import os
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterString,
+)
+
+from ..core import stack
+from ..core.cancel import Canceled
+
+
+class AlignStackAlgorithm(QgsProcessingAlgorithm):
+    def name(self):
+        return "alignstack"
+
+    def displayName(self):  # noqa: N802
+        return "Align image stack"
+
+    def group(self):
+        return "Image stacks"
+
+    def groupId(self):  # noqa: N802
+        return "imagestacks"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "Aligns every image of a folder (a handheld focus or exposure bracket, photos at different zoom, "
+            "a photo and a georeferenced raster) to a reference image, pixel for pixel: SIFT features and a "
+            "robust fit of the chosen MODEL, refined by ECC on an image pyramid, then (CROP) a crop to the "
+            "largest rectangle every aligned image covers. Writes the aligned images (same format and bit "
+            "depth) and transforms.json (matrix of each image to the reference, status and reason, MSE / NCC "
+            "/ SSIM before and after, crop rectangle) into OUTPUT_FOLDER. Frames that cannot be aligned are "
+            "rejected with their reason, not written. The input folder is never written to."
+        )
+
+    def createInstance(self):  # noqa: N802
+        return AlignStackAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile(
+            "INPUT", "Image folder", behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterString(
+            "REFERENCE", "Reference image (file name in the folder; default: the middle image by name)",
+            optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            "MODEL", "Transformation model", options=list(stack.MODELS),
+            defaultValue=stack.MODELS.index("homography")))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "CROP", "Crop to the area common to all aligned images", defaultValue=True))
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
+        self.addOutput(QgsProcessingOutputFile("TRANSFORMS", "transforms.json"))
+        self.addOutput(QgsProcessingOutputNumber("ALIGNED", "Images aligned (reference excluded)"))
+        self.addOutput(QgsProcessingOutputNumber("REJECTED", "Images rejected"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        folder = self.parameterAsFile(parameters, "INPUT", context)
+        output = self.parameterAsString(parameters, "OUTPUT_FOLDER", context)
+        model = parameters.get("MODEL")
+        if isinstance(model, str) and model in stack.MODELS:  # a script may pass the name itself
+            model_name = model
+        else:
+            model_name = stack.MODELS[self.parameterAsEnum(parameters, "MODEL", context)]
+        config = stack.StackConfig(
+            model=model_name,
+            reference=(self.parameterAsString(parameters, "REFERENCE", context) or "").strip(),
+            crop=self.parameterAsBool(parameters, "CROP", context),
+        )
+        if not folder:
+            raise QgsProcessingException("no image folder given (INPUT)")
+
+        def progress(fraction, message):
+            feedback.setProgress(100.0 * fraction)
+            if message:
+                feedback.setProgressText(message)
+
+        try:
+            document = stack.align_stack(folder, output, config, progress=progress,
+                                         is_canceled=feedback.isCanceled)
+        except Canceled:
+            raise QgsProcessingException("Stack alignment cancelled") from None
+        except (OSError, ValueError) as e:
+            raise QgsProcessingException(str(e)) from e
+        aligned = rejected = 0
+        for entry in document["images"]:
+            if entry["status"] == "aligned":
+                aligned += 1
+            elif entry["status"] == "rejected":
+                rejected += 1
+                feedback.pushWarning(f"{entry['image']} rejected: {entry['reason']}")
+        crop = document["crop"]
+        feedback.pushInfo(
+            f"{aligned} images aligned to {document['reference']} ({document['model']}), {rejected} rejected; "
+            f"crop {crop['width']} x {crop['height']} at ({crop['x']}, {crop['y']}); written to {output}")
+        return {"OUTPUT_FOLDER": output,
+                "TRANSFORMS": os.path.join(output, "transforms.json"), "ALIGNED": aligned, "REJECTED": rejected}
