@@ -9,6 +9,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# `python -m pytest` puts the checkout on sys.path, where the plugin's own processing/ folder would
+# shadow QGIS's `processing` package; the plugin is imported as `alignkit` instead.
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
+
 try:
     import alignkit  # noqa: F401
 except ImportError:  # running outside `make test`: expose the checkout under its plugin name
