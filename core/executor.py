@@ -5,6 +5,7 @@ reads its inputs from and writes its product to the workspace itself, so no big 
 process boundary and a distributed engine could take the pool's place with the same workspace.
 Results are yielded in completion order; put whatever identifies the item into the result.
 """
+
 import concurrent.futures as cf
 import multiprocessing
 import os
@@ -85,7 +86,9 @@ class ProcessExecutor(Executor):
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             context.set_executable(_python_executable())
-            self._pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_worker)
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=context, initializer=_init_worker
+            )
         return self._pool
 
     def map(self, fn, items, progress=None, is_canceled=None, message="working"):

@@ -10,6 +10,7 @@ Features are sorted by detector response, strongest first. Each worker reads its
 these files and returns a few numbers, so descriptor arrays never cross a process boundary and
 no process holds more than one image: peak memory does not grow with the number of images.
 """
+
 import os
 import time
 
@@ -43,7 +44,12 @@ def feature_params(config):
 
 def _paths(features_dir, index):
     stem = os.path.join(features_dir, f"{index:05d}")
-    return {"kp": stem + ".kp.npy", "desc": stem + ".desc.npy", "rgb": stem + ".rgb.npy", "meta": stem + ".json"}
+    return {
+        "kp": stem + ".kp.npy",
+        "desc": stem + ".desc.npy",
+        "rgb": stem + ".rgb.npy",
+        "meta": stem + ".json",
+    }
 
 
 def _image_identity(path):
@@ -134,21 +140,37 @@ def extract_image(item):
     identity = _image_identity(path)
     meta = _is_complete(files, identity, params)
     if meta is not None:
-        return {"index": index, "skipped": True, "count": meta.get("count", 0), "error": meta.get("error"), "seconds": 0.0}
+        return {
+            "index": index,
+            "skipped": True,
+            "count": meta.get("count", 0),
+            "error": meta.get("error"),
+            "seconds": 0.0,
+        }
     start, cpu_start = time.perf_counter(), time.process_time()
     # IGNORE_ORIENTATION: keypoints live in the stored pixel grid, whatever the EXIF orientation says.
     bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         error = f"{path}: OpenCV cannot decode this image (corrupt, truncated or unsupported format)"
-        workspace.write_json(files["meta"], {"identity": identity, "params": params, "error": error, "count": 0})
-        return {"index": index, "skipped": False, "count": 0, "error": error, "seconds": time.perf_counter() - start}
+        workspace.write_json(
+            files["meta"], {"identity": identity, "params": params, "error": error, "count": 0}
+        )
+        return {
+            "index": index,
+            "skipped": False,
+            "count": 0,
+            "error": error,
+            "seconds": time.perf_counter() - start,
+        }
     height, width = bgr.shape[:2]
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     ww, wh = working_size(width, height, params["max_image_size"])
     if (ww, wh) != (width, height):
         gray = cv2.resize(gray, (ww, wh), interpolation=cv2.INTER_AREA)
     sx, sy = width / ww, height / wh
-    kp, desc, _ = sift_features(gray, params["max_features"], params["contrast_threshold"], params["max_tile_pixels"])
+    kp, desc, _ = sift_features(
+        gray, params["max_features"], params["contrast_threshold"], params["max_tile_pixels"]
+    )
     del gray
     # Working -> original pixels with pixel centres at integers: x = (x_w + 0.5) * s - 0.5.
     kp[:, 0] = (kp[:, 0] + 0.5) * sx - 0.5
@@ -194,7 +216,9 @@ def extract_features(image_paths, workspace_dir, config, executor=None, progress
     executor = executor or SerialExecutor()
     items = [(i, p, features_dir, params) for i, p in enumerate(image_paths)]
     results = {}
-    for result in executor.map(extract_image, items, progress=progress, is_canceled=is_canceled, message="extracting features"):
+    for result in executor.map(
+        extract_image, items, progress=progress, is_canceled=is_canceled, message="extracting features"
+    ):
         results[result["index"]] = result
     check(is_canceled)
     entries = []
@@ -243,7 +267,9 @@ class FeatureStore:
     def _load(self, i, kind, empty_shape, dtype, mmap=True):
         if self.count(i) == 0:
             return np.zeros(empty_shape, dtype)
-        return np.load(_paths(self.features_dir, i)[kind], mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(
+            _paths(self.features_dir, i)[kind], mmap_mode="r" if mmap else None, allow_pickle=False
+        )
 
     def keypoint_table(self, i):
         """(N, 4) float64: x, y, size, angle (memory-mapped)."""

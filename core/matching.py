@@ -8,6 +8,7 @@ a weak baseline for initialising a reconstruction). Each pair's result is writte
 `<workspace>/matches/<i>_<j>.npz` atomically; a rerun skips pairs already verified with the same
 features and parameters.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,6 +105,35 @@ def _normalised(points, K):
     return cv2.undistortPoints(points.reshape(-1, 1, 2), K, None).reshape(-1, 2)
 
 
+def _skew(t):
+    return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+
+
+def _sampson_residuals(params, n1, n2):
+    R = cv2.Rodrigues(params[:3])[0]
+    t = params[3:6] / np.linalg.norm(params[3:6])
+    E = _skew(t) @ R
+    h1 = np.column_stack([n1, np.ones(len(n1))])
+    h2 = np.column_stack([n2, np.ones(len(n2))])
+    Ex1, Etx2 = h1 @ E.T, h2 @ E
+    num = np.sum(h2 * Ex1, axis=1)
+    return num / np.sqrt(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2)
+
+
+def refine_relative_pose(R, t, n1, n2, scale):
+    """Least-squares (Sampson, soft-L1 beyond `scale`) relative pose on all inliers.
+
+    RANSAC's model comes from a minimal sample (refined on a subset); this uses every inlier.
+    """
+    from scipy.optimize import least_squares
+
+    x0 = np.concatenate([cv2.Rodrigues(R)[0].ravel(), np.ravel(t)])
+    fit = least_squares(_sampson_residuals, x0, args=(n1, n2), loss="soft_l1", f_scale=scale, max_nfev=50)
+    R_new = cv2.Rodrigues(fit.x[:3])[0]
+    t_new = fit.x[3:6] / np.linalg.norm(fit.x[3:6])
+    return R_new, t_new
+
+
 def verify(p1, p2, K1, K2, threshold_px, method, min_inliers, homography_ratio):
     """Geometric verification of putative correspondences (original pixels).
 
@@ -119,19 +149,28 @@ def verify(p1, p2, K1, K2, threshold_px, method, min_inliers, homography_ratio):
         n1, n2 = _normalised(p1, K1), _normalised(p2, K2)
         focal = 0.25 * (K1[0, 0] + K1[1, 1] + K2[0, 0] + K2[1, 1])
         E, emask = cv2.findEssentialMat(
-            n1, n2, np.eye(3), method=flag, prob=RANSAC_CONFIDENCE, threshold=threshold_px / focal, maxIters=RANSAC_MAX_ITERS
+            n1,
+            n2,
+            np.eye(3),
+            method=flag,
+            prob=RANSAC_CONFIDENCE,
+            threshold=threshold_px / focal,
+            maxIters=RANSAC_MAX_ITERS,
         )
         if E is not None and emask is not None and E.shape == (3, 3):
             emask = emask.ravel().astype(bool)
             if emask.sum() >= min_inliers:
                 _, R, t, _ = cv2.recoverPose(E, n1[emask], n2[emask], np.eye(3))
+                R, t = refine_relative_pose(R, t.ravel(), n1[emask], n2[emask], threshold_px / focal)
                 mask, model = emask, "essential"
     if mask is None:
         F, fmask = cv2.findFundamentalMat(p1, p2, flag, threshold_px, RANSAC_CONFIDENCE, RANSAC_MAX_ITERS)
         if F is None or fmask is None or F.shape != (3, 3) or fmask.sum() < min_inliers:
             return none
         mask, model = fmask.ravel().astype(bool), "fundamental"
-    _, hmask = cv2.findHomography(p1[mask], p2[mask], cv2.RANSAC, threshold_px, maxIters=2000, confidence=0.999)
+    _, hmask = cv2.findHomography(
+        p1[mask], p2[mask], cv2.RANSAC, threshold_px, maxIters=2000, confidence=0.999
+    )
     h_inliers = int(hmask.sum()) if hmask is not None else 0
     if h_inliers >= homography_ratio * mask.sum():
         model = "homography"
@@ -163,7 +202,9 @@ def match_pair(item):
             pass
     cpu_start = time.process_time()
     cv2.setRNGSeed(int(params["seed"]) + 1000003 * i + j)  # per-pair seed: same result in any order or worker
-    putative = putative_matches(store.descriptors(i), store.descriptors(j), params["lowe_ratio"], params["matcher"])
+    putative = putative_matches(
+        store.descriptors(i), store.descriptors(j), params["lowe_ratio"], params["matcher"]
+    )
     kp1, kp2 = store.keypoints(i), store.keypoints(j)
     p1, p2 = kp1[putative[:, 0]], kp2[putative[:, 1]]
     # The threshold is given in working pixels: thresholds scale with the image, not the detector.
@@ -185,7 +226,13 @@ def match_pair(item):
         t_rel=np.full(3, np.nan) if t is None else t,
         stamp=np.array(stamp_json),
     )
-    return {"i": i, "j": j, "skipped": False, "n_inliers": int(len(inliers)), "cpu_seconds": time.process_time() - cpu_start}
+    return {
+        "i": i,
+        "j": j,
+        "skipped": False,
+        "n_inliers": int(len(inliers)),
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
 
 
 def _scalar(array):
@@ -222,7 +269,15 @@ def _valid_K(K):
 
 
 def match_pairs(
-    store, pairs, Ks, config, executor=None, progress=None, is_canceled=None, workspace_dir=None, include_failed=False
+    store,
+    pairs,
+    Ks,
+    config,
+    executor=None,
+    progress=None,
+    is_canceled=None,
+    workspace_dir=None,
+    include_failed=False,
 ):
     """Match and verify every candidate pair; returns PairMatches sorted by (i, j).
 
@@ -242,9 +297,21 @@ def match_pairs(
             continue
         K1 = _valid_K(None if Ks is None else Ks[i])
         K2 = _valid_K(None if Ks is None else Ks[j])
-        items.append((store_dir, matches_dir, i, j, None if K1 is None else K1.tolist(), None if K2 is None else K2.tolist(), params))
+        items.append(
+            (
+                store_dir,
+                matches_dir,
+                i,
+                j,
+                None if K1 is None else K1.tolist(),
+                None if K2 is None else K2.tolist(),
+                params,
+            )
+        )
     executor = executor or SerialExecutor()
-    summaries = list(executor.map(match_pair, items, progress=progress, is_canceled=is_canceled, message="matching pairs"))
+    summaries = list(
+        executor.map(match_pair, items, progress=progress, is_canceled=is_canceled, message="matching pairs")
+    )
     match_pairs.last_cpu_seconds = sum(s.get("cpu_seconds", 0.0) for s in summaries)  # for benchmarks
     check(is_canceled)
     results = [load_pair(matches_dir, item[2], item[3]) for item in items]

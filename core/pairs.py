@@ -6,6 +6,7 @@ of metres; horizontal position does not). Without GPS: every pair for a small se
 in capture time plus the most similar images by a compact global descriptor (VLAD on a small
 visual vocabulary), so revisits from another flight line are found too.
 """
+
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -51,7 +52,9 @@ def gps_pairs(xy, neighbors, radius=None, margin=1.5):
 def sequential_pairs(order, window):
     """Each image with the next `window` images in capture order (order: image indices, sorted by time)."""
     order = list(order)
-    return _ordered((order[a], order[b]) for a in range(len(order)) for b in range(a + 1, min(len(order), a + 1 + window)))
+    return _ordered(
+        (order[a], order[b]) for a in range(len(order)) for b in range(a + 1, min(len(order), a + 1 + window))
+    )
 
 
 def vlad_descriptors(store, indices, seed=42):
@@ -62,7 +65,9 @@ def vlad_descriptors(store, indices, seed=42):
     """
     import cv2
 
-    per_image = [np.asarray(store.descriptors(i)[:VLAD_FEATURES_PER_IMAGE], dtype=np.float32) for i in indices]
+    per_image = [
+        np.asarray(store.descriptors(i)[:VLAD_FEATURES_PER_IMAGE], dtype=np.float32) for i in indices
+    ]
     rng = np.random.default_rng(seed)
     pool = np.concatenate([d for d in per_image if len(d)] or [np.zeros((0, 128), np.float32)])
     if len(pool) < VLAD_WORDS:
@@ -70,7 +75,9 @@ def vlad_descriptors(store, indices, seed=42):
     sample = pool[rng.choice(len(pool), size=min(VOCABULARY_SAMPLE, len(pool)), replace=False)]
     cv2.setRNGSeed(int(seed))
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-3)
-    _, _, centres = cv2.kmeans(np.ascontiguousarray(sample), VLAD_WORDS, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+    _, _, centres = cv2.kmeans(
+        np.ascontiguousarray(sample), VLAD_WORDS, None, criteria, 1, cv2.KMEANS_PP_CENTERS
+    )
     tree = cKDTree(centres)
     out = np.zeros((len(indices), VLAD_WORDS, 128), np.float32)
     for row, d in enumerate(per_image):

@@ -6,6 +6,7 @@ distinct points); it is SPLIT, not dropped: its matches are re-joined strongest 
 union-find that refuses any union putting two features of one image into one track. Tracks seen
 in fewer than two images are dropped.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """SIFT feature store: pixel convention, scaling, resumability, determinism, cancellation."""
+
 import os
 import time
 
