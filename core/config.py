@@ -38,6 +38,12 @@ class AlignConfig:
     focal_prior_sigma: float = 0.05  # relative std of the EXIF focal prior: damps focal/height drift
     gps_sigma_h_m: float = 0.0  # horizontal GPS std; 0 = estimate from the residuals
     gps_sigma_v_m: float = 0.0  # vertical GPS std; 0 = estimate from the residuals
+    min_registration_inliers: int = 20  # PnP inliers needed to register an image (fewer: pose unreliable)
+    registration_attempts: int = 5  # best-candidate images tried by PnP before starting a new component
+    initial_pair_attempts: int = 30  # candidate initial pairs tried (most shared tracks first)
+    local_ba_images: int = 8  # neighbours adjusted with each newly registered image (the rest fixed)
+    global_ba_growth: float = 1.25  # global adjustment whenever the component grew by this factor
+    ba_max_iterations: int = 50  # least-squares function evaluations per adjustment
 
     # --- execution ---
     workers: int = 0  # worker processes for per-image / per-pair work; 0 = number of CPU cores

@@ -1,0 +1,679 @@
+"""Incremental structure from motion: initial pair, PnP registration, triangulation, bundle adjustment.
+
+World frame: local ENU metres (core.geo.LocalFrame) once a component is aligned to GPS; x_cam = R (X - C).
+The flow per component: a well-conditioned initial pair -> register the image that sees most
+triangulated tracks (PnP RANSAC + refinement) -> triangulate the tracks it adds -> local bundle
+adjustment (new image and its neighbours; the rest fixed) -> global adjustment whenever the model grew
+by `global_ba_growth`. As soon as >= 3 registered images have non-collinear GPS, the component is
+moved onto the GPS by a similarity (Umeyama) and every later adjustment carries GPS priors, so the
+final model is metric and georeferenced. When nothing more registers, the remaining images start a
+new component: unrelated parts are never forced into one model.
+"""
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .bundle import bundle_adjust, project, robust_gps_sigmas
+from .cancel import check
+
+INITIAL_GPS_SIGMA_H_M = 3.0  # start value while the horizontal GPS accuracy is being estimated
+INITIAL_GPS_SIGMA_V_M = 10.0  # start value for the vertical one (consumer GPS heights drift)
+GPS_SIGMA_FLOOR_H_M = 0.05  # estimated sigmas never go below these (RTK-grade at best)
+GPS_SIGMA_FLOOR_V_M = 0.1
+
+
+@dataclass
+class Reconstruction:
+    registered: np.ndarray  # (N,) bool
+    component: np.ndarray  # (N,) int, -1 = not registered
+    R: np.ndarray  # (N,3,3) ENU -> camera (NaN when not registered)
+    C: np.ndarray  # (N,3) centres in ENU (NaN when not registered)
+    focal: np.ndarray  # (N,) px
+    k1: np.ndarray  # (N,)
+    k2: np.ndarray  # (N,)
+    points: np.ndarray  # (P,3) ENU
+    point_track: np.ndarray  # (P,) track id of each point
+    point_rgb: np.ndarray  # (P,3) uint8
+    point_error_px: np.ndarray  # (P,) mean reprojection error of the point's observations
+    point_component: np.ndarray  # (P,) component of each point
+    n_obs: np.ndarray  # (N,) observations of 3D points per image
+    reproj_rmse_px: np.ndarray  # (N,) NaN when not registered
+    gps_residual: np.ndarray  # (N,3) adjusted - GPS; NaN without GPS or registration
+    gps_sigma_h_m: float
+    gps_sigma_v_m: float
+    mean_reproj_px: float  # mean reprojection error norm over all used observations
+    obs_point: np.ndarray  # (K',) point index of each used observation
+    obs_image: np.ndarray  # (K',)
+    obs_xy: np.ndarray  # (K',2)
+    georeferenced: bool  # every component was aligned to GPS
+    timings: dict = field(default_factory=dict)  # seconds per activity
+    ba_log: list = field(default_factory=list)  # one tuple per adjustment (see _Mapper.ba_log)
+    log: list = field(default_factory=list)  # human readable events (registration failures, components)
+
+
+def umeyama(src, dst):
+    """Similarity (s, R, t) minimising |s R src + t - dst|^2 (Umeyama 1991)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    cov = b.T @ a / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1
+    rot = u @ sign @ vt
+    var = (a**2).sum() / len(src)
+    scale = np.trace(np.diag(d) @ sign) / var
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def _dlt(P, xn, weight):
+    """Batched multi-view DLT. P (n,m,3,4) projection [R | -RC], xn (n,m,2) normalised, weight (n,m) 0/1."""
+    rows = np.concatenate(
+        [xn[..., 0:1] * P[..., 2, :] - P[..., 0, :], xn[..., 1:2] * P[..., 2, :] - P[..., 1, :]], axis=1
+    ) * np.concatenate([weight, weight], axis=1)[..., None]
+    rows /= np.maximum(np.linalg.norm(rows, axis=2, keepdims=True), 1e-300)
+    _, _, vt = np.linalg.svd(rows)
+    h = vt[:, -1]
+    return h[:, :3] / h[:, 3:4]
+
+
+class _Mapper:
+    def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled):
+        self.cfg = config
+        self.progress = progress or (lambda f, m: None)
+        self.is_canceled = is_canceled
+        self.timings = {"local_ba_s": 0.0, "global_ba_s": 0.0, "triangulate_s": 0.0, "register_s": 0.0}
+        self.log = []
+        self.ba_log = []  # (kind, variable images, points, observations, evaluations, seconds, rms before, after)
+        n = len(cameras)
+        self.n_images = n
+        keys = [str(c.get("camera_key", "default")) for c in cameras]
+        model_keys = sorted(set(keys))
+        self.image_model = np.array([model_keys.index(k) for k in keys], np.int64)
+        m = len(model_keys)
+        Ks = [np.asarray(c["K"], np.float64) for c in cameras]
+        first = [keys.index(k) for k in model_keys]
+        self.focal_prior = np.array([0.5 * (Ks[i][0, 0] + Ks[i][1, 1]) for i in first])
+        self.focal = self.focal_prior.copy()
+        self.k1 = np.zeros(m)
+        self.k2 = np.zeros(m)
+        self.pp = np.array([Ks[i][:2, 2] for i in first])
+
+        order = np.argsort(np.asarray(tracks.obs_track), kind="stable")
+        self.obs_track = np.asarray(tracks.obs_track, np.int64)[order]
+        self.obs_image = np.asarray(tracks.obs_image, np.int64)[order]
+        self.obs_xy = np.ascontiguousarray(np.asarray(tracks.obs_xy, np.float64)[order])
+        self.track_rgb = np.asarray(getattr(tracks, "track_rgb", np.zeros((0, 3), np.uint8)))
+        self.n_tracks = int(self.obs_track.max()) + 1 if len(self.obs_track) else 0
+        if len(self.track_rgb) < self.n_tracks:
+            self.track_rgb = np.zeros((self.n_tracks, 3), np.uint8)
+        # An image seen twice in one track is ambiguous: keep only its first observation.
+        key = self.obs_track * n + self.obs_image
+        _, first_obs = np.unique(key, return_index=True)
+        self.obs_valid = np.zeros(len(key), bool)
+        self.obs_valid[first_obs] = True
+        self.obs_ok = self.obs_valid.copy()  # currently an inlier of its track
+
+        self.gps = np.full((n, 3), np.nan) if gps_enu is None else np.asarray(gps_enu, np.float64).reshape(n, 3)
+        self.has_gps = np.isfinite(self.gps).all(axis=1)
+        self.sigma_h = config.gps_sigma_h_m or INITIAL_GPS_SIGMA_H_M
+        self.sigma_v = config.gps_sigma_v_m or INITIAL_GPS_SIGMA_V_M
+        self.pair_poses = {}
+        for pm in pair_matches or []:
+            if getattr(pm, "R_rel", None) is not None and getattr(pm, "t_rel", None) is not None:
+                self.pair_poses[(int(pm.i), int(pm.j))] = (np.asarray(pm.R_rel, float), np.asarray(pm.t_rel, float))
+
+        self.registered = np.zeros(n, bool)
+        self.component = np.full(n, -1, np.int64)
+        self.R = np.full((n, 3, 3), np.nan)
+        self.C = np.full((n, 3), np.nan)
+        self.points = np.full((self.n_tracks, 3), np.nan)
+        self.has_point = np.zeros(self.n_tracks, bool)
+        self.point_comp = np.full(self.n_tracks, -1, np.int64)
+        self.failed = np.zeros(n, np.int64)  # registration attempts that failed (retry after growth)
+        self.aligned = {}  # component -> aligned to GPS
+        self.anchor = {}  # component -> (i, j, baseline) scale gauge without GPS
+        self.comp_first = {}  # component -> image fixed as the gauge without GPS
+        self.update_normalised()
+        self.covis = self.covisibility()
+
+    # ---------------------------------------------------------------- geometry helpers
+    def update_normalised(self):
+        """Undistorted normalised image coordinates of every observation under the current intrinsics."""
+        self.xn = np.zeros_like(self.obs_xy)
+        for mdl in range(len(self.focal)):
+            sel = self.image_model[self.obs_image] == mdl
+            if not sel.any():
+                continue
+            K = np.array([[self.focal[mdl], 0, self.pp[mdl, 0]], [0, self.focal[mdl], self.pp[mdl, 1]], [0, 0, 1]])
+            dist = np.array([self.k1[mdl], self.k2[mdl], 0.0, 0.0])
+            und = cv2.undistortPointsIter(
+                self.obs_xy[sel].reshape(-1, 1, 2), K, dist, None, None,
+                (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 1e-10),
+            )
+            self.xn[sel] = und.reshape(-1, 2)
+
+    def K_of(self, image):
+        mdl = self.image_model[image]
+        f = self.focal[mdl]
+        return np.array([[f, 0, self.pp[mdl, 0]], [0, f, self.pp[mdl, 1]], [0, 0, 1.0]])
+
+    def dist_of(self, image):
+        mdl = self.image_model[image]
+        return np.array([self.k1[mdl], self.k2[mdl], 0.0, 0.0])
+
+    def reproj_error(self, obs, X):
+        """Pixel error norm of observations `obs` against 3D points X (per observation), and depth."""
+        img = self.obs_image[obs]
+        mdl = self.image_model[img]
+        uv, z = project(self.R[img], self.C[img], self.focal[mdl], self.k1[mdl], self.k2[mdl], self.pp[mdl], X)
+        return np.linalg.norm(uv - self.obs_xy[obs], axis=1), z
+
+    def covisibility(self):
+        """Shared-track counts between image pairs, {(i, j): n} with i < j."""
+        from scipy.sparse import csr_matrix
+
+        v = self.obs_valid
+        inc = csr_matrix((np.ones(v.sum()), (self.obs_track[v], self.obs_image[v])), shape=(self.n_tracks, self.n_images))
+        co = (inc.T @ inc).tocoo()
+        keep = co.row < co.col
+        return {(int(i), int(j)): int(c) for i, j, c in zip(co.row[keep], co.col[keep], co.data[keep])}
+
+    def shared_obs(self, i, j, need_free=True):
+        """Observation indices (in i, in j) of tracks seen by both (tracks without a point if need_free)."""
+        sel_i = np.flatnonzero((self.obs_image == i) & self.obs_valid)
+        sel_j = np.flatnonzero((self.obs_image == j) & self.obs_valid)
+        common, ai, aj = np.intersect1d(self.obs_track[sel_i], self.obs_track[sel_j], return_indices=True)
+        oi, oj = sel_i[ai], sel_j[aj]
+        if need_free:
+            free = ~self.has_point[common]
+            oi, oj = oi[free], oj[free]
+        return oi, oj
+
+    # ---------------------------------------------------------------- initial pair
+    def relative_pose(self, i, j, oi, oj):
+        """Candidate relative poses (R, t), x_j = R x_i + t, from matching and from the tracks."""
+        cands = []
+        if (i, j) in self.pair_poses:
+            cands.append(self.pair_poses[(i, j)])
+        elif (j, i) in self.pair_poses:
+            Rr, tr = self.pair_poses[(j, i)]
+            cands.append((Rr.T, -Rr.T @ tr.ravel()))
+        p1, p2 = self.xn[oi], self.xn[oj]
+        thr = self.cfg.ransac_threshold_px / float(self.focal[self.image_model[i]])
+        E, mask = cv2.findEssentialMat(p1, p2, np.eye(3), method=cv2.RANSAC, prob=0.999, threshold=thr)
+        if E is not None and E.shape == (3, 3):
+            _, Rr, tr, _ = cv2.recoverPose(E, p1, p2, np.eye(3), mask=mask.copy())
+            cands.append((Rr, tr.ravel()))
+        return [(np.asarray(Rr, float), np.asarray(tr, float).ravel() / max(np.linalg.norm(tr), 1e-12)) for Rr, tr in cands]
+
+    def try_initial_pair(self, i, j, comp):
+        oi, oj = self.shared_obs(i, j)
+        if len(oi) < self.cfg.min_inliers:
+            return False
+        best = None
+        for Rr, tr in self.relative_pose(i, j, oi, oj):
+            self.R[i], self.C[i] = np.eye(3), np.zeros(3)
+            self.R[j], self.C[j] = Rr, -Rr.T @ tr
+            X, good, angle = self.triangulate_two(oi, oj)
+            score = int(good.sum())
+            if best is None or score > best[0]:
+                best = (score, Rr, tr, float(np.median(angle[good])) if score else 0.0)
+        if best is None or best[0] < max(self.cfg.min_inliers, 0.3 * len(oi)):
+            self.R[[i, j]], self.C[[i, j]] = np.nan, np.nan
+            return False
+        score, Rr, tr, med_angle = best
+        if med_angle < 2.0 * self.cfg.min_triangulation_angle_deg:
+            self.R[[i, j]], self.C[[i, j]] = np.nan, np.nan
+            return False
+        baseline = 1.0
+        if self.has_gps[i] and self.has_gps[j]:
+            baseline = max(float(np.linalg.norm(self.gps[i] - self.gps[j])), 1e-3)
+        self.R[i], self.C[i] = np.eye(3), np.zeros(3)
+        self.R[j], self.C[j] = Rr, -Rr.T @ tr * baseline
+        if self.has_gps[i]:  # start near the GPS so a later similarity has little to do
+            self.C[[i, j]] += self.gps[i]
+        self.registered[[i, j]] = True
+        self.component[[i, j]] = comp
+        self.comp_first[comp] = i
+        self.anchor[comp] = (i, j, baseline)
+        self.aligned[comp] = False
+        n_new = self.triangulate_tracks(np.unique(self.obs_track[oi]), comp)
+        self.log.append(f"component {comp}: initial pair {i}-{j} ({len(oi)} shared tracks, {n_new} points, "
+                        f"median angle {med_angle:.1f} deg)")
+        return n_new >= self.cfg.min_inliers
+
+    def triangulate_two(self, oi, oj):
+        """Two-view DLT for matching observation pairs; returns X, passes-checks mask, angle (deg)."""
+        P = np.stack([self.projection(self.obs_image[oi]), self.projection(self.obs_image[oj])], axis=1)
+        xn = np.stack([self.xn[oi], self.xn[oj]], axis=1)
+        X = _dlt(P, xn, np.ones((len(oi), 2)))
+        ei, zi = self.reproj_error(oi, X)
+        ej, zj = self.reproj_error(oj, X)
+        angle = self.ray_angle(X, self.C[self.obs_image[oi]], self.C[self.obs_image[oj]])
+        good = (zi > 0) & (zj > 0) & (ei < self.cfg.max_reproj_error_px) & (ej < self.cfg.max_reproj_error_px)
+        good &= angle >= self.cfg.min_triangulation_angle_deg
+        return X, good, angle
+
+    def projection(self, images):
+        R = self.R[images]
+        return np.concatenate([R, -np.einsum("nij,nj->ni", R, self.C[images])[..., None]], axis=2)
+
+    @staticmethod
+    def ray_angle(X, Ca, Cb):
+        a, b = X - Ca, X - Cb
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+        return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+    # ---------------------------------------------------------------- triangulation
+    def triangulate_tracks(self, track_ids, comp):
+        """Triangulate tracks (without a point) from their observations in registered images of `comp`.
+
+        Per track, two-view hypotheses anchored on its first three observations are scored by how many
+        observations they explain; the best one's inliers go into a multi-view DLT and the checks
+        (reprojection, cheirality, triangulation angle, >= 2 views)."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        track_ids = np.unique(np.asarray(track_ids, np.int64))
+        track_ids = track_ids[~self.has_point[track_ids]]
+        if not len(track_ids):
+            return 0
+        lo = np.searchsorted(self.obs_track, track_ids)
+        hi = np.searchsorted(self.obs_track, track_ids, side="right")
+        obs = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
+        img = self.obs_image[obs]
+        obs = obs[self.obs_valid[obs] & self.registered[img] & (self.component[img] == comp)]
+        trk = self.obs_track[obs]
+        utr, start, count = np.unique(trk, return_index=True, return_counts=True)
+        keep = count >= 2
+        if not keep.any():
+            self.timings["triangulate_s"] += time.perf_counter() - t0
+            return 0
+        sel = np.repeat(keep, count)
+        obs, trk = obs[sel], trk[sel]
+        utr, start, count = np.unique(trk, return_index=True, return_counts=True)
+        pos = np.arange(len(obs)) - np.repeat(start, count)  # position of each observation in its track
+        tix = np.repeat(np.arange(len(utr)), count)
+        # Hypotheses: (anchor k, other) for anchors k = 0..2.
+        ha, hb = [], []
+        for k in range(3):
+            m = pos > k
+            ha.append(start[tix[m]] + k)
+            hb.append(np.flatnonzero(m))
+        ha, hb = np.concatenate(ha), np.concatenate(hb)
+        X, good, _ = self.triangulate_two(obs[ha], obs[hb])
+        # Score each hypothesis over all observations of its track.
+        htr = tix[ha]
+        n_h = count[htr]
+        rep_h = np.repeat(np.arange(len(ha)), n_h)
+        rep_o = np.repeat(start[htr], n_h) + (np.arange(n_h.sum()) - np.repeat(np.cumsum(n_h) - n_h, n_h))
+        err, z = self.reproj_error(obs[rep_o], X[rep_h])
+        inl = (err < cfg.max_reproj_error_px) & (z > 0)
+        score = np.bincount(rep_h, weights=inl, minlength=len(ha)) * good - ~good
+        order = np.lexsort((-score, htr))
+        first = np.ones(len(order), bool)
+        first[1:] = htr[order][1:] != htr[order][:-1]
+        best = order[first]  # best hypothesis per track (index into ha), tracks in order
+        ok_track = score[best] >= 2
+        # Multi-view DLT on the best hypothesis' inliers.
+        inl_best = np.zeros(len(obs), bool)
+        hsel = np.zeros(len(ha), bool)
+        hsel[best[ok_track]] = True
+        m = hsel[rep_h] & inl
+        inl_best[rep_o[m]] = True
+        mv = int(count.max())
+        grid_obs = np.zeros((len(utr), mv), np.int64)
+        grid_w = np.zeros((len(utr), mv))
+        grid_obs[tix, pos] = np.arange(len(obs))
+        grid_w[tix, pos] = inl_best
+        P = self.projection(self.obs_image[obs[grid_obs]].ravel()).reshape(len(utr), mv, 3, 4)
+        Xm = _dlt(P, self.xn[obs[grid_obs]], grid_w)
+        err, z = self.reproj_error(obs, Xm[tix])
+        inl = inl_best & (err < cfg.max_reproj_error_px) & (z > 0)
+        n_inl = np.bincount(tix, weights=inl, minlength=len(utr))
+        angle = self.max_angle(Xm[tix], self.C[self.obs_image[obs]], tix, inl, len(utr))
+        accept = ok_track & (n_inl >= 2) & (angle >= cfg.min_triangulation_angle_deg) & np.isfinite(Xm).all(1)
+        t_acc = utr[accept]
+        self.points[t_acc] = Xm[accept]
+        self.has_point[t_acc] = True
+        self.point_comp[t_acc] = comp
+        acc_obs = accept[tix]
+        self.obs_ok[obs[acc_obs]] = inl[acc_obs]
+        self.timings["triangulate_s"] += time.perf_counter() - t0
+        return int(accept.sum())
+
+    @staticmethod
+    def max_angle(X, C, group, use, n_groups):
+        """Approximate widest ray angle (deg) per group: farthest ray from the mean, then from that ray."""
+        ray = X - C
+        ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-300)
+        ray = ray * use[:, None]
+        mean = np.zeros((n_groups, 3))
+        np.add.at(mean, group, ray)
+        mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-300)
+        cos_m = np.where(use, (ray * mean[group]).sum(1), 2.0)
+        far = np.full(n_groups, -1, np.int64)
+        order = np.lexsort((cos_m, group))  # per group, smallest cosine first
+        first = np.ones(len(order), bool)
+        first[1:] = group[order][1:] != group[order][:-1]
+        far[group[order[first]]] = order[first]
+        ref = ray[far[group]]
+        cos_f = np.where(use, (ray * ref).sum(1), 2.0)
+        mn = np.full(n_groups, 2.0)
+        np.minimum.at(mn, group, cos_f)
+        return np.degrees(np.arccos(np.clip(mn, -1, 1)))
+
+    # ---------------------------------------------------------------- registration
+    def active_obs(self, comp=None):
+        img = self.obs_image
+        m = self.obs_ok & self.registered[img] & self.has_point[self.obs_track]
+        m &= self.component[img] == self.point_comp[self.obs_track]
+        if comp is not None:
+            m &= self.component[img] == comp
+        return np.flatnonzero(m)
+
+    def register_next(self, comp):
+        """Register the unregistered image that sees the most points of `comp`; False when none can."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        cand_obs = self.obs_valid & ~self.registered[self.obs_image] & self.has_point[self.obs_track]
+        cand_obs &= self.point_comp[self.obs_track] == comp
+        counts = np.bincount(self.obs_image[cand_obs], minlength=self.n_images)
+        counts[self.registered] = 0
+        order = np.argsort(-counts, kind="stable")
+        for img in order[: cfg.registration_attempts]:
+            if counts[img] < cfg.min_registration_inliers:
+                break
+            if self.failed[img] >= counts[img]:  # already failed with at least as many points
+                continue
+            obs = np.flatnonzero(cand_obs & (self.obs_image == img))
+            ok = self.pnp(img, obs)
+            if ok:
+                self.component[img] = comp
+                self.registered[img] = True
+                self.timings["register_s"] += time.perf_counter() - t0
+                return int(img)
+            self.failed[img] = counts[img]
+        self.timings["register_s"] += time.perf_counter() - t0
+        return None
+
+    def pnp(self, img, obs):
+        cfg = self.cfg
+        obj = self.points[self.obs_track[obs]]
+        xy = self.obs_xy[obs]
+        K, dist = self.K_of(img), self.dist_of(img)
+        cv2.setRNGSeed(cfg.seed)
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(
+            obj, xy, K, dist, iterationsCount=2000, reprojectionError=cfg.max_reproj_error_px, confidence=0.9999,
+            flags=cv2.SOLVEPNP_EPNP,
+        )
+        if not ok or inl is None or len(inl) < cfg.min_registration_inliers:
+            return False
+        inl = inl.ravel()
+        rvec, tvec = cv2.solvePnPRefineLM(obj[inl], xy[inl], K, dist, rvec, tvec)
+        R = cv2.Rodrigues(rvec)[0]
+        C = -R.T @ tvec.ravel()
+        self.R[img], self.C[img] = R, C
+        err, z = self.reproj_error(obs, obj)
+        good = (err < cfg.max_reproj_error_px) & (z > 0)
+        if good.sum() < max(cfg.min_registration_inliers, 0.2 * len(obs)):
+            self.R[img], self.C[img] = np.nan, np.nan
+            return False
+        self.obs_ok[obs] = good
+        return True
+
+    # ---------------------------------------------------------------- bundle adjustment
+    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None):
+        """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        obs = self.active_obs(comp)
+        if variable_images is not None:
+            var_img = np.zeros(self.n_images, bool)
+            var_img[variable_images] = True
+            var_pts = np.zeros(self.n_tracks, bool)
+            var_pts[self.obs_track[obs[var_img[self.obs_image[obs]]]]] = True
+            obs = obs[var_pts[self.obs_track[obs]]]
+        else:
+            var_img = self.registered & (self.component == comp)
+        fixed = ~var_img
+        use_gps = self.aligned.get(comp, False)
+        anchor = None
+        if not use_gps:
+            # Gauge without GPS: the component's first image fixed, the initial baseline fixed.
+            fixed[self.comp_first[comp]] = True
+            anchor = self.anchor[comp]
+        tracks_used, obs_point = np.unique(self.obs_track[obs], return_inverse=True)
+        res = bundle_adjust(
+            np.where(self.registered[:, None, None], self.R, np.eye(3)),
+            np.where(self.registered[:, None], self.C, 0.0),
+            self.focal, self.k1, self.k2, self.pp, self.image_model,
+            self.points[tracks_used], self.obs_image[obs], obs_point, self.obs_xy[obs],
+            fixed_images=fixed,
+            refine_focal=refine_intrinsics and cfg.refine_focal,
+            refine_distortion=refine_intrinsics and cfg.refine_distortion,
+            gps_enu=self.gps if use_gps else None,
+            gps_sigma_h=self.sigma_h, gps_sigma_v=self.sigma_v,
+            focal_prior=self.focal_prior, focal_prior_sigma=cfg.focal_prior_sigma,
+            scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
+            max_nfev=max_nfev or cfg.ba_max_iterations,
+        )
+        moved = self.registered & var_img
+        self.R[moved], self.C[moved] = res.R[moved], res.C[moved]
+        self.points[tracks_used] = res.points
+        if refine_intrinsics:
+            self.focal, self.k1, self.k2 = res.focal, res.k1, res.k2
+            self.update_normalised()
+        key = "local_ba_s" if variable_images is not None else "global_ba_s"
+        self.timings[key] += time.perf_counter() - t0
+        self.ba_log.append((key[:-5], int(var_img.sum()), len(tracks_used), len(obs), res.nfev,
+                            round(res.seconds, 3), round(res.initial_rms_px, 3), round(res.final_rms_px, 3)))
+        return res
+
+    def filter_outliers(self, comp):
+        """Drop observations beyond max_reproj_error_px, then points with < 2 views or tiny angles."""
+        cfg = self.cfg
+        obs = self.active_obs(comp)
+        err, z = self.reproj_error(obs, self.points[self.obs_track[obs]])
+        bad = (err > cfg.max_reproj_error_px) | (z <= 0)
+        self.obs_ok[obs[bad]] = False
+        obs = obs[~bad]
+        tracks, tix = np.unique(self.obs_track[obs], return_inverse=True)
+        n = np.bincount(tix, minlength=len(tracks))
+        angle = self.max_angle(self.points[self.obs_track[obs]], self.C[self.obs_image[obs]], tix,
+                               np.ones(len(obs), bool), len(tracks))
+        drop = tracks[(n < 2) | (angle < cfg.min_triangulation_angle_deg)]
+        dropped_tracks = np.zeros(self.n_tracks, bool)
+        dropped_tracks[drop] = True
+        dropped_tracks |= self.has_point & (self.point_comp == comp) & ~np.isin(np.arange(self.n_tracks), tracks)
+        self.has_point[dropped_tracks] = False
+        self.point_comp[dropped_tracks] = -1
+        self.points[dropped_tracks] = np.nan
+        self.obs_ok[dropped_tracks[self.obs_track] & self.obs_valid] = True  # free again for retriangulation
+        return int(bad.sum()), int(dropped_tracks.sum())
+
+    def neighbours(self, img, comp, limit):
+        """Registered images of `comp` sharing the most points with `img` (including img)."""
+        obs = self.active_obs(comp)
+        tracks = self.obs_track[obs[self.obs_image[obs] == img]]
+        seen = np.isin(self.obs_track[obs], tracks)
+        counts = np.bincount(self.obs_image[obs[seen]], minlength=self.n_images)
+        counts[img] = 0
+        nb = np.argsort(-counts, kind="stable")[:limit]
+        return np.concatenate([[img], nb[counts[nb] > 0]])
+
+    # ---------------------------------------------------------------- GPS
+    def maybe_align(self, comp, force=False):
+        if self.aligned.get(comp):
+            return
+        imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
+        if len(imgs) < 3:
+            return
+        g = self.gps[imgs] - self.gps[imgs].mean(0)
+        sv = np.linalg.svd(g, compute_uv=False)
+        if not force and (sv[1] < 0.05 * sv[0] or sv[1] / np.sqrt(len(imgs)) < 2.0 * self.sigma_h):
+            return  # (nearly) collinear: the roll about the line would be a guess
+        self.apply_similarity(comp, *umeyama(self.C[imgs], self.gps[imgs]))
+        self.aligned[comp] = True
+        self.log.append(f"component {comp}: aligned to GPS with {len(imgs)} images")
+
+    def apply_similarity(self, comp, s, rot, t):
+        imgs = self.registered & (self.component == comp)
+        self.C[imgs] = s * self.C[imgs] @ rot.T + t
+        self.R[imgs] = self.R[imgs] @ rot.T
+        pts = self.has_point & (self.point_comp == comp)
+        self.points[pts] = s * self.points[pts] @ rot.T + t
+
+    def update_gps_sigmas(self):
+        if self.cfg.gps_sigma_h_m and self.cfg.gps_sigma_v_m:
+            return
+        use = self.registered & self.has_gps & np.array([self.aligned.get(c, False) for c in self.component])
+        est = robust_gps_sigmas(self.C[use] - self.gps[use], GPS_SIGMA_FLOOR_H_M, GPS_SIGMA_FLOOR_V_M)
+        if est is None:
+            return
+        if not self.cfg.gps_sigma_h_m:
+            self.sigma_h = est[0]
+        if not self.cfg.gps_sigma_v_m:
+            self.sigma_v = est[1]
+
+    # ---------------------------------------------------------------- driver
+    def initial_pair(self, comp):
+        """Try pairs among unregistered images, most shared tracks first, until one initialises."""
+        cfg = self.cfg
+        cands = [(c, i, j) for (i, j), c in self.covis.items()
+                 if not self.registered[i] and not self.registered[j] and c >= cfg.min_inliers]
+        cands.sort(key=lambda x: (-x[0], x[1], x[2]))
+        for _, i, j in cands[: cfg.initial_pair_attempts]:
+            check(self.is_canceled)
+            if self.try_initial_pair(i, j, comp):
+                return True
+            self.reset_component(comp)
+        return False
+
+    def reset_component(self, comp):
+        imgs = self.component == comp
+        self.registered[imgs] = False
+        self.component[imgs] = -1
+        self.R[imgs], self.C[imgs] = np.nan, np.nan
+        pts = self.point_comp == comp
+        self.has_point[pts] = False
+        self.point_comp[pts] = -1
+        self.points[pts] = np.nan
+        self.obs_ok[pts[self.obs_track] & self.obs_valid] = True
+
+    def grow(self, comp):
+        cfg = self.cfg
+        last_global = int((self.component == comp).sum())
+        while True:
+            check(self.is_canceled)
+            img = self.register_next(comp)
+            if img is None:
+                return
+            tracks = self.obs_track[(self.obs_image == img) & self.obs_valid]
+            self.triangulate_tracks(tracks, comp)
+            self.maybe_align(comp)
+            n_comp = int((self.component == comp).sum())
+            if n_comp <= 5 or n_comp >= last_global * cfg.global_ba_growth:
+                self.adjust(comp, refine_intrinsics=n_comp >= 4)
+                self.filter_outliers(comp)
+                if self.aligned.get(comp):
+                    self.update_gps_sigmas()
+                last_global = n_comp
+            else:
+                self.adjust(comp, variable_images=self.neighbours(img, comp, cfg.local_ba_images))
+                self.filter_outliers(comp)
+            self.progress(self.registered.sum() / self.n_images,
+                          f"registered {int(self.registered.sum())} of {self.n_images} images")
+
+    def retriangulate(self, comp):
+        """Re-admit observations that fit their point, and triangulate tracks that still lack one."""
+        cfg = self.cfg
+        img = self.obs_image
+        cand = np.flatnonzero(self.obs_valid & ~self.obs_ok & self.registered[img] & self.has_point[self.obs_track]
+                              & (self.component[img] == self.point_comp[self.obs_track]) & (self.component[img] == comp))
+        if len(cand):
+            err, z = self.reproj_error(cand, self.points[self.obs_track[cand]])
+            self.obs_ok[cand[(err < cfg.max_reproj_error_px) & (z > 0)]] = True
+        free = self.obs_valid & self.registered[img] & (self.component[img] == comp) & ~self.has_point[self.obs_track]
+        return self.triangulate_tracks(np.unique(self.obs_track[free]), comp)
+
+    def run(self):
+        comp = 0
+        while (~self.registered).sum() >= 2:
+            check(self.is_canceled)
+            if not self.initial_pair(comp):
+                break
+            self.adjust(comp, max_nfev=20)
+            self.filter_outliers(comp)
+            self.grow(comp)
+            self.finish_component(comp)
+            comp += 1
+        return comp
+
+    def finish_component(self, comp):
+        self.maybe_align(comp, force=True)
+        for _ in range(2):
+            self.retriangulate(comp)
+            self.adjust(comp, refine_intrinsics=True)
+            self.filter_outliers(comp)
+            if self.aligned.get(comp):
+                self.update_gps_sigmas()
+        # A last pass now that the GPS weights are estimated.
+        self.adjust(comp, refine_intrinsics=True)
+        self.filter_outliers(comp)
+        n = int((self.component == comp).sum())
+        self.log.append(f"component {comp}: {n} images, {int((self.point_comp == comp).sum())} points")
+
+    def result(self):
+        obs = self.active_obs()
+        tracks = np.flatnonzero(self.has_point)
+        point_index = np.full(self.n_tracks, -1, np.int64)
+        point_index[tracks] = np.arange(len(tracks))
+        err, _ = self.reproj_error(obs, self.points[self.obs_track[obs]])
+        opt = point_index[self.obs_track[obs]]
+        n_pts = len(tracks)
+        cnt = np.bincount(opt, minlength=n_pts)
+        point_err = np.bincount(opt, weights=err, minlength=n_pts) / np.maximum(cnt, 1)
+        n_obs = np.bincount(self.obs_image[obs], minlength=self.n_images)
+        sq = np.bincount(self.obs_image[obs], weights=err**2, minlength=self.n_images)
+        rmse = np.where(n_obs > 0, np.sqrt(sq / np.maximum(n_obs, 1)), np.nan)
+        mdl = self.image_model
+        gps_res = np.where((self.registered & self.has_gps)[:, None], self.C - self.gps, np.nan)
+        comps = np.unique(self.component[self.registered])
+        return Reconstruction(
+            registered=self.registered.copy(), component=self.component.copy(),
+            R=self.R.copy(), C=self.C.copy(),
+            focal=np.where(self.registered, self.focal[mdl], np.nan),
+            k1=np.where(self.registered, self.k1[mdl], np.nan), k2=np.where(self.registered, self.k2[mdl], np.nan),
+            points=np.ascontiguousarray(self.points[tracks]), point_track=tracks,
+            point_rgb=np.ascontiguousarray(self.track_rgb[tracks]).astype(np.uint8),
+            point_error_px=point_err, point_component=self.point_comp[tracks].copy(),
+            n_obs=n_obs, reproj_rmse_px=rmse, gps_residual=gps_res,
+            gps_sigma_h_m=float(self.sigma_h), gps_sigma_v_m=float(self.sigma_v),
+            mean_reproj_px=float(err.mean()) if len(err) else float("nan"),
+            obs_point=opt, obs_image=self.obs_image[obs].copy(), obs_xy=self.obs_xy[obs].copy(),
+            georeferenced=bool(len(comps)) and all(self.aligned.get(int(c), False) for c in comps),
+            timings=dict(self.timings), log=list(self.log), ba_log=list(self.ba_log),
+        )
+
+
+def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, is_canceled=None):
+    """Incremental SfM over `tracks` (obs_track, obs_image, obs_xy, track_rgb).
+
+    cameras: per image dict(K 3x3, width, height, camera_key); gps_enu (N,3) ENU with NaN rows for
+    images without GPS (None: no GPS at all); pair_matches: verified pairs (their relative poses seed
+    the initial pair). Returns a Reconstruction; components are numbered 0.. in the order they were
+    built (the first is the largest start).
+    """
+    t0 = time.perf_counter()
+    if len(cameras) < 2:
+        raise ValueError(f"reconstruction needs at least two images, got {len(cameras)}")
+    mapper = _Mapper(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled)
+    mapper.run()
+    rec = mapper.result()
+    rec.timings["total_s"] = time.perf_counter() - t0
+    if progress:
+        progress(1.0, f"registered {int(rec.registered.sum())} of {len(cameras)} images")
+    return rec

@@ -1,0 +1,164 @@
+"""Incremental SfM against synthetic ground truth (known poses, focal, distortion, noise, outliers)."""
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from alignkit.core.config import AlignConfig
+from alignkit.core.reconstruction import reconstruct, umeyama
+
+WIDTH, HEIGHT, FOCAL, K1, K2 = 1200, 900, 1500.0, -0.05, 0.01
+
+
+def nadir_rotation(yaw_deg, tilt_deg):
+    """ENU -> camera for a camera looking down (x east, y south at yaw 0), tilted by small angles."""
+    down = np.array([[1.0, 0, 0], [0, -1, 0], [0, 0, -1]])
+    yaw = Rotation.from_euler("z", yaw_deg, degrees=True).as_matrix()
+    tilt = Rotation.from_euler("xy", tilt_deg, degrees=True).as_matrix()
+    return tilt @ down @ yaw.T
+
+
+def survey(rows=4, cols=6, height=100.0, relief=5.0, point_density=0.12, noise_px=0.5, outliers=0.05,
+           gps_noise_h=0.0, gps_noise_v=0.0, seed=0, origin=(0.0, 0.0), overlap=0.75, sidelap=0.65):
+    """A lawnmower survey over a sinusoidal relief: true poses, points, and Tracks built from projections."""
+    rng = np.random.default_rng(seed)
+    step_x = (1 - overlap) * WIDTH / FOCAL * height
+    step_y = (1 - sidelap) * HEIGHT / FOCAL * height
+    centres, rotations = [], []
+    for r in range(rows):
+        for c in range(cols):
+            cc = c if r % 2 == 0 else cols - 1 - c  # lawnmower: every other line flown back
+            centres.append([origin[0] + cc * step_x, origin[1] + r * step_y, height + rng.normal(0, 1.0)])
+            rotations.append(nadir_rotation(180.0 * (r % 2), rng.normal(0, 2.0, 2)))
+    C, R = np.array(centres), np.array(rotations)
+    half_w, half_h = 0.6 * WIDTH / FOCAL * height, 0.6 * HEIGHT / FOCAL * height
+    lo = C[:, :2].min(0) - [half_w, half_h]
+    hi = C[:, :2].max(0) + [half_w, half_h]
+    n_points = int(point_density * np.prod(hi - lo))
+    xy = rng.uniform(lo, hi, (n_points, 2))
+    z = relief * np.sin((xy[:, 0] - origin[0]) / 40.0) * np.cos((xy[:, 1] - origin[1]) / 30.0)
+    X = np.column_stack([xy, z])
+    pp = np.array([(WIDTH - 1) / 2, (HEIGHT - 1) / 2])
+    obs_t, obs_i, obs_xy = [], [], []
+    for i in range(len(C)):
+        xc = (X - C[i]) @ R[i].T
+        xn = xc[:, :2] / xc[:, 2:3]
+        r2 = (xn**2).sum(1)
+        uv = FOCAL * xn * (1 + K1 * r2 + K2 * r2**2)[:, None] + pp
+        vis = np.flatnonzero((xc[:, 2] > 0) & (uv >= 0).all(1) & (uv[:, 0] <= WIDTH - 1) & (uv[:, 1] <= HEIGHT - 1))
+        uvn = uv[vis] + rng.normal(0, noise_px, (len(vis), 2))
+        bad = rng.random(len(vis)) < outliers
+        uvn[bad] = rng.uniform([0, 0], [WIDTH - 1, HEIGHT - 1], (int(bad.sum()), 2))
+        obs_t.append(vis)
+        obs_i.append(np.full(len(vis), i))
+        obs_xy.append(uvn)
+    t, i, uv = np.concatenate(obs_t), np.concatenate(obs_i), np.concatenate(obs_xy)
+    order = np.lexsort((i, t))
+    tracks = SimpleNamespace(obs_track=t[order].astype(np.int64), obs_image=i[order].astype(np.int32),
+                             obs_feature=np.arange(len(t), dtype=np.int32), obs_xy=uv[order],
+                             track_rgb=rng.integers(0, 255, (n_points, 3), dtype=np.uint8))
+    gps = C + rng.normal(0, 1, C.shape) * [gps_noise_h, gps_noise_h, gps_noise_v]
+    return SimpleNamespace(C=C, R=R, X=X, tracks=tracks, gps=gps, height=height)
+
+
+def cameras_for(n, focal_error=0.02, key="drone"):
+    """Camera priors with an EXIF focal `focal_error` off the truth and no distortion."""
+    f = FOCAL * (1 + focal_error)
+    K = np.array([[f, 0, (WIDTH - 1) / 2], [0, f, (HEIGHT - 1) / 2], [0, 0, 1]])
+    return [dict(K=K, width=WIDTH, height=HEIGHT, camera_key=key) for _ in range(n)]
+
+
+def check_against_truth(rec, truth, images=None, centre_tol=0.002, rot_tol_deg=0.1, focal_tol=0.005):
+    """The acceptance checks: centres (after a similarity fit), rotations, focal."""
+    idx = np.arange(len(truth.C)) if images is None else np.asarray(images)
+    assert rec.registered[idx].all(), f"unregistered: {np.flatnonzero(~rec.registered[idx])}"
+    s, rot, t = umeyama(rec.C[idx], truth.C[idx])
+    fitted = s * rec.C[idx] @ rot.T + t
+    centre_err = np.linalg.norm(fitted - truth.C[idx], axis=1).max() / truth.height
+    R_fit = rec.R[idx] @ rot.T
+    rel = Rotation.from_matrix(R_fit @ np.transpose(truth.R[idx], (0, 2, 1))).magnitude()
+    focal_err = np.abs(rec.focal[idx] / FOCAL - 1).max()
+    assert centre_err < centre_tol, f"centre error {100 * centre_err:.3f}% of flying height"
+    assert np.degrees(rel).max() < rot_tol_deg, f"rotation error {np.degrees(rel).max():.3f} deg"
+    assert focal_err < focal_tol, f"focal error {100 * focal_err:.2f}%"
+    return centre_err, np.degrees(rel).max(), focal_err
+
+
+def test_nadir_survey_with_gps_recovers_truth_and_is_georeferenced():
+    truth = survey(rows=4, cols=6, seed=1)
+    t0 = time.perf_counter()
+    rec = reconstruct(truth.tracks, cameras_for(24), truth.gps, [], AlignConfig())
+    print(f"24 images: {time.perf_counter() - t0:.1f} s", rec.timings)
+    check_against_truth(rec, truth)
+    assert (rec.component == 0).all() and rec.georeferenced
+    # Exact GPS: the model sits on it without any further fit (metric, ENU).
+    assert np.abs(rec.C - truth.C).max() < 0.002 * truth.height
+    assert abs(rec.k1[0] - K1) < 0.01 and abs(rec.k2[0] - K2) < 0.01
+    assert 0.3 < rec.mean_reproj_px < 0.9  # 0.5 px noise per axis, outliers removed
+    # Points sit on the true surface: compare to the track's true 3D point.
+    assert np.median(np.linalg.norm(rec.points - truth.X[rec.point_track], axis=1)) < 0.002 * truth.height
+    assert rec.points.shape[0] > 0.5 * len(np.unique(truth.tracks.obs_track))
+
+
+@pytest.mark.slow
+def test_sixty_images_with_3m_gps_noise():
+    truth = survey(rows=6, cols=10, gps_noise_h=3.0, gps_noise_v=3.0, seed=2)
+    rec = reconstruct(truth.tracks, cameras_for(60), truth.gps, [], AlignConfig())
+    check_against_truth(rec, truth)
+    # The GPS accuracy was estimated from the residuals (config sigmas are 0).
+    assert 1.5 < rec.gps_sigma_h_m < 5.0
+    # Georeferenced through the GPS: 60 cameras average the 3 m noise down.
+    assert np.linalg.norm(rec.C - truth.C, axis=1).mean() < 1.5
+
+
+def test_strong_relief():
+    truth = survey(rows=4, cols=5, relief=25.0, seed=3)
+    rec = reconstruct(truth.tracks, cameras_for(20), truth.gps, [], AlignConfig())
+    check_against_truth(rec, truth)
+
+
+def test_without_gps_still_aligns_in_a_local_frame():
+    truth = survey(rows=3, cols=6, seed=4)
+    rec = reconstruct(truth.tracks, cameras_for(18), None, [], AlignConfig())
+    # Without GPS nothing but the 5 m relief separates focal from flying height: a looser focal bound.
+    check_against_truth(rec, truth, focal_tol=0.015)
+    assert not rec.georeferenced and np.isnan(rec.gps_residual).all()
+
+
+def test_two_unrelated_scenes_give_two_components():
+    a = survey(rows=3, cols=4, seed=5, point_density=0.25)
+    b = survey(rows=3, cols=4, seed=6, origin=(5000.0, 0.0), point_density=0.25)
+    na, ta = len(a.C), int(a.tracks.obs_track.max()) + 1
+    tracks = SimpleNamespace(
+        obs_track=np.concatenate([a.tracks.obs_track, b.tracks.obs_track + ta]),
+        obs_image=np.concatenate([a.tracks.obs_image, b.tracks.obs_image + na]).astype(np.int32),
+        obs_xy=np.concatenate([a.tracks.obs_xy, b.tracks.obs_xy]),
+        track_rgb=np.concatenate([a.tracks.track_rgb, b.tracks.track_rgb]),
+    )
+    truth = SimpleNamespace(C=np.concatenate([a.C, b.C]), R=np.concatenate([a.R, b.R]), height=a.height)
+    rec = reconstruct(tracks, cameras_for(2 * na), np.concatenate([a.gps, b.gps]), [], AlignConfig())
+    assert rec.registered.all()
+    comp_a, comp_b = np.unique(rec.component[:na]), np.unique(rec.component[na:])
+    assert len(comp_a) == 1 and len(comp_b) == 1 and comp_a[0] != comp_b[0]
+    check_against_truth(rec, truth, images=np.arange(na))
+    check_against_truth(rec, truth, images=np.arange(na, 2 * na))
+    # Each component is georeferenced on its own GPS: they do not collapse onto each other.
+    assert np.abs(rec.C - truth.C).max() < 0.01 * a.height
+    pts_a = rec.points[rec.point_component == comp_a[0]]
+    assert pts_a[:, 0].max() < 1000
+
+
+def test_cancel_is_honoured():
+    from alignkit.core.cancel import Canceled
+
+    truth = survey(rows=2, cols=5, seed=7)
+    with pytest.raises(Canceled):
+        reconstruct(truth.tracks, cameras_for(10), truth.gps, [], AlignConfig(), is_canceled=lambda: True)
+
+
+def test_fewer_than_two_images_is_a_clear_error():
+    truth = survey(rows=1, cols=2, seed=8)
+    with pytest.raises(ValueError, match="at least two images"):
+        reconstruct(truth.tracks, cameras_for(1), truth.gps[:1], [], AlignConfig())
