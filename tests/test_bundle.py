@@ -1,0 +1,134 @@
+"""Bundle adjustment against synthetic ground truth: Jacobian, recovery, gauge, fixed blocks, GPS sigmas."""
+import time
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from alignkit.core.bundle import build_problem, bundle_adjust, robust_gps_sigmas
+
+W, H, F, K1, K2 = 1000, 750, 1200.0, -0.04, 0.008
+PP = [[(W - 1) / 2, (H - 1) / 2]]
+
+
+def scene(rows=2, cols=4, n_points=600, noise_px=0.3, seed=0, relief=6.0, height=80.0):
+    """Nadir cameras on a grid over a relief; exact observations plus Gaussian pixel noise."""
+    rng = np.random.default_rng(seed)
+    down = np.array([[1.0, 0, 0], [0, -1, 0], [0, 0, -1]])
+    C = np.array([[c * 15.0, r * 20.0, height + rng.normal(0, 1)] for r in range(rows) for c in range(cols)])
+    R = np.array([Rotation.from_euler("xyz", rng.normal(0, 2, 3), degrees=True).as_matrix() @ down for _ in C])
+    xy = rng.uniform(C[:, :2].min(0) - 30, C[:, :2].max(0) + 30, (n_points, 2))
+    X = np.column_stack([xy, relief * np.sin(xy[:, 0] / 17.0) * np.cos(xy[:, 1] / 13.0)])
+    obs_i, obs_p, obs_xy = [], [], []
+    for i in range(len(C)):
+        xc = (X - C[i]) @ R[i].T
+        xn = xc[:, :2] / xc[:, 2:]
+        r2 = (xn**2).sum(1)
+        uv = F * xn * (1 + K1 * r2 + K2 * r2**2)[:, None] + PP[0]
+        vis = np.flatnonzero((uv >= 0).all(1) & (uv[:, 0] < W) & (uv[:, 1] < H))
+        obs_i.append(np.full(len(vis), i))
+        obs_p.append(vis)
+        obs_xy.append(uv[vis] + rng.normal(0, noise_px, (len(vis), 2)))
+    obs_i, obs_p, obs_xy = np.concatenate(obs_i), np.concatenate(obs_p), np.concatenate(obs_xy)
+    seen = np.bincount(obs_p, minlength=n_points) >= 2
+    keep = seen[obs_p]
+    return C, R, X, obs_i[keep], obs_p[keep], obs_xy[keep]
+
+
+def perturbed(C, R, X, seed=1, pos_m=0.5, rot_deg=0.3, point_m=0.5):
+    rng = np.random.default_rng(seed)
+    R0 = Rotation.from_rotvec(np.radians(rot_deg) * rng.normal(0, 1, (len(R), 3))).as_matrix() @ R
+    return C + rng.normal(0, pos_m, C.shape), R0, X + rng.normal(0, point_m, X.shape)
+
+
+def rotation_error_deg(Ra, Rb):
+    return np.degrees(Rotation.from_matrix(Ra @ np.transpose(Rb, (0, 2, 1))).magnitude())
+
+
+def test_analytic_jacobian_matches_finite_differences():
+    C, R, X, oi, op, oxy = scene(rows=1, cols=3, n_points=80)
+    C0, R0, X0 = perturbed(C, R, X)
+    fixed = np.zeros(len(C), bool)
+    fixed[1] = True
+    gps = C + 0.3
+    gps[2] = np.nan
+    x0, residuals, jacobian, _, n_obs_res, n_point_cols = build_problem(
+        R0, C0, [F * 1.02], [0.01], [-0.002], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+        fixed_images=fixed, gps_enu=gps, gps_sigma_h=0.7, gps_sigma_v=2.0, focal_prior=[F], scale_anchor=(0, 2, 30.0),
+    )
+    x = x0 + np.random.default_rng(3).normal(0, 1e-3, x0.shape)  # rotation increments away from 0
+    J = jacobian(x).toarray()
+    numeric = np.empty_like(J)
+    for k in range(len(x)):
+        step = np.zeros_like(x)
+        step[k] = 1e-6
+        numeric[:, k] = (residuals(x + step) - residuals(x - step)) / 2e-6
+    assert n_point_cols == 3 * len(np.unique(op))
+    assert np.abs(J - numeric).max() < 1e-4 * np.abs(numeric).max()
+
+
+@pytest.mark.parametrize("solver", ["lm", "scipy"])
+def test_recovers_poses_focal_and_distortion(solver):
+    C, R, X, oi, op, oxy = scene()
+    C0, R0, X0 = perturbed(C, R, X)
+    t0 = time.perf_counter()
+    res = bundle_adjust(
+        R0, C0, [F * 0.97], [0.0], [0.0], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+        gps_enu=C, gps_sigma_h=0.02, gps_sigma_v=0.02, focal_prior=[F * 0.97], focal_prior_sigma=0.1,
+        loss="huber", solver=solver, max_nfev=100,
+    )
+    print(f"{solver}: {time.perf_counter() - t0:.2f} s, {res.nfev} evaluations, {res.status}")
+    assert abs(res.focal[0] / F - 1) < 0.002
+    assert abs(res.k1[0] - K1) < 0.005 and abs(res.k2[0] - K2) < 0.005
+    assert np.linalg.norm(res.C - C, axis=1).max() < 0.05
+    assert rotation_error_deg(res.R, R).max() < 0.1  # GPS at 2 cm over a 45 m block leaves ~0.03 deg
+    assert np.median(np.linalg.norm(res.points - X, axis=1)) < 0.2  # 0.25% of the flying height
+    assert res.final_rms_px < 0.35 < res.initial_rms_px  # 0.3 px noise per axis
+
+
+def test_fixed_images_and_points_stay_put():
+    C, R, X, oi, op, oxy = scene()
+    C0, R0, X0 = perturbed(C, R, X, pos_m=0.0, rot_deg=0.0, point_m=0.0)
+    C0[5] += [0.4, -0.3, 0.2]  # one camera off: only it (and free points) may move
+    fixed_images = np.ones(len(C), bool)
+    fixed_images[5] = False
+    fixed_points = np.zeros(len(X), bool)
+    fixed_points[::2] = True
+    res = bundle_adjust(R0, C0, [F], [K1], [K2], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+                        fixed_images=fixed_images, fixed_points=fixed_points, refine_focal=False,
+                        refine_distortion=False)
+    others = np.arange(len(C)) != 5
+    assert np.array_equal(res.C[others], C0[others]) and np.array_equal(res.R[others], R0[others])
+    assert np.array_equal(res.points[fixed_points], X0[fixed_points])
+    assert np.linalg.norm(res.C[5] - C[5]) < 0.05  # pulled back by the fixed points
+    assert res.focal[0] == F and res.k1[0] == K1
+
+
+def test_gauge_without_gps_keeps_first_camera_and_baseline():
+    C, R, X, oi, op, oxy = scene()
+    C0, R0, X0 = perturbed(C, R, X, pos_m=0.2, rot_deg=0.1, point_m=0.2)
+    fixed = np.zeros(len(C), bool)
+    fixed[0] = True
+    baseline = float(np.linalg.norm(C[0] - C[3]))
+    res = bundle_adjust(R0, C0, [F], [0.0], [0.0], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+                        fixed_images=fixed, scale_anchor=(0, 3, baseline), focal_prior=[F])
+    assert np.array_equal(res.C[0], C0[0]) and np.array_equal(res.R[0], R0[0])
+    assert abs(np.linalg.norm(res.C[0] - res.C[3]) - baseline) < 1e-3
+    assert res.final_rms_px < 0.4
+
+
+def test_gps_sigmas_are_estimated_robustly():
+    rng = np.random.default_rng(4)
+    residual = rng.normal(0, 1, (400, 3)) * [2.0, 2.0, 6.0] + [0.5, -0.5, 30.0]  # a vertical datum offset
+    residual[:20, 2] += 200.0  # a few wild altitudes
+    residual[20:30] = np.nan  # images without GPS
+    sigma_h, sigma_v = robust_gps_sigmas(residual)
+    assert abs(sigma_h - 2.0) < 0.3 and abs(sigma_v - 6.0) < 1.0
+    assert robust_gps_sigmas(np.zeros((10, 3)), floor_h=0.05, floor_v=0.1) == (0.05, 0.1)
+    assert robust_gps_sigmas(residual[:2]) is None
+
+
+def test_unknown_loss_is_a_clear_error():
+    C, R, X, oi, op, oxy = scene(rows=1, cols=2, n_points=50)
+    with pytest.raises(ValueError, match="unknown robust loss"):
+        bundle_adjust(R, C, [F], [0.0], [0.0], PP, np.zeros(len(C), int), X, oi, op, oxy, loss="tukey")
