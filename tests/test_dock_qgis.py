@@ -3,9 +3,6 @@ import time
 from pathlib import Path
 
 import pytest
-from alignkit.tests import result_fixture as fx
-from alignkit.ui import layers as layer_loader
-from alignkit.ui.dock import AlignKitDock, default_output_for, is_inside
 from osgeo import ogr
 from qgis.core import (
     QgsApplication,
@@ -15,6 +12,10 @@ from qgis.core import (
     QgsSettings,
     QgsVectorLayer,
 )
+
+from alignkit.tests import result_fixture as fx
+from alignkit.ui import layers as layer_loader
+from alignkit.ui.dock import AlignKitDock, default_output_for, is_inside
 
 pytestmark = pytest.mark.qgis
 

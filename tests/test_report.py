@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+
 from alignkit.core import report
 from alignkit.tests import result_fixture as fx
 

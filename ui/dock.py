@@ -6,6 +6,7 @@ dock's Cancel button all act on the same task. Layers are only loaded from finis
 main thread, and only for a complete run.
 """
 import os
+import time
 from pathlib import Path
 
 from qgis.core import (
@@ -19,7 +20,13 @@ from qgis.core import (
     QgsProject,
     QgsSettings,
 )
-from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsProjectionSelectionWidget
+from qgis.gui import (
+    QgsCollapsibleGroupBox,
+    QgsDockWidget,
+    QgsFileWidget,
+    QgsLayerTreeView,
+    QgsProjectionSelectionWidget,
+)
 from qgis.PyQt.QtCore import QObject, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
@@ -45,6 +52,7 @@ from .task import CoreTask
 SETTINGS_PREFIX = "alignkit/"
 LOG_TAG = "AlignKit"
 STACK_MODELS = ("homography", "affine", "similarity", "euclidean", "translation")
+LOG_INTERVAL_S = 1.0  # per-image progress messages would flood the short log
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
@@ -96,6 +104,7 @@ class AlignKitDock(QgsDockWidget):
         self._crs_chosen = False  # once the user picks a CRS, previews stop overriding it
         self.last_result = None  # dict of the last finished alignment (paths, summary), for callers
         self.last_preview = None  # dict of the last preview (counts, camera, suggested CRS)
+        self._last_log_time = 0.0  # when the short log last took a progress message
 
         tabs = QTabWidget()
         tabs.addTab(self._build_photo_tab(), "Photo alignment")
@@ -359,6 +368,8 @@ class AlignKitDock(QgsDockWidget):
         return self.task is not None or self._stack_run is not None
 
     def _set_busy(self, busy):
+        if not busy:
+            self.progress.setFormat("%p%")
         for widget in (self.preview_button, self.align_button, self.stack_run_button):
             widget.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
@@ -398,12 +409,21 @@ class AlignKitDock(QgsDockWidget):
             self._notify("a job is already running; cancel it first", Qgis.Warning)
             return False
         self.task = task
-        task.message.connect(self.log_message)
+        self._last_log_time = 0.0
+        task.message.connect(self._task_message)
         task.progressChanged.connect(self._set_progress)
         self.progress.setValue(0)
         self._set_busy(True)
         QgsApplication.taskManager().addTask(task)
         return True
+
+    def _task_message(self, text):
+        """Progress text: always on the bar; in the short log at most about once a second."""
+        self.progress.setFormat(f"%p%  {text}")
+        now = time.monotonic()
+        if now - self._last_log_time >= LOG_INTERVAL_S:
+            self._last_log_time = now
+            self.log_message(text)
 
     def _set_progress(self, value):
         self.progress.setValue(int(round(value)))
@@ -470,12 +490,25 @@ class AlignKitDock(QgsDockWidget):
         self._update_default_crs(info.get("suggested_crs", ""))
         if info.get("gpkg"):
             try:
-                layer_loader.load_geopackage(
+                group, _ = layer_loader.load_geopackage(
                     info["gpkg"], f"{info['folder_name']} priors", layer_loader.PRIORS_STYLES, info["folder"]
                 )
+                self._show_group(group)
             except (ValueError, RuntimeError) as exc:
                 self.log_message(f"priors layers not loaded: {exc}", Qgis.Warning)
         self.log_message(info["text"])
+
+    def _show_group(self, group, expanded_layers=("cameras",)):
+        """Expand a freshly loaded group in the Layers panel, and the legend of its main layer."""
+        view = self.iface.layerTreeView() if self.iface is not None else None
+        if not isinstance(view, QgsLayerTreeView):
+            return  # a stub iface: nothing to show
+        for node in [group] + group.findLayers():
+            expand = node is group or node.name() in expanded_layers
+            node.setExpanded(expand)
+            index = view.node2index(node)
+            if index.isValid():
+                view.setExpanded(index, expand)
 
     # --- alignment ---
     def align(self):
@@ -513,12 +546,15 @@ class AlignKitDock(QgsDockWidget):
         result = task.result
         group_name = os.path.basename(os.path.normpath(config.images))
         try:
-            layer_loader.load_geopackage(result["gpkg"], group_name, layer_loader.RESULT_STYLES, config.images)
+            group, _ = layer_loader.load_geopackage(
+                result["gpkg"], group_name, layer_loader.RESULT_STYLES, config.images
+            )
         except (ValueError, RuntimeError) as exc:
             text = f"Alignment finished but its layers could not be loaded: {exc}"
             self.log_message(text, Qgis.Critical)
             self._notify(text, Qgis.Critical)
             return
+        self._show_group(group)
         summary = result.get("summary") or {}
         self.last_result = result
         text = (
@@ -621,7 +657,7 @@ class AlignKitDock(QgsDockWidget):
             task, self.task = self.task, None
             task.on_done = None  # the dock is going away: finished() must not call back into it
             try:
-                task.message.disconnect(self.log_message)
+                task.message.disconnect(self._task_message)
                 task.progressChanged.disconnect(self._set_progress)
                 task.cancel()
                 task.waitForFinished(timeout_ms)
@@ -654,7 +690,7 @@ def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
     from ..core.gpkg import write_geopackage
 
     progress(0.0, "reading EXIF/XMP")
-    priors = camera.read_priors(folder, progress=lambda f, m="": progress(0.9 * f, m), is_canceled=is_canceled)
+    priors = camera.read_priors(folder, progress=lambda f, m="": progress(0.9 * f), is_canceled=is_canceled)
     check(is_canceled)
     with_gps = [p for p in priors if p.lat is not None and p.lon is not None]
     unusable = [p for p in priors if p.status == "unusable"]
@@ -677,7 +713,14 @@ def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
         write_geopackage(priors_gpkg, crs, priors_core.prior_layers(priors, crs))
         gpkg = priors_gpkg
     # After prior_layers: it adds footprint problems to the priors.
-    problems = [f"{p.name}: {'; '.join(p.problems)}" for p in priors if p.problems]
+    by_problem = {}
+    for p in priors:
+        for problem in p.problems:
+            by_problem.setdefault(problem, []).append(p.name)
+    problems = [
+        f"{names[0] if len(names) == 1 else f'{len(names)} photos ({names[0]} ...)'}: {problem}"
+        for problem, names in by_problem.items()
+    ]
     progress(1.0, "preview done")
     return {
         "folder": folder,
