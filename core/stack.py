@@ -45,7 +45,7 @@ class StackConfig:
     ecc: bool = True  # refine the feature estimate with ECC on an image pyramid
     ecc_max_side: int = 1024  # long side of the finest ECC level (full-res ECC costs ~4x per halving)
     ecc_min_side: int = 200  # coarsest ECC level; smaller levels lose the structure
-    ecc_iterations: int = 60  # per level; ECC from a good start converges in ~10-30
+    ecc_iterations: int = 30  # per level; from a good start ECC converges in ~10-20, more is wasted on noise
     ecc_epsilon: float = 1e-5  # stop when the parameter update is below this
     ecc_blur: int = 5  # Gaussian kernel ECC smooths with at coarse levels (wider basin)
     ecc_blur_finest: int = 1  # ... and at the finest level (sharper optimum; measured on Oxford)
@@ -351,7 +351,7 @@ def _project_similarity(matrix, width, height):
     return np.vstack([fitted, [0, 0, 1]]).astype(np.float64)
 
 
-def ecc_refine(moving, reference, initial, model, config, is_canceled=None):
+def ecc_refine(moving, reference, initial, model, config, is_canceled=None, robust=True):
     """ECC coarse to fine from `initial` (moving -> reference, full-res coords).
 
     The moving image is ECC's template, so its pixels are where the error is measured and the
@@ -382,7 +382,7 @@ def ecc_refine(moving, reference, initial, model, config, is_canceled=None):
     # robust rounds at the finest level: regions that do not follow the model (moving water, parallax,
     # depth of field) pull ECC's least squares away; keep the better-correlated half and solve again
     moving_l, reference_l, s_mov, s_ref = levels[0]
-    for _ in range(config.ecc_robust_rounds):
+    for _ in range(config.ecc_robust_rounds if robust else 0):
         check(is_canceled)
         warp = s_ref @ matrix @ np.linalg.inv(s_mov)
         warp /= warp[2, 2]
@@ -507,20 +507,48 @@ def align_pair(moving, reference, moving_features, reference_features, config, r
     if not config.ecc:
         return result
     if _needs_gradient(moving, reference, config):
-        ecc_moving, ecc_reference, kind = gradient_magnitude(moving), gradient_magnitude(reference), "gradient"
-    else:
-        ecc_moving, ecc_reference, kind = moving, reference, "intensity"
-    refined, info = ecc_refine(ecc_moving, ecc_reference, matrix, config.model, config, is_canceled)
+        return _refine_exposure(moving, reference, result, config, is_canceled)
+    refined, info = ecc_refine(moving, reference, matrix, config.model, config, is_canceled)
     if refined is None or degeneracy(refined, moving.shape[1], moving.shape[0], config):
         return result  # features alone
     # keep ECC only when it really correlates better than the feature estimate
-    side = config.ecc_max_side
-    before = warped_correlation(ecc_moving, ecc_reference, matrix, side)
-    after = warped_correlation(ecc_moving, ecc_reference, refined, side)
+    before = warped_correlation(moving, reference, matrix, config.ecc_max_side)
+    after = warped_correlation(moving, reference, refined, config.ecc_max_side)
     if after > before:
         result.matrix = refined
-        result.method = f"features+ecc({kind})"
+        result.method = "features+ecc(intensity)"
         result.ecc_correlation = info
+    return result
+
+
+def _refine_exposure(moving, reference, result, config, is_canceled):
+    """ECC for frames of different exposure, on gradient magnitude, simplest model first.
+
+    Saturated or black regions leave little structure, and a full homography then fits noise (a tripod
+    frame came out scaled by 0.99). So: a translation by ECC first (from the feature estimate's shift at
+    the image centre), and the chosen model only when it correlates clearly better than that translation.
+    """
+    gradient_moving, gradient_reference = gradient_magnitude(moving), gradient_magnitude(reference)
+    h, w = moving.shape[:2]
+    centre = np.array([[(w - 1) / 2.0, (h - 1) / 2.0]])
+    shift = _apply(result.matrix, centre)[0] - centre[0]
+    start = np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]], dtype=np.float64)
+    candidates = [(result.matrix, "features")]
+    translation, _ = ecc_refine(gradient_moving, gradient_reference, start, "translation", config, is_canceled,
+                                robust=False)
+    if translation is not None:
+        candidates.append((translation, "translation+ecc(gradient)"))
+    if config.model != "translation":
+        full, _ = ecc_refine(gradient_moving, gradient_reference, result.matrix, config.model, config, is_canceled,
+                             robust=False)
+        if full is not None and not degeneracy(full, w, h, config):
+            candidates.append((full, "features+ecc(gradient)"))
+    scores = [warped_correlation(gradient_moving, gradient_reference, m, config.ecc_max_side) for m, _ in candidates]
+    best = int(np.argmax(scores))
+    if translation is not None and best != 1 and scores[best] < scores[1] + config.min_gradient_gain:
+        best = 1  # the richer model must earn its extra parameters
+    result.matrix, result.method = candidates[best]
+    result.ecc_correlation = round(float(scores[best]), 5)
     return result
 
 

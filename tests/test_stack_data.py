@@ -1,0 +1,120 @@
+"""core.stack on real stacks: Oxford ground truth (HPatches convention), a focus stack, an exposure bracket."""
+import cv2
+import numpy as np
+import pytest
+from alignkit.core import stack
+
+pytestmark = pytest.mark.slow
+
+
+def hpatches_error(matrix_n_to_1, h1_to_n, width, height):
+    """Mean distance, in imgN pixels, of img1's corners mapped by inverse(reported) and by H1toNp."""
+    corners = stack.quad_source(width, height)
+    mapped = stack._apply(np.linalg.inv(matrix_n_to_1), corners)
+    truth = stack._apply(h1_to_n, corners)
+    return float(np.linalg.norm(mapped - truth, axis=1).mean())
+
+
+def baseline_matrix(img1, img_n):
+    """The plain OpenCV baseline of the issue: SIFT, ratio 0.8, MAGSAC homography, no refinement (imgN -> img1)."""
+    sift = cv2.SIFT_create()
+    k1, d1 = sift.detectAndCompute(img1, None)
+    k2, d2 = sift.detectAndCompute(img_n, None)
+    good = [m for m, n in cv2.BFMatcher().knnMatch(d1, d2, k=2) if m.distance < 0.8 * n.distance]
+    p1 = np.float32([k1[m.queryIdx].pt for m in good])
+    p2 = np.float32([k2[m.trainIdx].pt for m in good])
+    h, _ = cv2.findHomography(p1, p2, cv2.USAC_MAGSAC, 3.0)
+    return np.linalg.inv(h)
+
+
+def align_oxford_pair(shared, tmp_path, sequence, n):
+    folder = shared(sequence)
+    ext = ".png" if sequence == "oxford_graf" else ".pgm"
+    images = [folder / f"img1{ext}", folder / f"img{n}{ext}"]
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(reference=images[0].name), images=images)
+    entry = doc["images"][1]
+    img1 = cv2.imread(str(images[0]), cv2.IMREAD_GRAYSCALE)
+    img_n = cv2.imread(str(images[1]), cv2.IMREAD_GRAYSCALE)
+    truth = np.loadtxt(folder / f"H1to{n}p")
+    h, w = img1.shape
+    base = hpatches_error(baseline_matrix(img1, img_n), truth, w, h)
+    return entry, truth, base, w, h
+
+
+# (sequence, n, target px). Known misses are strict xfails: they fail the suite once they pass.
+BOAT_4_5 = pytest.mark.xfail(strict=True, reason=(
+    "measured 1.5 / 1.4 px: ECC's photometric optimum sits ~1 px from H1toNp on the boat scene (water, "
+    "parallax); the features-only fit and H1toNp leave equal SIFT residuals (median ~1.0 / 1.2 px)"))
+BOAT_3 = pytest.mark.xfail(strict=True, reason="measured 0.25 px: below target but not below the baseline 0.21")
+BOAT_6 = pytest.mark.xfail(strict=True, reason=(
+    "measured ~10 px like every method; H1to6p disagrees with the images: median SIFT-inlier residual 5.2 px "
+    "under H1to6p vs 1.2 px under ours, NCC 0.53 vs 0.75"))
+
+
+@pytest.mark.parametrize("sequence,n,target", [
+    ("oxford_graf", 2, 1.0), ("oxford_graf", 3, 1.0), ("oxford_graf", 4, 1.0),
+    ("oxford_boat", 2, 1.0), pytest.param("oxford_boat", 3, 1.0, marks=BOAT_3),
+    pytest.param("oxford_boat", 4, 1.0, marks=BOAT_4_5), pytest.param("oxford_boat", 5, 1.0, marks=BOAT_4_5),
+    pytest.param("oxford_boat", 6, 3.0, marks=BOAT_6),
+])
+def test_oxford_pair_within_target_and_beats_baseline(shared, tmp_path, sequence, n, target):
+    entry, truth, base, w, h = align_oxford_pair(shared, tmp_path, sequence, n)
+    assert entry["status"] == "aligned", entry["reason"]
+    error = hpatches_error(np.array(entry["matrix"]), truth, w, h)
+    assert error <= target, f"{sequence} {n}: {error:.3f} px (baseline {base:.3f})"
+    assert error < base, f"{sequence} {n}: {error:.3f} px, baseline {base:.3f}"
+
+
+@pytest.mark.parametrize("n", [5, 6])
+def test_graf_extreme_viewpoints_aligned_or_rejected_with_reason(shared, tmp_path, n):
+    entry, truth, base, w, h = align_oxford_pair(shared, tmp_path, "oxford_graf", n)
+    assert base > 50  # the baseline returns these wrong
+    if entry["status"] == "aligned":
+        assert hpatches_error(np.array(entry["matrix"]), truth, w, h) <= 3.0
+    else:
+        assert entry["status"] == "rejected" and entry["reason"] and entry["matrix"] is None
+        assert not (tmp_path / "out" / f"img{n}.png").exists()
+
+
+def test_pcb_focus_stack(shared, tmp_path):
+    folder = shared("focus_stack_pcb", "pcb")
+    images = sorted(folder.glob("pcb_*.jpg"))
+    assert len(images) == 7
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(), images=images)
+    crop = doc["crop"]
+    xs = np.arange(crop["x"], crop["x"] + crop["width"])
+    ys = np.arange(crop["y"], crop["y"] + crop["height"])
+    border = np.concatenate([np.c_[xs, np.full_like(xs, ys[0])], np.c_[xs, np.full_like(xs, ys[-1])],
+                             np.c_[np.full_like(ys, xs[0]), ys], np.c_[np.full_like(ys, xs[-1]), ys]])
+    for entry in doc["images"]:
+        if entry["status"] == "reference":
+            continue
+        assert entry["status"] == "aligned", f"{entry['image']}: {entry['reason']}"
+        assert entry["metrics"]["after"]["ncc"] > entry["metrics"]["before"]["ncc"]
+        # crop strictly inside the warped frame: every border pixel centre samples the source image
+        source = stack._apply(np.linalg.inv(np.array(entry["matrix"])), border.astype(np.float64))
+        assert source.min() >= 0 and source[:, 0].max() <= 2047 and source[:, 1].max() <= 1535
+        written = cv2.imread(str(tmp_path / "out" / entry["image"]))
+        assert written.shape == (crop["height"], crop["width"], 3)
+        # the frames drift by tens of pixels and scale 0.95-1.0 (PROVENANCE): plausible, not degenerate
+        linear = np.array(entry["matrix"])[:2, :2]
+        assert 0.9 < np.sqrt(abs(np.linalg.det(linear))) < 1.1
+    # no more cut than needed: the crop covers most of the 2048 x 1536 frame
+    assert crop["width"] * crop["height"] > 0.8 * 2048 * 1536
+
+
+def test_exposure_bracket(shared, tmp_path):
+    folder = shared("exposure_house")
+    images = sorted(folder.glob("*.jpg"))
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(), images=images)
+    for entry in doc["images"]:
+        if entry["status"] == "reference":
+            continue
+        assert entry["status"] == "aligned", f"{entry['image']}: {entry['reason']}"
+        matrix = np.array(entry["matrix"])
+        # a tripod bracket: no frame may be distorted, at most a pixel or two of drift
+        assert stack.overlap_shift(matrix, np.eye(3), (500, 752), (500, 752)) <= 3.0
+        if entry.get("already_aligned"):
+            assert np.allclose(matrix, np.eye(3)) or stack.overlap_shift(matrix, np.eye(3), (500, 752),
+                                                                         (500, 752)) <= 0.5
+    assert doc["crop"]["width"] >= 740 and doc["crop"]["height"] >= 490
