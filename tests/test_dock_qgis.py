@@ -308,3 +308,93 @@ def test_cancel_mid_run_loads_nothing_and_keeps_the_workspace(dock, survey, tmp_
     assert (tmp_path / "survey_alignkit_workspace").is_dir()  # kept for a resume
     assert "cancelled" in dock.log.toPlainText()
     assert dock.align_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+# ----------------------------------------------------------------------------- image stack tab
+@pytest.fixture
+def provider(qgis_app):
+    from alignkit.processing.provider import AlignKitProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("alignkit") is None:
+        p = AlignKitProvider()
+        registry.addProvider(p)
+        yield p
+        registry.removeProvider(p)
+    else:
+        yield registry.providerById("alignkit")
+
+
+def _shifted_stack(folder, shifts):
+    """Copies of one seeded texture, each translated by a known (dx, dy) in pixels."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    base = cv2.GaussianBlur(rng.uniform(0, 255, (300, 400)).astype(np.float32), (0, 0), 2.0)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
+    folder.mkdir()
+    for k, (dx, dy) in enumerate(shifts):
+        m = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+        img = cv2.warpAffine(base, m, (400, 300), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        cv2.imwrite(str(folder / f"frame_{k}.png"), np.clip(img, 0, 255).astype(np.uint8))
+
+
+def test_image_stack_tab_runs_alignstack_in_a_task(dock, provider, tmp_path, qgis_iface):
+    import json
+
+    shifts = [(-6.0, 4.0), (0.0, 0.0), (5.5, -3.0)]
+    _shifted_stack(tmp_path / "stack", shifts)
+    dock.tabs.setCurrentIndex(1)
+    dock.stack_folder_widget.setFilePath(str(tmp_path / "stack"))
+    assert dock.stack_output_widget.filePath() == str(tmp_path / "stack_aligned")  # beside, not inside
+    dock.reference_combo.setCurrentText("frame_1.png")
+    dock.model_combo.setCurrentText("translation")
+    task = dock.align_stack()
+    assert task is not None and dock.is_running()
+    assert wait_for(lambda: not dock.is_running(), 300), dock.log.toPlainText()
+    assert qgis_iface.messageBar().get_messages(2) == [], dock.log.toPlainText()
+    result = json.loads((tmp_path / "stack_aligned" / "transforms.json").read_text())
+    assert result["reference"] == "frame_1.png" and result["model"] == "translation"
+    by_name = {img["image"]: img for img in result["images"]}
+    for k, (dx, dy) in enumerate(shifts):
+        img = by_name[f"frame_{k}.png"]
+        assert img["status"] == ("reference" if k == 1 else "aligned")
+        # A pixel of frame k maps to the reference (shift 0) by minus its own shift.
+        assert img["matrix"][0][2] == pytest.approx(-dx, abs=0.3)
+        assert img["matrix"][1][2] == pytest.approx(-dy, abs=0.3)
+    assert "2 images aligned to frame_1.png" in dock.stack_label.text()
+
+
+@pytest.mark.slow
+def test_align_can_write_a_copy_in_the_project_crs(dock, survey, tmp_path, qgis_new_project):
+    images, _ = survey
+    QgsProject.instance().setCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    dock.set_target_crs("EPSG:32632")
+    assert not dock.export_check.isHidden()
+    dock.export_check.setChecked(True)
+    _start_alignment(dock, images, tmp_path / "survey_alignkit.gpkg")
+    assert wait_for(lambda: not dock.is_running(), 600), dock.log.toPlainText()
+    copy = tmp_path / "survey_alignkit_EPSG3857.gpkg"
+    assert copy.exists() and dock.last_result["gpkg"] == str(copy)
+    original = QgsVectorLayer(f"{tmp_path / 'survey_alignkit.gpkg'}|layername=cameras", "c", "ogr")
+    assert original.crs().authid() == "EPSG:32632"
+    group = QgsProject.instance().layerTreeRoot().findGroup("images")
+    layers = {n.name(): n.layer() for n in group.findLayers()}
+    assert all(layer.crs().authid() == "EPSG:3857" for layer in layers.values())
+    assert all(layer.source().startswith(str(copy)) for layer in layers.values())
+    assert layers["cameras"].featureCount() == original.featureCount()
+
+
+def test_a_failing_run_reports_the_error_and_loads_nothing(dock, tmp_path, qgis_iface):
+    _pipeline_available()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "notes.txt").write_text("not a photo")
+    dock.set_folder(photos)
+    assert dock.align() is not None
+    assert wait_for(lambda: not dock.is_running(), 120)
+    errors = qgis_iface.messageBar().get_messages(2)
+    assert len(errors) == 1 and "Alignment failed" in errors[0] and str(photos) in errors[0]
+    assert QgsProject.instance().mapLayers() == {}
+    assert dock.align_button.isEnabled()

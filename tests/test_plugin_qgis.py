@@ -21,6 +21,14 @@ def _settle(seconds=0.3):
         time.sleep(0.01)
 
 
+def _wait(condition, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not condition():
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    return condition()
+
+
 @pytest.fixture
 def photos(tmp_path):
     from alignkit.core.synthetic import SurveySpec, generate_survey
@@ -48,10 +56,14 @@ def test_unload_removes_actions_dock_provider_and_task(qgis_iface, qgis_new_proj
     assert isinstance(dock, AlignKitDock) and main.findChildren(AlignKitDock)
     dock.set_folder(photos)
     dock.set_output(tmp_path / "photos_alignkit.gpkg")
-    task = dock.preview()
-    assert task is not None and dock.is_running()
+    task = dock.align()
+    assert task is not None
+    assert _wait(lambda: task.progress() > 0)  # the alignment is under way
+    assert dock.is_running()
 
-    plugin.unload()  # while the task may still be running: the dock cancels and waits for it
+    started = time.monotonic()
+    plugin.unload()  # while the alignment runs: the dock cancels the task and waits for it
+    assert time.monotonic() - started < 20  # cancellation is honoured promptly
     _settle()
     assert registry.providerById("alignkit") is None
     assert registry.algorithmById("alignkit:alignphotos") is None
@@ -63,6 +75,7 @@ def test_unload_removes_actions_dock_provider_and_task(qgis_iface, qgis_new_proj
     from qgis.core import QgsProject
 
     assert QgsProject.instance().mapLayers() == {}
+    assert not (tmp_path / "photos_alignkit.gpkg").exists()
 
 
 def test_initprocessing_alone_registers_the_provider_without_gui(qgis_app):
