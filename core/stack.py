@@ -34,7 +34,7 @@ class StackConfig:
     model: str = "homography"  # translation | euclidean | similarity | affine | homography
     reference: str = ""  # file name of the reference; empty: the middle image by sorted name
     crop: bool = True  # crop every output to the largest rectangle common to all aligned images
-    feature_max_side: int = 1200  # long side of the pyramid level SIFT runs on (speed; ECC restores precision)
+    feature_max_side: int = 1024  # long side of the pyramid level SIFT runs on (speed; ECC restores precision)
     max_features: int = 8000  # SIFT keypoints per image; fine-scale ones help precision (Oxford boat 4: 1.7 -> 1.0 px features-only)
     lowe_ratio: float = 0.8  # Lowe's ratio test threshold (0.8 as in his paper)
     robust_method: str = "magsac"  # "magsac" (cv2.USAC_MAGSAC) or "ransac" (cv2.RANSAC); bench compares them
@@ -168,7 +168,8 @@ def ratio_matches(a, b, ratio):
     """Index pairs (i in a, j in b) passing Lowe's ratio test, mutual-best not required."""
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
         return np.zeros((0, 2), np.int64)
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    # FLANN kd-trees: ~4x faster than brute force on 8000 x 8000 descriptors; seeded via cv2.setRNGSeed
+    matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
     pairs = []
     for m in matcher.knnMatch(a.descriptors, b.descriptors, k=2):
         if len(m) == 2 and m[0].distance < ratio * m[1].distance:
@@ -421,7 +422,8 @@ def _agreement_mask(moving, reference, warp, keep_fraction, window=31):
     local = (box(a * b) - mean_a * mean_b) / np.sqrt(np.maximum(var_a * var_b, 1e-6))
     if valid.sum() < 1000:
         return None
-    good = ((local > np.quantile(local[valid], 1.0 - keep_fraction)) & valid).astype(np.uint8)
+    values = local[valid][:: max(1, int(valid.sum()) // 200000)]  # a quantile needs no million samples
+    good = ((local > np.quantile(values, 1.0 - keep_fraction)) & valid).astype(np.uint8)
     return cv2.warpPerspective(good, warp, (reference.shape[1], reference.shape[0]), flags=cv2.INTER_NEAREST)
 
 

@@ -5,6 +5,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+
 from alignkit.core import stack, stack_crop
 
 CANVAS = (900, 700)  # width, height of the synthetic scene
@@ -138,12 +139,10 @@ def test_polygon_intersection_and_inscribed_rectangle_are_exact():
         assert abs(cv2.contourArea(polygon.astype(np.float32)) - area_cv) < 1e-2
         rect = stack_crop.max_inscribed_rect(polygon)
 
-        def inside(x, y):
-            return cv2.pointPolygonTest(polygon.astype(np.float32), (float(x), float(y)), True) >= 1e-4
-
+        contour = polygon.astype(np.float32)
         best = 0
         grid = range(0, 31)
-        ok = {(x, y) for x in grid for y in grid if inside(x, y)}
+        ok = {(x, y) for x in grid for y in grid if cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= 1e-4}
         for x0 in grid:
             for y0 in grid:
                 if (x0, y0) not in ok:

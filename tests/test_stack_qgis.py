@@ -1,0 +1,99 @@
+"""alignkit:alignstack through QGIS Processing (pytest-qgis, offscreen): outputs, transforms.json, bad input."""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsProcessingProvider
+
+from alignkit.processing.alg_alignstack import AlignStackAlgorithm
+
+pytestmark = pytest.mark.qgis
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _StackOnlyProvider(QgsProcessingProvider):
+    """Stand-in for AlignKitProvider when the other algorithm modules are not importable."""
+
+    def id(self):
+        return "alignkit"
+
+    def name(self):
+        return "AlignKit (test)"
+
+    def loadAlgorithms(self):  # noqa: N802
+        self.addAlgorithm(AlignStackAlgorithm())
+
+
+@pytest.fixture(scope="module")
+def registered(qgis_processing):
+    # `import processing` must find QGIS's Processing plugin, not this checkout's processing/ folder
+    sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
+    for name in [m for m in sys.modules if m == "processing" or m.startswith("processing.")]:
+        if Path(getattr(sys.modules[name], "__file__", None) or "/").resolve().is_relative_to(ROOT):
+            del sys.modules[name]
+    registry = QgsApplication.processingRegistry()
+    added = None
+    if registry.algorithmById("alignkit:alignstack") is None:
+        modules = [f"alignkit.processing.{m}" for m in ("provider", "alg_alignphotos", "alg_photopriors")]
+        if registry.providerById("alignkit") is None and all(importlib.util.find_spec(m) for m in modules):
+            from alignkit.processing.provider import AlignKitProvider
+
+            added = AlignKitProvider()
+        else:
+            added = _StackOnlyProvider()
+        registry.addProvider(added)
+    assert registry.algorithmById("alignkit:alignstack") is not None
+    yield
+    if added is not None:
+        registry.removeProvider(added)
+
+
+def _frames(folder):
+    """Three views of one textured scene: the second is the reference; known similarity offsets."""
+    rng = np.random.default_rng(3)
+    noise = cv2.GaussianBlur(rng.normal(size=(500, 600)).astype(np.float32), (0, 0), 2.0)
+    canvas = np.clip(128 + 60 * noise / noise.std(), 0, 255).astype(np.uint8)
+    folder.mkdir()
+    views = {"a.png": (0.97, 1.5, 110, 95), "b.png": (1.0, 0.0, 100, 100), "c.png": (1.03, -1.0, 92, 106)}
+    to_canvas = {}
+    for name, (s, deg, tx, ty) in views.items():
+        a = np.deg2rad(deg)
+        g = np.array([[s * np.cos(a), -s * np.sin(a), tx], [s * np.sin(a), s * np.cos(a), ty], [0, 0, 1]])
+        to_canvas[name] = g
+        cv2.imwrite(str(folder / name), cv2.warpPerspective(canvas, g, (320, 240),
+                                                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
+    return to_canvas
+
+
+def test_alignstack_writes_images_and_transforms(registered, tmp_path):
+    import processing
+
+    to_canvas = _frames(tmp_path / "in")
+    feedback = QgsProcessingFeedback()
+    result = processing.run("alignkit:alignstack", {
+        "INPUT": str(tmp_path / "in"), "MODEL": 2, "OUTPUT_FOLDER": str(tmp_path / "out")}, feedback=feedback)
+    assert result["ALIGNED"] == 2 and result["REJECTED"] == 0
+    doc = json.loads(Path(result["TRANSFORMS"]).read_text())
+    assert doc["reference"] == "b.png" and doc["model"] == "similarity"
+    corners = np.array([[0, 0, 1], [319, 0, 1], [319, 239, 1], [0, 239, 1]], float)
+    for entry in doc["images"]:
+        truth = np.linalg.inv(to_canvas["b.png"]) @ to_canvas[entry["image"]]
+        mapped = corners @ np.array(entry["matrix"]).T
+        assert np.abs(mapped[:, :2] / mapped[:, 2:] - (corners @ truth.T)[:, :2]).max() < 0.2
+        image = cv2.imread(str(tmp_path / "out" / entry["image"]), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (doc["crop"]["height"], doc["crop"]["width"])
+
+
+def test_alignstack_single_image_is_a_clear_error(registered, tmp_path):
+    import processing
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "lonely.png"), np.zeros((50, 60), np.uint8))
+    with pytest.raises(QgsProcessingException, match="lonely.png"):
+        processing.run("alignkit:alignstack", {"INPUT": str(tmp_path / "in"),
+                                               "OUTPUT_FOLDER": str(tmp_path / "out")})

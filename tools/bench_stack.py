@@ -1,0 +1,120 @@
+"""Stack-registration figures: Oxford accuracy vs the plain OpenCV baseline, pcb / exposure timings.
+
+`bench_stack(shared_data_dir) -> dict`; `python -m alignkit.tools.bench_stack [--data DIR]` prints JSON.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..core import stack
+
+
+def _hpatches_error(matrix_n_to_1, h1_to_n, width, height):
+    corners = stack.quad_source(width, height)
+    mapped = stack._apply(np.linalg.inv(matrix_n_to_1), corners)
+    return float(np.linalg.norm(mapped - stack._apply(h1_to_n, corners), axis=1).mean())
+
+
+def _baseline(img1, img_n, method=cv2.USAC_MAGSAC):
+    """SIFT, ratio 0.8, robust homography, no refinement (imgN -> img1)."""
+    sift = cv2.SIFT_create()
+    k1, d1 = sift.detectAndCompute(img1, None)
+    k2, d2 = sift.detectAndCompute(img_n, None)
+    good = [m for m, n in cv2.BFMatcher().knnMatch(d1, d2, k=2) if m.distance < 0.8 * n.distance]
+    p1 = np.float32([k1[m.queryIdx].pt for m in good])
+    p2 = np.float32([k2[m.trainIdx].pt for m in good])
+    h, _ = cv2.findHomography(p1, p2, method, 3.0)
+    return np.linalg.inv(h)
+
+
+def _oxford(data, out, config_overrides=None):
+    rows = []
+    for sequence, ext in (("oxford_graf", ".png"), ("oxford_boat", ".pgm")):
+        folder = data / sequence
+        if not folder.is_dir():
+            continue
+        img1 = cv2.imread(str(folder / f"img1{ext}"), cv2.IMREAD_GRAYSCALE)
+        h, w = img1.shape
+        for n in range(2, 7):
+            truth = np.loadtxt(folder / f"H1to{n}p")
+            img_n = cv2.imread(str(folder / f"img{n}{ext}"), cv2.IMREAD_GRAYSCALE)
+            config = stack.StackConfig(reference=f"img1{ext}", **(config_overrides or {}))
+            t0 = time.perf_counter()
+            doc = stack.align_stack(folder, out / f"{sequence}_{n}", config,
+                                    images=[folder / f"img1{ext}", folder / f"img{n}{ext}"])
+            seconds = time.perf_counter() - t0
+            entry = doc["images"][1]
+            row = {"pair": f"{sequence.split('_')[1]} 1-{n}", "status": entry["status"], "reason": entry["reason"],
+                   "method": entry.get("method"), "seconds": round(seconds, 2),
+                   "error_px": None if entry["matrix"] is None else
+                   round(_hpatches_error(np.array(entry["matrix"]), truth, w, h), 3)}
+            for name, method in (("baseline_magsac_px", cv2.USAC_MAGSAC), ("baseline_ransac_px", cv2.RANSAC)):
+                try:
+                    row[name] = round(_hpatches_error(_baseline(img1, img_n, method), truth, w, h), 3)
+                except (cv2.error, np.linalg.LinAlgError):
+                    row[name] = None
+            rows.append(row)
+    return rows
+
+
+def _stack_run(folder, pattern, out):
+    images = sorted(folder.glob(pattern))
+    t0 = time.perf_counter()
+    doc = stack.align_stack(folder, out, stack.StackConfig(), images=images)
+    seconds = time.perf_counter() - t0
+    # the machine is shared: relate the time to a plain SIFT pass over the same full-size images
+    t1 = time.perf_counter()
+    sift = cv2.SIFT_create()
+    for path in images:
+        sift.detectAndCompute(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), None)
+    sift_seconds = time.perf_counter() - t1
+    return {
+        "images": len(images), "seconds": round(seconds, 2), "stage_seconds": doc["timings"],
+        "plain_sift_seconds": round(sift_seconds, 2), "ratio_to_plain_sift": round(seconds / sift_seconds, 2),
+        "crop": doc["crop"],
+        "frames": [{"image": e["image"], "status": e["status"], "reason": e["reason"], "method": e.get("method"),
+                    "already_aligned": e.get("already_aligned", False),
+                    "ncc_before": (e["metrics"] or {}).get("before", {}).get("ncc") if e.get("metrics") else None,
+                    "ncc_after": (e["metrics"] or {}).get("after", {}).get("ncc") if e.get("metrics") else None}
+                   for e in doc["images"]],
+    }
+
+
+def bench_stack(shared_data_dir):
+    """Figures for `make bench`: Oxford per-pair errors vs baselines, pcb and exposure stacks with timings."""
+    data = Path(shared_data_dir)
+    figures = {"cv2_threads": cv2.getNumThreads(), "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="alignkit-bench-stack-") as tmp:
+        out = Path(tmp)
+        figures["oxford"] = _oxford(data, out / "oxford")
+        figures["oxford_ransac"] = [
+            {k: r[k] for k in ("pair", "status", "error_px")}
+            for r in _oxford(data, out / "oxford_ransac", {"robust_method": "ransac"})]
+        if (data / "focus_stack_pcb" / "pcb").is_dir():
+            figures["pcb"] = _stack_run(data / "focus_stack_pcb" / "pcb", "pcb_*.jpg", out / "pcb")
+        if (data / "exposure_house").is_dir():
+            figures["exposure_house"] = _stack_run(data / "exposure_house", "*.jpg", out / "house")
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--data", default=str(default), help="the shared data folder (default: ../shared/data)")
+    args = parser.parse_args(argv)
+    if not Path(args.data).is_dir():
+        print(f"shared data not found: {args.data}", file=sys.stderr)
+        return 2
+    print(json.dumps(bench_stack(args.data), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
