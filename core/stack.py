@@ -566,11 +566,6 @@ def _metrics(moving, reference, matrix, config, data_range=255.0):
     return image_quality.compare(warped, reference_s, mask, data_range)
 
 
-def _identity_for(moving, reference):
-    """'Before' alignment: the images laid on top of each other as they are."""
-    return np.eye(3)
-
-
 def align_stack(input_folder, output_folder, config=None, images=None, progress=None, is_canceled=None):
     """Align a folder (or an explicit list `images`) of images to a reference; write outputs.
 
@@ -648,7 +643,7 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
                  "via": names[chains[k]] if k in chains else None}
         if result.matrix is not None:
             h, w = grays[k].shape[:2]
-            before = _metrics(grays[k], reference, _identity_for(grays[k], reference), config)
+            before = _metrics(grays[k], reference, np.eye(3), config)  # as taken, laid on top of each other
             after = _metrics(grays[k], reference, result.matrix, config)
             entry["metrics"] = {"before": before, "after": after}
             same_size = (w, h) == (ref_w, ref_h)

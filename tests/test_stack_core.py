@@ -266,3 +266,27 @@ def test_chains_through_a_neighbour_when_direct_overlap_is_poor(tmp_path):
     assert entry["status"] == "aligned", entry["reason"]
     assert entry["via"] == names[1]
     assert corner_error(np.array(entry["matrix"]), truth_matrices(chain, 2)[0], 400, 300) < 0.3
+
+
+def test_phase_correlation_aligns_a_featureless_translation_stack(tmp_path):
+    rng = np.random.default_rng(5)
+    noise = cv2.GaussianBlur(rng.normal(size=(600, 700)).astype(np.float32), (0, 0), 18)
+    canvas = np.clip(128 + 50 * noise / noise.std(), 0, 255).astype(np.uint8)  # smooth: almost no SIFT
+    (tmp_path / "in").mkdir()
+    for name, (tx, ty) in {"a.png": (100, 100), "b.png": (112, 93)}.items():
+        cv2.imwrite(str(tmp_path / "in" / name), canvas[ty:ty + 300, tx:tx + 400])
+    doc = stack.align_stack(tmp_path / "in", tmp_path / "out", stack.StackConfig(model="translation", reference="a.png"))
+    entry = doc["images"][1]
+    assert entry["status"] == "aligned" and entry["method"] == "phase_correlation"
+    assert np.allclose(np.array(entry["matrix"]), [[1, 0, 12], [0, 1, -7], [0, 0, 1]], atol=0.05)
+
+
+@pytest.mark.parametrize("matrix,words", [
+    (np.diag([-1.0, 1.0, 1.0]), "mirror"),
+    (np.diag([6.0, 6.0, 1.0]), "extreme scale"),
+    (np.array([[1.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 1.0]]), "collapse"),
+    (np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-0.004, 0.0, 1.0]]), "horizon"),
+])
+def test_degenerate_transforms_are_named(matrix, words):
+    assert words in stack.degeneracy(matrix, 400, 300, stack.StackConfig())
+    assert stack.degeneracy(similarity(1.1, 10.0, 5.0, -3.0, (1e-5, 2e-5)), 400, 300, stack.StackConfig()) is None
