@@ -50,9 +50,10 @@ class AlignStackAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             "REFERENCE", "Reference image (file name in the folder; default: the middle image by name)",
             optional=True))
+        # static strings: scripts and `make align-stack MODEL=affine` pass the model's name
         self.addParameter(QgsProcessingParameterEnum(
-            "MODEL", "Transformation model", options=list(stack.MODELS),
-            defaultValue=stack.MODELS.index("homography")))
+            "MODEL", "Transformation model", options=list(stack.MODELS), defaultValue="homography",
+            usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterBoolean(
             "CROP", "Crop to the area common to all aligned images", defaultValue=True))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
@@ -63,11 +64,7 @@ class AlignStackAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         folder = self.parameterAsFile(parameters, "INPUT", context)
         output = self.parameterAsString(parameters, "OUTPUT_FOLDER", context)
-        model = parameters.get("MODEL")
-        if isinstance(model, str) and model in stack.MODELS:  # a script may pass the name itself
-            model_name = model
-        else:
-            model_name = stack.MODELS[self.parameterAsEnum(parameters, "MODEL", context)]
+        model_name = self.parameterAsEnumString(parameters, "MODEL", context) or "homography"
         config = stack.StackConfig(
             model=model_name,
             reference=(self.parameterAsString(parameters, "REFERENCE", context) or "").strip(),

@@ -76,7 +76,7 @@ def test_alignstack_writes_images_and_transforms(registered, tmp_path):
     to_canvas = _frames(tmp_path / "in")
     feedback = QgsProcessingFeedback()
     result = processing.run("alignkit:alignstack", {
-        "INPUT": str(tmp_path / "in"), "MODEL": 2, "OUTPUT_FOLDER": str(tmp_path / "out")}, feedback=feedback)
+        "INPUT": str(tmp_path / "in"), "MODEL": "similarity", "OUTPUT_FOLDER": str(tmp_path / "out")}, feedback=feedback)
     assert result["ALIGNED"] == 2 and result["REJECTED"] == 0
     doc = json.loads(Path(result["TRANSFORMS"]).read_text())
     assert doc["reference"] == "b.png" and doc["model"] == "similarity"
