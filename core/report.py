@@ -178,7 +178,7 @@ def _hist_figure(values, title, xlabel):
     upper = max(float(np.percentile(values, 99.5)), 1e-6)
     ax.hist(np.clip(values, 0, upper), bins=40, range=(0, upper), color="#3288bd")
     ax.axvline(float(np.median(values)), color="#d7191c", lw=1.2, label=f"median {np.median(values):.2f}")
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(f"{xlabel}; the last bar includes the 0.5 % largest")
     ax.set_ylabel("points")
     ax.legend()
     return fig

@@ -64,8 +64,8 @@ def test_result_layers_load_into_a_group_styled_and_stored_in_the_geopackage(tmp
     assert labels[-1] == "Not registered" and len(labels) == 5
     # Each registered camera falls in exactly the class its RMSE says; the unregistered one in the last.
     ctx_counts = _rule_counts(cameras)
-    assert ctx_counts == {"Registered, RMSE < 0.5 px": 2, "Registered, RMSE 0.5 - 1 px": 1,
-                          "Registered, RMSE 1 - 2 px": 1, "Registered, RMSE >= 2 px": 1, "Not registered": 1}
+    assert ctx_counts == {"RMSE < 0.5 px": 2, "RMSE 0.5 - 1 px": 1,
+                          "RMSE 1 - 2 px": 1, "RMSE >= 2 px": 1, "Not registered": 1}
     assert layers["footprints"].renderer().symbol().color().alpha() < 100  # semi-transparent
     points_symbol = layers["sparse_points"].renderer().symbol()
     assert "color_rgb" in points_symbol.symbolLayer(0).dataDefinedProperties().property(

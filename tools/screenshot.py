@@ -129,8 +129,6 @@ def drive(job_file):
 
 
 def _session(job):
-    from qgis.core import QgsApplication
-
     status = {"ok": False, "shots": []}
     try:
         status["shots"] = _run_demo(job)
@@ -138,7 +136,20 @@ def _session(job):
     except Exception as exc:  # noqa: BLE001 (written to the status file for the launcher)
         status["error"] = f"{exc}\n{traceback.format_exc()}"
     Path(job["status"]).write_text(json.dumps(status, indent=1))
-    QgsApplication.exit(0)
+    _quit()
+
+
+def _quit():
+    """Leave QGIS the way its File > Exit does: clearing the project at exitQgis() time instead, with
+    an active layer set, crashes QGIS 3.22 (its style dock is already gone)."""
+    import qgis.utils
+    from qgis.core import QgsApplication, QgsProject
+    from qgis.PyQt.QtCore import QTimer
+
+    QgsProject.instance().clear()
+    QgsProject.instance().setDirty(False)
+    QTimer.singleShot(5000, lambda: QgsApplication.exit(0))  # in case Exit is refused
+    qgis.utils.iface.actionExit().trigger()
 
 
 def _wait(condition, timeout):
@@ -209,7 +220,31 @@ def _run_demo(job):
             bar.popWidget(item)
     _zoom_to_group(iface, os.path.basename(job["images"]), QgsProject, QgsCoordinateTransform)
     shots.append(_grab(window, iface, Path(job["shots"]) / "alignkit_alignment.png"))
+    tip = _show_camera_map_tip(iface, result_group=root.findGroup(os.path.basename(job["images"])))
+    shots.append(_grab(window, iface, Path(job["shots"]) / "alignkit_photo_maptip.png"))
+    tip.clear(iface.mapCanvas())
     return shots
+
+
+def _show_camera_map_tip(iface, result_group):
+    """The map tip a user gets by hovering a camera (View > Show Map Tips): name, residuals, photo."""
+    from qgis.core import QgsCoordinateTransform, QgsProject
+    from qgis.gui import QgsMapTip
+    from qgis.PyQt.QtCore import QPoint
+
+    cameras = next(n.layer() for n in result_group.findLayers() if n.name() == "cameras")
+    iface.setActiveLayer(cameras)
+    canvas = iface.mapCanvas()
+    to_canvas = QgsCoordinateTransform(cameras.crs(), canvas.mapSettings().destinationCrs(), QgsProject.instance())
+    centre = canvas.extent().center()
+    # The registered camera nearest the middle of the map: its tip stays inside the window.
+    best = min((f for f in cameras.getFeatures() if f["registered"]),
+               key=lambda f: to_canvas.transform(f.geometry().asPoint()).distance(centre))
+    map_point = to_canvas.transform(best.geometry().asPoint())
+    pixel = canvas.getCoordinateTransform().transform(map_point)
+    tip = QgsMapTip()
+    tip.showMapTip(cameras, map_point, QPoint(int(pixel.x()), int(pixel.y())), canvas)
+    return tip
 
 
 def _zoom_to_group(iface, group_name, QgsProject, QgsCoordinateTransform):  # noqa: N803
