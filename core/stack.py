@@ -479,7 +479,8 @@ def _needs_gradient(moving, reference, config):
         return True
     if config.ecc_input == "intensity":
         return False
-    m1, m2 = float(np.median(moving)) + 1.0, float(np.median(reference)) + 1.0
+    # a median of every 4th pixel in each direction is as telling and 16x cheaper
+    m1, m2 = float(np.median(moving[::4, ::4])) + 1.0, float(np.median(reference[::4, ::4])) + 1.0
     return max(m1 / m2, m2 / m1) > config.exposure_ratio
 
 
@@ -723,7 +724,7 @@ def _try_chain(k, ref_index, results, grays, features, config, rng, is_canceled,
         if degeneracy(composed, grays[k].shape[1], grays[k].shape[0], config):
             continue
         link.matrix = composed
-        link.method = f"chained via {j}: " + link.method
+        link.method = "chained+" + link.method
         chains[k] = j
         return link
     return None

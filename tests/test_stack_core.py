@@ -290,3 +290,22 @@ def test_phase_correlation_aligns_a_featureless_translation_stack(tmp_path):
 def test_degenerate_transforms_are_named(matrix, words):
     assert words in stack.degeneracy(matrix, 400, 300, stack.StackConfig())
     assert stack.degeneracy(similarity(1.1, 10.0, 5.0, -3.0, (1e-5, 2e-5)), 400, 300, stack.StackConfig()) is None
+
+
+def test_quality_metrics_on_known_cases():
+    from alignkit.core import image_quality
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 255, (120, 160))
+    mask = np.ones(a.shape, bool)
+    mask[:, :20] = False  # whatever lies outside the common area must not count
+    b = a.copy()
+    b[:, :20] = 0
+    assert image_quality.mse(a, a + 3.0, mask) == pytest.approx(9.0)
+    assert image_quality.ncc(a, 2.0 * a + 7.0, mask) == pytest.approx(1.0)
+    assert image_quality.ncc(a, -a, mask) == pytest.approx(-1.0)
+    assert image_quality.ssim(a, b, mask) == pytest.approx(1.0)
+    noisy = a + rng.normal(0, 30, a.shape)
+    # independent noise: the structure term tends to 2 s2 / (2 s2 + n2), s2 = 255^2 / 12, n2 = 30^2
+    expected = 2 * 255**2 / 12 / (2 * 255**2 / 12 + 30**2)
+    assert image_quality.ssim(a, noisy, mask) == pytest.approx(expected, abs=0.02)
