@@ -86,7 +86,11 @@ def read_image(path):
         try:
             from osgeo import gdal
 
-            dataset = gdal.Open(os.fspath(path))
+            gdal.PushErrorHandler("CPLQuietErrorHandler")  # the error below says it once, with the file
+            try:
+                dataset = gdal.Open(os.fspath(path))
+            finally:
+                gdal.PopErrorHandler()
             if dataset is not None:
                 bands = [dataset.GetRasterBand(i + 1).ReadAsArray() for i in range(min(dataset.RasterCount, 3))]
                 image = bands[0] if len(bands) == 1 else np.dstack(bands[::-1])  # BGR like OpenCV

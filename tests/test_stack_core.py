@@ -309,3 +309,16 @@ def test_quality_metrics_on_known_cases():
     # independent noise: the structure term tends to 2 s2 / (2 s2 + n2), s2 = 255^2 / 12, n2 = 30^2
     expected = 2 * 255**2 / 12 / (2 * 255**2 / 12 + 30**2)
     assert image_quality.ssim(a, noisy, mask) == pytest.approx(expected, abs=0.02)
+
+
+def test_cancel_stops_the_run_and_unreadable_files_are_reported(tmp_path):
+    from alignkit.core.cancel import Canceled
+
+    inp = tmp_path / "in"
+    make_stack(inp, HOMOGRAPHY_STACK[:3])
+    with pytest.raises(Canceled):
+        stack.align_stack(inp, tmp_path / "out", is_canceled=lambda: True)
+    (inp / "f3.png").write_bytes(b"not a png")
+    doc = stack.align_stack(inp, tmp_path / "out2")
+    broken = [e for e in doc["images"] if e["image"] == "f3.png"][0]
+    assert broken["status"] == "rejected" and "cannot read image" in broken["reason"]

@@ -119,3 +119,15 @@ def test_exposure_bracket(shared, tmp_path):
             assert np.allclose(matrix, np.eye(3)) or stack.overlap_shift(matrix, np.eye(3), (500, 752),
                                                                          (500, 752)) <= 0.5
     assert doc["crop"]["width"] >= 740 and doc["crop"]["height"] >= 490
+
+
+def test_unrelated_real_image_is_rejected_with_reason(shared, tmp_path):
+    pcb = shared("focus_stack_pcb", "pcb")
+    graf = shared("oxford_graf", "img1.png")
+    images = [pcb / "pcb_003.jpg", pcb / "pcb_004.jpg", pcb / "pcb_005.jpg", graf]
+    doc = stack.align_stack(pcb, tmp_path / "out", stack.StackConfig(reference="pcb_004.jpg"), images=images)
+    by_name = {e["image"]: e for e in doc["images"]}
+    assert by_name["img1.png"]["status"] == "rejected" and by_name["img1.png"]["matrix"] is None
+    assert "no consistent matches" in by_name["img1.png"]["reason"]
+    assert by_name["pcb_003.jpg"]["status"] == by_name["pcb_005.jpg"]["status"] == "aligned"
+    assert not (tmp_path / "out" / "img1.png").exists()
