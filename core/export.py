@@ -35,7 +35,8 @@ class _ToCrs:
         return self.frame.to_crs(enu, self.crs)
 
 
-def write_results(paths, priors, usable, recon, track_set, pair_matches, frame, crs, config, timings, warnings):
+def write_results(paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings):
+    """Write the GeoPackage and PLY; return the summary (without timings). `problems`: usable index -> text."""
     to_crs = _ToCrs(frame, crs)
     index_of = {p.path: i for i, p in enumerate(usable)}
     cam_xyz = np.full((len(usable), 3), np.nan)
@@ -43,9 +44,9 @@ def write_results(paths, priors, usable, recon, track_set, pair_matches, frame, 
         cam_xyz[recon.registered] = to_crs(recon.C[recon.registered])
 
     layers = [
-        _cameras_layer(priors, index_of, recon, cam_xyz, frame, to_crs),
+        _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs),
         _footprints_layer(usable, recon, to_crs),
-        _points_layer(recon, track_set, to_crs),
+        _points_layer(recon, to_crs),
         _pairs_layer(usable, pair_matches, recon, cam_xyz),
     ]
     write_geopackage(paths["gpkg"], crs, layers)
@@ -72,7 +73,6 @@ def write_results(paths, priors, usable, recon, track_set, pair_matches, frame, 
         "warnings": list(warnings),
         "outputs": {k: str(v) for k, v in paths.items()},
         "config": config.to_dict(),
-        **timings,
     }
 
 
@@ -86,7 +86,7 @@ def _gps_rmse(recon):
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) if len(r) else None
 
 
-def _cameras_layer(priors, index_of, recon, cam_xyz, frame, to_crs):
+def _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs):
     feats = []
     for prior in priors:
         i = index_of.get(prior.path)
@@ -108,7 +108,7 @@ def _cameras_layer(priors, index_of, recon, cam_xyz, frame, to_crs):
         else:
             if i is not None:
                 attrs["status"] = "not registered"
-                attrs["problem"] = attrs["problem"] or "not enough verified matches to register"
+                attrs["problem"] = problems.get(i) or attrs["problem"] or "not enough verified matches to register"
             if frame is not None and prior.lat is not None and prior.gps_alt is not None:
                 geom = tuple(to_crs(frame.to_enu([prior.lat], [prior.lon], [prior.gps_alt]))[0])
         feats.append((geom, attrs))
@@ -135,7 +135,7 @@ def _footprints_layer(usable, recon, to_crs):
     return Layer("footprints", "Polygon", [("image", "str"), ("ground_z", "real")], feats)
 
 
-def _points_layer(recon, track_set, to_crs):
+def _points_layer(recon, to_crs):
     xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
     track_length = np.bincount(recon.obs_point, minlength=len(recon.points))
     feats = [

@@ -73,25 +73,24 @@ def _write_layer(ds, layer, srs):
             fdef.SetSubType(subtype)
         lyr.CreateField(fdef)
     defn = lyr.GetLayerDefn()
+    # Field setters by index, chosen once per layer: the per-feature loop is the export's hot path.
+    casts = [(k, name, _CASTS[kind]) for k, (name, kind) in enumerate(layer.fields)]
     ds.StartTransaction()
     for coords, attrs in layer.features:
         feat = ogr.Feature(defn)
-        for name, kind in layer.fields:
+        for k, name, cast in casts:
             value = attrs.get(name)
             if value is None:
-                feat.SetFieldNull(name)
-            elif kind == "bool":
-                feat.SetField(name, int(bool(value)))
-            elif kind == "int":
-                feat.SetField(name, int(value))
-            elif kind == "real":
-                feat.SetField(name, float(value))
+                feat.SetFieldNull(k)
             else:
-                feat.SetField(name, str(value))
+                feat.SetField(k, cast(value))
         if coords is not None:
             feat.SetGeometry(_geometry(layer.geometry, coords))
         lyr.CreateFeature(feat)
     ds.CommitTransaction()
+
+
+_CASTS = {"bool": lambda v: int(bool(v)), "int": int, "real": float, "str": str, "datetime": str}
 
 
 def _geometry(kind, coords):

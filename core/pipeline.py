@@ -4,6 +4,9 @@ Stages run in order and keep their products in the workspace (features/, matches
 file stamped with the settings and input file it came from. A rerun reuses what is complete and
 still valid (a killed or cancelled run resumes); products of other settings are redone, never mixed in.
 """
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -143,23 +146,31 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     report.start("reconstruction", "Incremental reconstruction and bundle adjustment")
     t = time.perf_counter()
     cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key} for p in usable]
-    recon = reconstruction.reconstruct(track_set, cams, gps_enu, pair_matches, config, report, is_canceled)
+    recon_path = ws / "reconstruction.npz"
+    stamp = _reconstruction_stamp(track_set, cams, gps_enu, config)
+    recon = _load_reconstruction(recon_path, stamp)
+    if recon is None:
+        recon = reconstruction.reconstruct(track_set, cams, gps_enu, pair_matches, config, report, is_canceled)
+        _save_reconstruction(recon, recon_path, stamp)
+    else:
+        report(1.0, "Reusing the reconstruction in the workspace")
     timings["reconstruct_s"] = time.perf_counter() - t
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
+    problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
 
     # --- export ---
     report.start("export", "Writing GeoPackage, PLY and summary")
     t = time.perf_counter()
-    timings["export_s"] = 0.0
-    timings["total_s"] = time.perf_counter() - t_start
     summary = export.write_results(
-        paths, priors, usable, recon, track_set, pair_matches, frame, crs, config, timings, warnings
+        paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings
     )
+    summary["pairs_candidate"] = len(candidates)
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
     workspace.write_json(paths["summary"], summary)
+    _write_report(paths, summary)
     report(1.0, f"Done: {summary['registered']}/{summary['images']} photos registered")
     return summary
 
@@ -186,3 +197,48 @@ def _footprint_radius(priors):
         if p.rel_alt and p.rel_alt > 0 and p.focal_px:
             radius[i] = 0.5 * np.hypot(p.width, p.height) / p.focal_px * p.rel_alt
     return radius
+
+
+def _reconstruction_stamp(track_set, cams, gps_enu, config):
+    """Identifies the inputs of a reconstruction, so a saved one is reused only for the same inputs."""
+    h = hashlib.sha1()
+    for a in (track_set.obs_track, track_set.obs_image, track_set.obs_xy, gps_enu,
+              np.stack([c["K"] for c in cams])):
+        h.update(np.ascontiguousarray(a).tobytes())
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_AFFECTING_RECONSTRUCTION}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+_NOT_AFFECTING_RECONSTRUCTION = {"images", "output", "workspace", "target_crs", "workers"}
+
+
+def _save_reconstruction(recon, path, stamp):
+    arrays = {f.name: getattr(recon, f.name) for f in dataclasses.fields(recon)
+              if isinstance(getattr(recon, f.name), np.ndarray)}
+    meta = {f.name: getattr(recon, f.name) for f in dataclasses.fields(recon) if f.name not in arrays}
+    meta["stamp"] = stamp
+    workspace.write_npz(path, meta=np.array(json.dumps(meta, default=workspace.json_default)), **arrays)
+
+
+def _load_reconstruction(path, stamp):
+    """The saved reconstruction when it was made from the same inputs, else None."""
+    if not path.exists():
+        return None
+    data = workspace.read_npz(path)
+    meta = json.loads(str(data.pop("meta")))
+    if meta.pop("stamp") != stamp:
+        return None
+    return reconstruction.Reconstruction(**data, **meta)
+
+
+def _write_report(paths, summary):
+    """The HTML report; optional (matplotlib), and its failure never discards a finished alignment."""
+    try:
+        from .report import write_report
+
+        summary["outputs"]["report"] = str(write_report(paths["gpkg"], paths["summary"]))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("quality report not written: %s", exc)
+        summary["warnings"].append(f"quality report not written: {exc}")
+    workspace.write_json(paths["summary"], summary)

@@ -28,7 +28,7 @@ def _atomic(path, write, suffix):
 
 
 def write_json(path, obj):
-    data = json.dumps(obj, indent=1, default=_json_default, ensure_ascii=False).encode("utf-8")
+    data = json.dumps(obj, indent=1, default=json_default, ensure_ascii=False).encode("utf-8")
     _atomic(path, lambda f: f.write(data), ".json")
 
 
@@ -70,7 +70,7 @@ def atomic_output(path, write_to):
                 os.remove(leftover)
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, np.generic):
