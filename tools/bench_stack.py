@@ -5,6 +5,7 @@
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -64,20 +65,28 @@ def _oxford(data, out, config_overrides=None):
     return rows
 
 
+def _cpu_seconds():
+    """CPU time of this process over all its threads (less sensitive to a shared machine than wall time)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _stack_run(folder, pattern, out):
     images = sorted(folder.glob(pattern))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     doc = stack.align_stack(folder, out, stack.StackConfig(), images=images)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     # the machine is shared: relate the time to a plain SIFT pass over the same full-size images
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), _cpu_seconds()
     sift = cv2.SIFT_create()
     for path in images:
         sift.detectAndCompute(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), None)
-    sift_seconds = time.perf_counter() - t1
+    sift_seconds, sift_cpu = time.perf_counter() - t1, _cpu_seconds() - c1
     return {
         "images": len(images), "seconds": round(seconds, 2), "stage_seconds": doc["timings"],
+        "cpu_seconds": round(cpu, 2), "load_average_1min": round(os.getloadavg()[0], 2),
         "plain_sift_seconds": round(sift_seconds, 2), "ratio_to_plain_sift": round(seconds / sift_seconds, 2),
+        "plain_sift_cpu_seconds": round(sift_cpu, 2), "cpu_ratio_to_plain_sift": round(cpu / sift_cpu, 2),
         "crop": doc["crop"],
         "frames": [{"image": e["image"], "status": e["status"], "reason": e["reason"], "method": e.get("method"),
                     "already_aligned": e.get("already_aligned", False),
