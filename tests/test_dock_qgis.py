@@ -34,6 +34,7 @@ def wait_for(condition, timeout=120.0):
 @pytest.fixture
 def dock(qgis_iface, qgis_new_project):
     QgsSettings().remove("alignkit/last_folder")
+    QgsSettings().remove("alignkit/preset")
     d = AlignKitDock(qgis_iface)
     yield d
     d.shutdown()
@@ -107,6 +108,22 @@ def _rule_counts(layer):
     return counts
 
 
+def test_result_layers_survive_saving_and_reopening_the_project(tmp_path, qgis_new_project):
+    gpkg = fx.write_result(tmp_path / "photos_alignkit.gpkg")
+    layer_loader.load_geopackage(gpkg, "photos")
+    project_file = tmp_path / "survey.qgz"
+    assert QgsProject.instance().write(str(project_file))
+    QgsProject.instance().clear()
+    assert QgsProject.instance().mapLayers() == {}
+    assert QgsProject.instance().read(str(project_file))
+    group = QgsProject.instance().layerTreeRoot().findGroup("photos")
+    layers = {n.name(): n.layer() for n in group.findLayers()}
+    assert all(layer.isValid() for layer in layers.values())
+    assert layers["sparse_points"].featureCount() == fx.N_POINTS
+    assert isinstance(layers["cameras"].renderer(), QgsRuleBasedRenderer)
+    assert not group.findLayer(layers["pairs"].id()).isVisible()
+
+
 def test_loading_again_replaces_the_group_and_a_bad_file_loads_nothing(tmp_path, qgis_new_project):
     gpkg = fx.write_result(tmp_path / "a.gpkg")
     layer_loader.load_geopackage(gpkg, "photos", store_styles=False)
@@ -163,6 +180,15 @@ def test_dock_remembers_the_folder_and_maps_presets(dock, qgis_iface, tmp_path):
         dock.preset_combo.setCurrentText(name)
         config = dock.current_config()
         assert (config.max_image_size, config.max_features) == (values["max_image_size"], values["max_features"])
+    QgsSettings().setValue("alignkit/preset", "accurate")
+    again = AlignKitDock(qgis_iface)
+    try:
+        assert again.preset_combo.currentText() == "accurate"
+        assert again.size_spin.value() == PRESETS["accurate"]["max_image_size"]
+    finally:
+        again.shutdown()
+        again.deleteLater()
+        QgsSettings().remove("alignkit/preset")
     dock.set_output(photos / "inside.gpkg")
     with pytest.raises(ValueError, match="inside the image folder"):
         dock.current_config()

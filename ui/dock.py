@@ -129,6 +129,9 @@ class AlignKitDock(QgsDockWidget):
         last = self.settings.value(SETTINGS_PREFIX + "last_folder", "", type=str)
         if last and os.path.isdir(last):
             self.folder_widget.setFilePath(last)
+        preset = self.settings.value(SETTINGS_PREFIX + "preset", "balanced", type=str)
+        if preset in PRESETS:
+            self.preset_combo.setCurrentText(preset)
         self._apply_preset(self.preset_combo.currentText())
         self._update_default_crs()
         self._set_busy(False)
@@ -602,20 +605,17 @@ class AlignKitDock(QgsDockWidget):
         if self.is_running():
             self._notify("a job is already running; cancel it first", Qgis.Warning)
             return None
+        model = self.model_combo.currentText()
         params = {
             "INPUT": folder,
             "REFERENCE": self.reference_combo.currentData() or "",
-            "MODEL": STACK_MODELS.index(self.model_combo.currentText()),
+            "MODEL": model,
             "CROP": self.crop_check.isChecked(),
             "OUTPUT_FOLDER": output,
         }
         model_param = alg.parameterDefinition("MODEL")
-        if model_param is not None and model_param.type() == "enum":
-            options = list(model_param.options())
-            if self.model_combo.currentText() in options:
-                params["MODEL"] = options.index(self.model_combo.currentText())
-        elif model_param is not None:
-            params["MODEL"] = self.model_combo.currentText()
+        if model_param is not None and model_param.type() == "enum" and not model_param.usesStaticStrings():
+            params["MODEL"] = list(model_param.options()).index(model)  # an index-valued enum
         context = QgsProcessingContext()
         context.setProject(QgsProject.instance())
         feedback = _StackFeedback()
