@@ -80,6 +80,7 @@ def test_result_layers_load_into_a_group_styled_and_stored_in_the_geopackage(tmp
     tip = QgsExpression.replaceExpressionText(cameras.mapTipTemplate(), ctx)
     assert f'<img src="file://{tmp_path}/photos/IMG_0005.JPG"' in tip
     assert "registered: no" in tip and "2024-05-01T10:00:05" in tip
+    assert "problem: not enough verified matches" in tip
     assert [a.name() for a in cameras.actions().actions()] == ["Open photo"]
 
     # Styles stored in the GeoPackage as the default: a fresh layer (as in another project) is styled.

@@ -90,9 +90,13 @@ def configure_camera_tips(layer, image_folder):
         )
     if "status" in names:
         rows.append('status: [% "status" %]')
+    if "problem" in names:  # why a photo was not registered or is unusable
+        rows.append("[% if(\"problem\" IS NULL, '', 'problem: ' || \"problem\") %]")
     html = "<br/>".join(rows)
     photo = None
-    if "path" in names:  # absolute path of the photo, written by the pipeline and photopriors
+    sample = next(iter(layer.getFeatures()), None) if "path" in names else None
+    if sample is not None and sample["path"] and os.path.isabs(str(sample["path"])):
+        # The photo's absolute path, as written by the pipeline and photopriors.
         photo = "[% 'file://' || if(left(\"path\", 1) = '/', '', '/') || replace(replace(\"path\", '\\\\', '/'), ' ', '%20') %]"
     elif image_folder:
         base = QUrl.fromLocalFile(os.path.abspath(str(image_folder))).toString()
