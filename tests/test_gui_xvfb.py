@@ -54,7 +54,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_gui_application_with_cv2_first_under_xvfb(tmp_path):
     if shutil.which("xvfb-run") is None:
         pytest.skip("xvfb-run is not installed (apt install xvfb xauth)")
