@@ -677,7 +677,7 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
                 entry["reason"] = f"alignment does not improve NCC ({before['ncc']:.3f} -> {after['ncc']:.3f})"
             else:
                 entry.update(status="aligned", reason=None)
-            entry["matrix"] = np.round(result.matrix, 10).tolist()
+            entry["matrix"] = result.matrix.tolist()  # full precision: perspective terms are ~1e-6
             if entry["status"] == "aligned":
                 accepted.append(k)
             else:
