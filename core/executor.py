@@ -65,6 +65,25 @@ def _python_executable():
     raise RuntimeError(f"no Python interpreter found for worker processes (sys.executable={exe!r})")
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class _SingleThreadedChildren:
+    """Workers start with one BLAS/OpenMP thread each (set in the environment they inherit)."""
+
+    def __enter__(self):
+        self.saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+        for name in _THREAD_VARIABLES:
+            os.environ[name] = "1"
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _init_worker():
     # One OpenCV thread per worker: the pool already keeps every core busy.
     import cv2
@@ -99,7 +118,8 @@ class ProcessExecutor(Executor):
         pool = self._get_pool()
         finished = False
         try:
-            pending = {pool.submit(fn, item) for item in items}
+            with _SingleThreadedChildren():  # the pool starts its processes on submit
+                pending = {pool.submit(fn, item) for item in items}
             done_count = 0
             while pending:
                 done, pending = cf.wait(pending, timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
