@@ -602,18 +602,17 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
     rng = np.random.default_rng(config.seed)
     cv2.setRNGSeed(config.seed)
 
-    originals, grays, features, read_errors = {}, {}, {}, {}
+    grays, features, read_errors = {}, {}, {}
     for k, path in enumerate(paths):
         check(is_canceled)
         progress(0.3 * k / len(paths), f"reading and detecting features: {path.name}")
         try:
-            originals[k] = read_image(path)
+            grays[k] = to_gray(read_image(path))  # the original is read again when written: less memory
         except StackError as error:
             if k == ref_index:
                 raise
             read_errors[k] = str(error)
             continue
-        grays[k] = to_gray(originals[k])
         features[k], _ = detect(grays[k], config)
     timings["features_s"] = time.perf_counter() - t0
 
@@ -701,7 +700,7 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
     georef = _georeference(paths[ref_index])
     for k in [ref_index] + accepted:
         check(is_canceled)
-        image = originals[k]
+        image = read_image(paths[k])
         warped = image if k == ref_index else cv2.warpPerspective(
             image, results[k].matrix, (ref_w, ref_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         warped = warped[crop["y"]:crop["y"] + crop["height"], crop["x"]:crop["x"] + crop["width"]]
