@@ -506,6 +506,55 @@ def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, 
     return x, nfev, status
 
 
+def refine_points(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_point, obs_xy, *,
+                  loss="huber", loss_scale_px=1.0, iterations=5):
+    """Refine 3D points with every camera held fixed: independent 3x3 Gauss-Newton steps, vectorised.
+
+    Used for the points left out of a subsampled bundle adjustment (their cameras moved a little).
+    Returns the refined (P,3) array; points without observations are returned unchanged.
+    """
+    points = np.array(points, dtype=np.float64)
+    obs_image = np.asarray(obs_image, np.int64)
+    obs_point = np.asarray(obs_point, np.int64)
+    cam = np.asarray(image_camera, np.int64)[obs_image]
+    f, a1, a2, c = np.asarray(focal)[cam], np.asarray(k1)[cam], np.asarray(k2)[cam], np.asarray(pp)[cam]
+    Ro, Co = R[obs_image], C[obs_image]
+    n_pts = len(points)
+    for _ in range(iterations):
+        xc = np.matmul(Ro, (points[obs_point] - Co)[:, :, None])[:, :, 0]
+        z = xc[:, 2]
+        xn, yn = xc[:, 0] / z, xc[:, 1] / z
+        r2 = xn * xn + yn * yn
+        d = 1.0 + a1 * r2 + a2 * r2 * r2
+        dd = 2.0 * (a1 + 2.0 * a2 * r2)
+        res = np.column_stack([f * d * xn + c[:, 0], f * d * yn + c[:, 1]]) - obs_xy
+        j_n = np.empty((len(z), 2, 2))
+        j_n[:, 0, 0] = f * (d + xn * dd * xn)
+        j_n[:, 0, 1] = f * xn * dd * yn
+        j_n[:, 1, 0] = j_n[:, 0, 1]
+        j_n[:, 1, 1] = f * (d + yn * dd * yn)
+        j_p = np.zeros((len(z), 2, 3))
+        j_p[:, 0, 0] = j_p[:, 1, 1] = 1.0 / z
+        j_p[:, 0, 2] = -xn / z
+        j_p[:, 1, 2] = -yn / z
+        J = j_n @ j_p @ Ro  # d(u,v)/dX
+        _, w = _loss_weights(loss, loss_scale_px, (res**2).sum(1))
+        ju, jv = J[:, 0, :], J[:, 1, :]
+        A = np.empty((n_pts, 3, 3))
+        g = np.empty((n_pts, 3))
+        for a in range(3):
+            g[:, a] = np.bincount(obs_point, weights=w * (ju[:, a] * res[:, 0] + jv[:, a] * res[:, 1]), minlength=n_pts)
+            for b in range(a, 3):
+                A[:, a, b] = A[:, b, a] = np.bincount(
+                    obs_point, weights=w * (ju[:, a] * ju[:, b] + jv[:, a] * jv[:, b]), minlength=n_pts)
+        A += 1e-9 * np.eye(3)
+        seen = np.bincount(obs_point, minlength=n_pts) > 0
+        step = np.zeros_like(points)
+        step[seen] = -np.matmul(_inverse3(A[seen]), g[seen][:, :, None])[:, :, 0]
+        points += np.where(np.isfinite(step), step, 0.0)
+    return points
+
+
 def robust_gps_sigmas(residual, floor_h=0.05, floor_v=0.1):
     """Horizontal / vertical GPS std from adjusted-minus-GPS residuals (N,3) by MAD (NaN rows ignored)."""
     r = residual[np.isfinite(residual).all(axis=1)]

@@ -44,6 +44,7 @@ class AlignConfig:
     local_ba_images: int = 8  # neighbours adjusted with each newly registered image (the rest fixed)
     global_ba_growth: float = 1.25  # global adjustment whenever the component grew by this factor
     ba_max_iterations: int = 50  # least-squares function evaluations per adjustment
+    ba_points_per_image: int = 800  # points per image in adjustments (spread, longest tracks); others follow; 0 = all
 
     # --- execution ---
     workers: int = 0  # worker processes for per-image / per-pair work; 0 = number of CPU cores

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .bundle import bundle_adjust, project, robust_gps_sigmas
+from .bundle import bundle_adjust, project, refine_points, robust_gps_sigmas
 from .cancel import check
 
 INITIAL_GPS_SIGMA_H_M = 3.0  # start value while the horizontal GPS accuracy is being estimated
 INITIAL_GPS_SIGMA_V_M = 10.0  # start value for the vertical one (consumer GPS heights drift)
 GPS_SIGMA_FLOOR_H_M = 0.05  # estimated sigmas never go below these (RTK-grade at best)
 GPS_SIGMA_FLOOR_V_M = 0.1
+GROWTH_FTOL = 1e-4  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
 
 
 @dataclass
@@ -100,6 +101,8 @@ class _Mapper:
         self.k1 = np.zeros(m)
         self.k2 = np.zeros(m)
         self.pp = np.array([Ks[i][:2, 2] for i in first])
+        self.sizes = np.array([[float(c.get("width") or 2 * Ks[i][0, 2] + 1), float(c.get("height") or 2 * Ks[i][1, 2] + 1)]
+                               for i, c in enumerate(cameras)])
 
         order = np.argsort(np.asarray(tracks.obs_track), kind="stable")
         self.obs_track = np.asarray(tracks.obs_track, np.int64)[order]
@@ -350,8 +353,7 @@ class _Mapper:
         ray = X - C
         ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-300)
         ray = ray * use[:, None]
-        mean = np.zeros((n_groups, 3))
-        np.add.at(mean, group, ray)
+        mean = np.column_stack([np.bincount(group, weights=ray[:, a], minlength=n_groups) for a in range(3)])
         mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-300)
         cos_m = np.where(use, (ray * mean[group]).sum(1), 2.0)
         far = np.full(n_groups, -1, np.int64)
@@ -361,8 +363,11 @@ class _Mapper:
         far[group[order[first]]] = order[first]
         ref = ray[far[group]]
         cos_f = np.where(use, (ray * ref).sum(1), 2.0)
+        order = np.lexsort((cos_f, group))
+        first = np.ones(len(order), bool)
+        first[1:] = group[order][1:] != group[order][:-1]
         mn = np.full(n_groups, 2.0)
-        np.minimum.at(mn, group, cos_f)
+        mn[group[order[first]]] = cos_f[order[first]]
         return np.degrees(np.arccos(np.clip(mn, -1, 1)))
 
     # ---------------------------------------------------------------- registration
@@ -425,7 +430,7 @@ class _Mapper:
         return True
 
     # ---------------------------------------------------------------- bundle adjustment
-    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None):
+    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6):
         """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points."""
         t0 = time.perf_counter()
         cfg = self.cfg
@@ -445,6 +450,11 @@ class _Mapper:
             # Gauge without GPS: the component's first image fixed, the initial baseline fixed.
             fixed[self.comp_first[comp]] = True
             anchor = self.anchor[comp]
+        rest = np.zeros(0, np.int64)
+        if cfg.ba_points_per_image > 0:
+            chosen = self.select_points(obs, cfg.ba_points_per_image)
+            if chosen.sum() < 0.8 * len(obs):  # subsampling pays off
+                obs, rest = obs[chosen], obs[~chosen]
         tracks_used, obs_point = np.unique(self.obs_track[obs], return_inverse=True)
         res = bundle_adjust(
             np.where(self.registered[:, None, None], self.R, np.eye(3)),
@@ -458,7 +468,7 @@ class _Mapper:
             gps_sigma_h=self.sigma_h, gps_sigma_v=self.sigma_v,
             focal_prior=self.focal_prior, focal_prior_sigma=cfg.focal_prior_sigma,
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
-            max_nfev=max_nfev or cfg.ba_max_iterations,
+            max_nfev=max_nfev or cfg.ba_max_iterations, ftol=ftol,
         )
         moved = self.registered & var_img
         self.R[moved], self.C[moved] = res.R[moved], res.C[moved]
@@ -466,11 +476,34 @@ class _Mapper:
         if refine_intrinsics:
             self.focal, self.k1, self.k2 = res.focal, res.k1, res.k2
             self.update_normalised()
+        if len(rest):  # the points left out follow the adjusted cameras
+            rest_tracks, rest_point = np.unique(self.obs_track[rest], return_inverse=True)
+            self.points[rest_tracks] = refine_points(
+                self.R, self.C, self.focal, self.k1, self.k2, self.pp, self.image_model, self.points[rest_tracks],
+                self.obs_image[rest], rest_point, self.obs_xy[rest], loss=cfg.robust_loss,
+                loss_scale_px=cfg.robust_scale_px, iterations=3)
         key = "local_ba_s" if variable_images is not None else "global_ba_s"
         self.timings[key] += time.perf_counter() - t0
         self.ba_log.append((key[:-5], int(var_img.sum()), len(tracks_used), len(obs), res.nfev,
                             round(res.seconds, 3), round(res.initial_rms_px, 3), round(res.final_rms_px, 3)))
         return res
+
+    def select_points(self, obs, per_image):
+        """Observations of a well-spread subset of points for adjustment: per image and cell of a 4x4
+        grid, the points with the longest tracks, up to `per_image` per image. Returns a mask over obs
+        that keeps every observation of the chosen points."""
+        img = self.obs_image[obs]
+        cell_xy = np.clip((self.obs_xy[obs] / self.sizes[img] * 4).astype(np.int64), 0, 3)
+        cell = img * 16 + cell_xy[:, 1] * 4 + cell_xy[:, 0]
+        tracks, tix = np.unique(self.obs_track[obs], return_inverse=True)
+        length = np.bincount(tix)[tix]
+        order = np.lexsort((tix, -length, cell))
+        cs = cell[order]
+        start = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+        rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)]))
+        chosen_track = np.zeros(len(tracks), bool)
+        chosen_track[tix[order[rank < max(1, per_image // 16)]]] = True
+        return chosen_track[tix]
 
     def filter_outliers(self, comp):
         """Drop observations beyond max_reproj_error_px, then points with < 2 views or tiny angles."""
@@ -576,13 +609,13 @@ class _Mapper:
             self.maybe_align(comp)
             n_comp = int((self.component == comp).sum())
             if n_comp <= 5 or n_comp >= last_global * cfg.global_ba_growth:
-                self.adjust(comp, refine_intrinsics=n_comp >= 4)
+                self.adjust(comp, refine_intrinsics=n_comp >= 4, ftol=GROWTH_FTOL)
                 self.filter_outliers(comp)
                 if self.aligned.get(comp):
                     self.update_gps_sigmas()
                 last_global = n_comp
             else:
-                self.adjust(comp, variable_images=self.neighbours(img, comp, cfg.local_ba_images))
+                self.adjust(comp, variable_images=self.neighbours(img, comp, cfg.local_ba_images), ftol=GROWTH_FTOL)
                 self.filter_outliers(comp)
             self.progress(self.registered.sum() / self.n_images,
                           f"registered {int(self.registered.sum())} of {self.n_images} images")
