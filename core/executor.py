@@ -48,20 +48,29 @@ class SerialExecutor(Executor):
 
 
 def _python_executable():
-    """A real Python interpreter for spawned workers.
+    """The interpreter this process runs on, for spawned workers.
 
-    Inside QGIS sys.executable is the qgis binary: spawning it would open another QGIS.
+    In plain Python that is sys.executable. Inside QGIS, Python is embedded: sys.executable is the
+    qgis binary or a guess from PATH (a pyenv or conda `python3` of another build, whose numpy ABI
+    differs), so take the interpreter of the running installation: exec_prefix/bin/pythonX.Y.
+    Workers get the parent's sys.path from multiprocessing, so they import the same packages.
     """
     exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
+    prefixes = {os.path.realpath(p) for p in (sys.exec_prefix, sys.base_exec_prefix)}
+    if os.path.basename(exe).lower().startswith("python") and os.path.realpath(
+        os.path.dirname(os.path.dirname(exe))
+    ) in prefixes:
         return exe
-    names = ("python.exe", "pythonw.exe") if os.name == "nt" else ("python3", "python")
-    folders = (sys.exec_prefix,) if os.name == "nt" else (os.path.join(sys.exec_prefix, "bin"),)
-    for folder in folders:
-        for name in names:
-            candidate = os.path.join(folder, name)
-            if os.path.isfile(candidate):
-                return candidate
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if os.name == "nt":
+        candidates = [os.path.join(p, n) for p in (sys.exec_prefix, sys.base_exec_prefix)
+                      for n in ("python.exe", "pythonw.exe")]
+    else:
+        candidates = [os.path.join(p, "bin", n) for p in (sys.exec_prefix, sys.base_exec_prefix)
+                      for n in (f"python{version}", "python3")]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
     raise RuntimeError(f"no Python interpreter found for worker processes (sys.executable={exe!r})")
 
 
