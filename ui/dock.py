@@ -737,15 +737,11 @@ def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
 
 
 def align_photos(config, export_crs, progress, is_canceled):
-    """The pipeline, then the HTML report and (optionally) a copy in the project CRS."""
-    from ..core import pipeline, report
+    """The pipeline (which also writes the HTML report), then optionally a copy in the project CRS."""
+    from ..core import pipeline
 
     summary = pipeline.run(config, progress, is_canceled)
-    report_path = ""
-    try:
-        report_path = str(report.write_report(config.output))
-    except Exception as exc:  # noqa: BLE001 (a report failure must not discard a finished alignment)
-        progress(1.0, f"report not written: {exc}")
+    report_path = summary["outputs"].get("report", "")
     gpkg = config.output
     if export_crs and export_crs != (summary or {}).get("crs"):
         stem = os.path.splitext(config.output)[0]
