@@ -10,6 +10,15 @@ import tempfile
 import numpy as np
 
 
+def _file_mode():
+    umask = os.umask(0o022)  # read the umask (os has no getter) and put it back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()  # mkstemp creates 0600 files; results should be readable like any other
+
+
 def _atomic(path, write, suffix):
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
@@ -20,6 +29,7 @@ def _atomic(path, write, suffix):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
