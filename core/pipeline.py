@@ -218,7 +218,7 @@ def _save_reconstruction(recon, path, stamp):
               if isinstance(getattr(recon, f.name), np.ndarray)}
     meta = {f.name: getattr(recon, f.name) for f in dataclasses.fields(recon) if f.name not in arrays}
     meta["stamp"] = stamp
-    workspace.write_npz(path, meta=np.array(json.dumps(meta, default=workspace.json_default)), **arrays)
+    workspace.write_npz(path, meta=np.array([json.dumps(meta, default=workspace.json_default)]), **arrays)
 
 
 def _load_reconstruction(path, stamp):
@@ -226,7 +226,7 @@ def _load_reconstruction(path, stamp):
     if not path.exists():
         return None
     data = workspace.read_npz(path)
-    meta = json.loads(str(data.pop("meta")))
+    meta = json.loads(str(data.pop("meta")[0]))
     if meta.pop("stamp") != stamp:
         return None
     return reconstruction.Reconstruction(**data, **meta)
