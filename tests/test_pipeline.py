@@ -1,0 +1,188 @@
+"""The whole alignment job (core.pipeline.run) on generated surveys with known poses, and on bad input."""
+import hashlib
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from osgeo import ogr
+
+from alignkit.core import pipeline
+from alignkit.core.cancel import Canceled
+from alignkit.core.config import AlignConfig
+from alignkit.core.geo import LocalFrame
+from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
+from alignkit.tools.evaluate import similarity_fit
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(rows=3, cols=4, width=960, height=720)  # 12 photos: enough geometry, quick to align
+FAST = dict(max_features=4000, workers=2)
+
+
+def folder_fingerprint(folder):
+    h = hashlib.sha1()
+    for p in sorted(os.listdir(folder)):
+        st = os.stat(os.path.join(folder, p))
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(open(os.path.join(folder, p), "rb").read())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    out = tmp_path_factory.mktemp("survey")
+    generate_survey(out, SurveySpec(**SMALL, gps_noise_h_m=1.0, gps_noise_v_m=2.0, seed=11))
+    return out
+
+
+def layer_rows(gpkg, name):
+    ds = ogr.Open(str(gpkg))
+    lyr = ds.GetLayerByName(name)
+    srs = lyr.GetSpatialRef()
+    fields = [lyr.GetLayerDefn().GetFieldDefn(k).GetName() for k in range(lyr.GetLayerDefn().GetFieldCount())]
+    rows = [(f.items(), f.GetGeometryRef().GetPoints() if f.GetGeometryRef() else None) for f in lyr]
+    crs = f"{srs.GetAuthorityName(None)}:{srs.GetAuthorityCode(None)}" if srs else None
+    return rows, fields, crs
+
+
+def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
+    images = survey / "images"
+    before = folder_fingerprint(images)
+    out = tmp_path / "result.gpkg"
+    seen = []
+    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST),
+                           progress=lambda f, m: seen.append(f))
+    assert folder_fingerprint(images) == before  # the input folder is never written to
+    assert seen == sorted(seen) and seen[-1] == 1.0  # progress only moves forward
+
+    gt = load_ground_truth(survey)
+    assert summary["registered"] == summary["images"] == len(gt["cameras"])
+    assert summary["components"] == 1 and summary["points"] > 2000
+    assert summary["crs"] == "EPSG:32632" and summary["mean_reproj_px"] < 0.5
+    for key in ("extract_s", "match_s", "reconstruct_s", "total_s", "gps_fit_rmse_m", "config"):
+        assert key in summary
+    on_disk = json.loads((tmp_path / "result_summary.json").read_text())
+    assert on_disk["registered"] == summary["registered"] and on_disk["config"]["max_features"] == 4000
+    assert (tmp_path / "result_sparse.ply").read_bytes().startswith(b"ply\nformat binary_little_endian")
+
+    cams, fields, crs = layer_rows(out, "cameras")
+    assert crs == "EPSG:32632"
+    for field in ("image", "registered", "yaw", "pitch", "roll", "focal_px", "n_observations",
+                  "reproj_rmse_px", "gps_dx", "gps_dy", "gps_dz", "component"):
+        assert field in fields
+    # Camera centres against the truth, in the target CRS: georeferenced through noisy GPS (1 m / 2 m),
+    # so absolute error stays well under the GPS noise; relative geometry (after a similarity) is tight.
+    frame = LocalFrame(**gt["origin"])
+    truth = frame.to_crs(gt["C"], "EPSG:32632")
+    by_name = {a["image"]: (a, g[0]) for a, g in cams}
+    est = np.array([by_name[c["image"]][1] for c in gt["cameras"]])
+    assert np.median(np.linalg.norm(est - truth, axis=1)) < 1.0
+    scale, R, t = similarity_fit(est, truth)
+    fitted = scale * est @ R.T + t
+    altitude = gt["spec"]["altitude_m"]
+    assert np.abs(fitted - truth).max() < 0.002 * altitude
+    focal = np.array([by_name[c["image"]][0]["focal_px"] for c in gt["cameras"]])
+    assert np.abs(focal / gt["camera_model"]["focal_px"] - 1).max() < 0.005
+    # yaw/pitch/roll written are the true gimbal angles (DJI convention)
+    for c in gt["cameras"]:
+        a = by_name[c["image"]][0]
+        yaw_err = (a["yaw"] - c["gimbal_ypr_deg"][0] + 180) % 360 - 180
+        assert abs(yaw_err) < 0.3 and abs(a["pitch"] - c["gimbal_ypr_deg"][1]) < 0.3
+
+    points, pfields, _ = layer_rows(out, "sparse_points")
+    assert {"point_id", "track_length", "reproj_px", "red", "green", "blue"} <= set(pfields)
+    assert len(points) == summary["points"]
+    pairs, pair_fields, _ = layer_rows(out, "pairs")
+    assert {"image_a", "image_b", "inliers", "model"} <= set(pair_fields) and len(pairs) >= 11
+    footprints, _, _ = layer_rows(out, "footprints")
+    assert len(footprints) == len(gt["cameras"])
+
+
+def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path):
+    out = tmp_path / "r.gpkg"
+    config = AlignConfig(images=str(survey / "images"), output=str(out), **FAST)
+    state = {"cancel": False}
+
+    def progress(fraction, message):
+        if fraction > 0.3:  # part way through feature extraction
+            state["cancel"] = True
+
+    with pytest.raises(Canceled):
+        pipeline.run(config, progress=progress, is_canceled=lambda: state["cancel"])
+    assert not out.exists() and not (tmp_path / "r_summary.json").exists()
+    features_dir = tmp_path / "r_workspace" / "features"
+    done = {p.name: p.stat().st_mtime_ns for p in features_dir.iterdir() if not p.name.startswith(".")}
+    assert done, "the cancelled run kept no completed feature file"
+    summary = pipeline.run(config)
+    assert summary["registered"] == 12
+    for name, mtime in done.items():  # completed products were reused, not redone
+        assert (features_dir / name).stat().st_mtime_ns == mtime
+
+
+def strip_metadata(src_dir, dst_dir, names=None):
+    """Re-encode photos without EXIF (as a camera without GPS would write them)."""
+    os.makedirs(dst_dir, exist_ok=True)
+    for name in names or sorted(os.listdir(src_dir)):
+        img = cv2.imread(str(src_dir / name))
+        cv2.imwrite(str(dst_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+def test_photos_without_gps_align_in_a_local_frame_without_crs(survey, tmp_path):
+    images = tmp_path / "nogps"
+    strip_metadata(survey / "images", images)
+    out = tmp_path / "local.gpkg"
+    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST))
+    assert summary["registered"] == 12 and summary["georeferenced"] is False and summary["crs"] is None
+    assert any("NOT georeferenced" in w for w in summary["warnings"])
+    _, _, crs = layer_rows(out, "cameras")
+    assert crs is None
+
+
+def test_corrupt_photo_is_reported_and_the_rest_align(survey, tmp_path):
+    images = tmp_path / "withbad"
+    shutil.copytree(survey / "images", images)
+    data = (images / "img_0001.jpg").read_bytes()
+    (images / "broken photo é.jpg").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "r.gpkg"
+    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST))
+    assert summary["images"] == 13 and summary["registered"] == 12
+    cams, _, _ = layer_rows(out, "cameras")
+    bad = [a for a, _ in cams if a["image"] == "broken photo é.jpg"][0]
+    assert bad["registered"] == 0 and "truncated" in (bad["problem"] or "").lower()
+
+
+def test_fewer_than_two_usable_photos_is_a_clear_error_and_writes_nothing(survey, tmp_path):
+    images = tmp_path / "one"
+    images.mkdir()
+    shutil.copy(survey / "images" / "img_0001.jpg", images)
+    (images / "notes.txt").write_text("not a photo")
+    out = tmp_path / "r.gpkg"
+    with pytest.raises(pipeline.AlignmentError, match="1 usable photo"):
+        pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST))
+    assert not out.exists()
+    with pytest.raises(pipeline.AlignmentError, match="does not exist"):
+        pipeline.run(AlignConfig(images=str(tmp_path / "missing"), output=str(out)))
+    with pytest.raises(pipeline.AlignmentError, match="inside the image folder"):
+        pipeline.run(AlignConfig(images=str(images), output=str(images / "r.gpkg")))
+
+
+def test_two_unrelated_photo_sets_become_two_components(tmp_path):
+    a = generate_survey(tmp_path / "a", SurveySpec(rows=2, cols=4, width=960, height=720, seed=21))
+    b = generate_survey(tmp_path / "b", SurveySpec(rows=2, cols=4, width=960, height=720, seed=22,
+                                                   lat0=46.52, lon0=6.65))
+    images = tmp_path / "both"
+    images.mkdir()
+    for src, prefix in ((a, "a_"), (b, "b_")):
+        for p in sorted((src / "images").iterdir()):
+            shutil.copy(p, images / (prefix + p.name))
+    out = tmp_path / "r.gpkg"
+    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST))
+    assert summary["registered"] == 16 and summary["components"] == 2
+    cams, _, _ = layer_rows(out, "cameras")
+    comp = {a["image"][0]: set() for a, _ in cams}
+    for attrs, _ in cams:
+        comp[attrs["image"][0]].add(attrs["component"])
+    assert len(comp["a"]) == 1 and len(comp["b"]) == 1 and comp["a"] != comp["b"]
