@@ -64,6 +64,6 @@ class AlignConfig:
 # Quality presets offered in the dock and Processing: (working size, feature count).
 PRESETS = {
     "fast": {"max_image_size": 1600, "max_features": 4000},
-    "balanced": {"max_image_size": 2400, "max_features": 8000},
-    "accurate": {"max_image_size": 3200, "max_features": 12000},
+    "balanced": {"max_image_size": 2400, "max_features": 6000},
+    "accurate": {"max_image_size": 3200, "max_features": 8000},  # = the defaults above
 }
