@@ -1,21 +1,14 @@
 """alignkit:photopriors through QGIS Processing (pytest-qgis, offscreen): layers, CRS, fields, bad input."""
-import importlib.util
-import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 from qgis.core import (
     QgsApplication,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingProvider,
     QgsVectorLayer,
     QgsWkbTypes,
 )
-
-from alignkit.processing.alg_photopriors import PhotoPriorsAlgorithm
 
 pytestmark = pytest.mark.qgis
 
@@ -24,19 +17,6 @@ BRIEF_FIELDS = [
     "sensor_width_mm", "focal_px", "focal_source", "lat", "lon", "gps_alt", "rel_alt", "abs_alt", "gimbal_yaw",
     "gimbal_pitch", "gimbal_roll", "flight_yaw",
 ]
-
-
-class _PriorsOnlyProvider(QgsProcessingProvider):
-    """Stand-in for AlignKitProvider while the other algorithm modules are not written yet."""
-
-    def id(self):
-        return "alignkit"
-
-    def name(self):
-        return "AlignKit (test)"
-
-    def loadAlgorithms(self):  # noqa: N802
-        self.addAlgorithm(PhotoPriorsAlgorithm())
 
 
 class Feedback(QgsProcessingFeedback):
@@ -56,37 +36,14 @@ class Feedback(QgsProcessingFeedback):
         self.messages.append(warning)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def qgis_processing_package():
-    """Make `import processing` find QGIS's Processing plugin, not this checkout's processing/ folder.
-
-    `python -m pytest` run from the repository root puts the root on sys.path, and the plugin's own
-    `processing` package (alignkit.processing) then shadows QGIS's. alignkit is imported through
-    .venv/pkg, so dropping the root costs nothing.
-    """
-    sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
-    for name in [m for m in sys.modules if m == "processing" or m.startswith("processing.")]:
-        if Path(getattr(sys.modules[name], "__file__", None) or "/").resolve().is_relative_to(ROOT):
-            del sys.modules[name]
-
-
 @pytest.fixture(scope="module")
-def registered(qgis_processing_package, qgis_processing):
+def registered(qgis_processing):
     registry = QgsApplication.processingRegistry()
     added = None
     if registry.algorithmById("alignkit:photopriors") is None:
-        # The real provider imports every algorithm module in loadAlgorithms(); an ImportError there is
-        # raised inside a C++ virtual call and aborts the process, so check the modules first.
-        modules = [f"alignkit.processing.{m}" for m in ("provider", "alg_alignphotos", "alg_alignstack")]
-        if all(importlib.util.find_spec(m) is not None for m in modules):
-            from alignkit.processing.provider import AlignKitProvider
+        from alignkit.processing.provider import AlignKitProvider
 
-            added = AlignKitProvider()
-        else:
-            added = _PriorsOnlyProvider()
+        added = AlignKitProvider()
         registry.addProvider(added)
     assert registry.algorithmById("alignkit:photopriors") is not None
     yield
