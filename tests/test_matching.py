@@ -93,6 +93,7 @@ def test_overlapping_pairs_verified_and_disjoint_pairs_rejected(survey):
         overlap = _overlap(gt, i, j)
         if overlap > 0.4:
             assert r.n_inliers >= 50, (i, j, overlap)
+            assert r.search == "guided", (i, j)  # found around the coarse homography, no global search
         if overlap == 0.0:
             assert r.n_inliers == 0 and r.model == "none", (i, j)
 
