@@ -57,13 +57,21 @@ class PairMatches:
 
 def match_params(config):
     """The config values that change matching results (a dict, so it travels to workers)."""
+    matcher, verification = (
+        str(getattr(config, "matcher", "flann")),
+        str(getattr(config, "verification", "magsac")),
+    )
+    if matcher not in ("flann", "bf"):
+        raise ValueError(f"matcher must be 'flann' or 'bf', not {matcher!r}")
+    if verification not in METHODS:
+        raise ValueError(f"verification must be one of {', '.join(METHODS)}, not {verification!r}")
     return {
         "lowe_ratio": float(config.lowe_ratio),
         "ransac_threshold_px": float(config.ransac_threshold_px),
         "min_inliers": int(config.min_inliers),
         "seed": int(config.seed),
-        "matcher": str(getattr(config, "matcher", "flann")),
-        "verification": str(getattr(config, "verification", "magsac")),
+        "matcher": matcher,
+        "verification": verification,
         "homography_ratio": float(getattr(config, "homography_ratio", 0.8)),
         "guided_radius": float(getattr(config, "guided_match_radius", 0.06)),
         "coarse_features": int(getattr(config, "guided_match_features", 3000)),

@@ -162,3 +162,12 @@ def test_ratio_and_mutual_tests_reject_ambiguous_descriptors():
         m = putative_matches(a, b, 0.8, matcher)
         np.testing.assert_array_equal(a[m[:, 0]], b[m[:, 1]])  # every accepted match is an exact one
         assert set(m[:, 0].tolist()) == set(range(100))  # the ambiguous and the missing are rejected
+
+
+def test_unknown_matcher_or_verification_is_a_clear_error():
+    from alignkit.core.matching import match_params
+
+    with pytest.raises(ValueError, match="matcher"):
+        match_params(_config(matcher="annoy"))
+    with pytest.raises(ValueError, match="verification"):
+        match_params(_config(verification="lmeds"))
