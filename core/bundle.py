@@ -131,6 +131,7 @@ def build_problem(
     scale_anchor=None,
     loss="huber",
     loss_scale_px=1.0,
+    obs_sigma_px=1.0,
 ):
     """The least-squares problem: (x0, residuals(x), jacobian(x) -> csr, unpack(x), n_obs_residuals,
     n_point_columns); point parameters are the last columns.
@@ -235,6 +236,7 @@ def build_problem(
         return x
 
     cam_of_obs = image_camera[obs_image]
+    obs_weight = 1.0 / float(obs_sigma_px)  # pixel residuals in units of their std, comparable to the priors
 
     def residuals(x):
         Rc, Cc, _, fc, k1c, k2c, Pc = unpack(x)
@@ -242,7 +244,7 @@ def build_problem(
             Rc[obs_image], Cc[obs_image], fc[cam_of_obs], k1c[cam_of_obs], k2c[cam_of_obs], pp[cam_of_obs],
             Pc[obs_point],
         )
-        parts = [(uv - obs_xy).ravel()]
+        parts = [((uv - obs_xy) * obs_weight).ravel()]
         if len(gps_rows):
             parts.append(((Cc[gps_rows] - gps_enu[gps_rows]) * gps_weight).ravel())
         if len(focal_rows):
@@ -286,7 +288,7 @@ def build_problem(
             c = (col0[:, None, None] + np.arange(nc)[None, None, :]).repeat(2, axis=1)
             rows.append(r.ravel())
             cols.append(c.ravel())
-            vals.append(block.ravel())
+            vals.append((block * obs_weight).ravel())
 
         m = var_image[obs_image]
         if m.any():
@@ -345,24 +347,27 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
     options (see build_problem): fixed_images / fixed_points bool masks held constant (local BA);
     refine_focal / refine_distortion; gps_enu (N,3) NaN rows = no GPS, with gps_sigma_h / gps_sigma_v
     (it also fixes the gauge); focal_prior (M,) EXIF focals with relative focal_prior_sigma;
-    scale_anchor (i, j, length) keeps |C_i - C_j| = length (gauge without GPS; hold image i fixed too).
+    scale_anchor (i, j, length) keeps |C_i - C_j| = length (gauge without GPS; hold image i fixed too);
+    obs_sigma_px: std of the pixel observations, weighting them against the priors.
     """
     t0 = time.perf_counter()
     x0, residuals, jacobian, unpack, n_obs_res, n_point_cols = build_problem(
         R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_point, obs_xy, loss=loss,
         loss_scale_px=loss_scale_px, **options)
+    sigma_px = float(options.get("obs_sigma_px", 1.0))
+    loss_scale = loss_scale_px / sigma_px  # the robust scale in the units of the weighted residuals
     obs_xy = np.asarray(obs_xy, dtype=np.float64)
     n_obs = len(obs_xy)
     r_all = residuals(x0)
     n_res = len(r_all)
     r0 = r_all[:n_obs_res]
-    initial_rms = float(np.sqrt(np.mean(r0**2))) if n_obs else 0.0
+    initial_rms = float(np.sqrt(np.mean(r0**2))) * sigma_px if n_obs else 0.0
     t_setup = time.perf_counter() - t0
     if len(x0) == 0 or n_obs == 0:
         res_x, nfev, status = x0, 0, "nothing to adjust"
     elif solver == "lm":
         res_x, nfev, status = _levenberg_marquardt(
-            x0, residuals, jacobian, n_obs_res, n_point_cols, loss, loss_scale_px, max_nfev, ftol)
+            x0, residuals, jacobian, n_obs_res, n_point_cols, loss, loss_scale, max_nfev, ftol)
     else:
         sol = least_squares(
             residuals,
@@ -370,7 +375,7 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
             jac=jacobian,
             method="trf",
             x_scale="jac",
-            loss=_robust_loss(loss, loss_scale_px, n_obs_res),
+            loss=_robust_loss(loss, loss_scale, n_obs_res),
             tr_solver="lsmr",
             tr_options=tr_options or {},
             max_nfev=max_nfev,
@@ -381,7 +386,7 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
         )
         res_x, nfev, status = sol.x, int(sol.nfev), str(sol.message)
     Rc, Cc, _, fc, k1c, k2c, Pc = unpack(res_x)
-    res = residuals(res_x)[:n_obs_res].reshape(-1, 2)
+    res = residuals(res_x)[:n_obs_res].reshape(-1, 2) * sigma_px
     seconds = time.perf_counter() - t0
     return BundleResult(
         R=Rc, C=Cc, focal=fc, k1=k1c, k2=k2c, points=Pc, residual_px=res,

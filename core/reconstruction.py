@@ -20,8 +20,9 @@ from .cancel import check
 
 INITIAL_GPS_SIGMA_H_M = 3.0  # start value while the horizontal GPS accuracy is being estimated
 INITIAL_GPS_SIGMA_V_M = 10.0  # start value for the vertical one (consumer GPS heights drift)
-GPS_SIGMA_FLOOR_H_M = 0.05  # estimated sigmas never go below these (RTK-grade at best)
-GPS_SIGMA_FLOOR_V_M = 0.1
+GPS_SIGMA_FLOOR_H_M = 0.02  # estimated sigmas never go below these (RTK-grade at best)
+GPS_SIGMA_FLOOR_V_M = 0.03
+MIN_SIGMA_PX = 0.05  # floor of the estimated image noise (px): sub-0.05 px claims are not credible
 GROWTH_FTOL = 1e-4  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
 
 
@@ -123,6 +124,8 @@ class _Mapper:
         self.has_gps = np.isfinite(self.gps).all(axis=1)
         self.sigma_h = config.gps_sigma_h_m or INITIAL_GPS_SIGMA_H_M
         self.sigma_v = config.gps_sigma_v_m or INITIAL_GPS_SIGMA_V_M
+        self.comp_sigma = {}  # component -> (horizontal, vertical) GPS std estimated for it
+        self.sigma_px = 1.0  # std of the image observations, estimated after global adjustments
         self.pair_poses = {}
         for pm in pair_matches or []:
             if getattr(pm, "R_rel", None) is not None and getattr(pm, "t_rel", None) is not None:
@@ -138,7 +141,6 @@ class _Mapper:
         self.failed = np.zeros(n, np.int64)  # registration attempts that failed (retry after growth)
         self.aligned = {}  # component -> aligned to GPS
         self.anchor = {}  # component -> (i, j, baseline) scale gauge without GPS
-        self.comp_first = {}  # component -> image fixed as the gauge without GPS
         self.update_normalised()
         self.covis = self.covisibility()
 
@@ -240,7 +242,6 @@ class _Mapper:
             self.C[[i, j]] += self.gps[i]
         self.registered[[i, j]] = True
         self.component[[i, j]] = comp
-        self.comp_first[comp] = i
         self.anchor[comp] = (i, j, baseline)
         self.aligned[comp] = False
         n_new = self.triangulate_tracks(np.unique(self.obs_track[oi]), comp)
@@ -430,7 +431,7 @@ class _Mapper:
         return True
 
     # ---------------------------------------------------------------- bundle adjustment
-    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6):
+    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6, use_gps=True):
         """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points."""
         t0 = time.perf_counter()
         cfg = self.cfg
@@ -444,12 +445,14 @@ class _Mapper:
         else:
             var_img = self.registered & (self.component == comp)
         fixed = ~var_img
-        use_gps = self.aligned.get(comp, False)
+        use_gps = use_gps and self.aligned.get(comp, False)
         anchor = None
         if not use_gps:
-            # Gauge without GPS: the component's first image fixed, the initial baseline fixed.
-            fixed[self.comp_first[comp]] = True
-            anchor = self.anchor[comp]
+            # Gauge without GPS: the component's first image fixed, and its distance to the second.
+            first, second, _ = self.anchor[comp]
+            fixed[first] = True
+            anchor = (first, second, float(np.linalg.norm(self.C[first] - self.C[second])))
+        sigma_h, sigma_v = self.comp_sigma.get(comp, (self.sigma_h, self.sigma_v))
         rest = np.zeros(0, np.int64)
         if cfg.ba_points_per_image > 0:
             chosen = self.select_points(obs, cfg.ba_points_per_image)
@@ -465,9 +468,10 @@ class _Mapper:
             refine_focal=refine_intrinsics and cfg.refine_focal,
             refine_distortion=refine_intrinsics and cfg.refine_distortion,
             gps_enu=self.gps if use_gps else None,
-            gps_sigma_h=self.sigma_h, gps_sigma_v=self.sigma_v,
+            gps_sigma_h=sigma_h, gps_sigma_v=sigma_v,
             focal_prior=self.focal_prior, focal_prior_sigma=cfg.focal_prior_sigma,
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
+            obs_sigma_px=self.sigma_px,
             max_nfev=max_nfev or cfg.ba_max_iterations, ftol=ftol,
         )
         moved = self.registered & var_img
@@ -482,6 +486,10 @@ class _Mapper:
                 self.R, self.C, self.focal, self.k1, self.k2, self.pp, self.image_model, self.points[rest_tracks],
                 self.obs_image[rest], rest_point, self.obs_xy[rest], loss=cfg.robust_loss,
                 loss_scale_px=cfg.robust_scale_px, iterations=3)
+        if variable_images is None and len(res.residual_px) > 50:
+            # Weight of the images against the GPS: their actual noise (MAD of the inlier residuals).
+            inl = np.abs(res.residual_px) < cfg.max_reproj_error_px
+            self.sigma_px = max(1.4826 * float(np.median(np.abs(res.residual_px[inl]))), MIN_SIGMA_PX)
         key = "local_ba_s" if variable_images is not None else "global_ba_s"
         self.timings[key] += time.perf_counter() - t0
         self.ba_log.append((key[:-5], int(var_img.sum()), len(tracks_used), len(obs), res.nfev,
@@ -559,17 +567,35 @@ class _Mapper:
         pts = self.has_point & (self.point_comp == comp)
         self.points[pts] = s * self.points[pts] @ rot.T + t
 
-    def update_gps_sigmas(self):
-        if self.cfg.gps_sigma_h_m and self.cfg.gps_sigma_v_m:
+    def fit_to_gps(self, comp):
+        """Move `comp` onto its GPS by a robust similarity; estimate the GPS accuracy from what is left.
+
+        Called on a model adjusted WITHOUT GPS priors, so the residuals are the GPS noise and not
+        noise the model was bent to follow (estimating from a GPS-weighted adjustment feeds on itself).
+        """
+        imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
+        if len(imgs) < 3:
             return
-        use = self.registered & self.has_gps & np.array([self.aligned.get(c, False) for c in self.component])
-        est = robust_gps_sigmas(self.C[use] - self.gps[use], GPS_SIGMA_FLOOR_H_M, GPS_SIGMA_FLOOR_V_M)
+        keep = np.ones(len(imgs), bool)
+        for _ in range(3):  # drop wild GPS fixes (altitude jumps) from the fit
+            sim = umeyama(self.C[imgs[keep]], self.gps[imgs[keep]])
+            res = sim[0] * self.C[imgs] @ sim[1].T + sim[2] - self.gps[imgs]
+            dist = np.linalg.norm(res, axis=1)
+            limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
+            new_keep = dist <= limit
+            if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
+                break
+            keep = new_keep
+        self.apply_similarity(comp, *sim)
+        est = robust_gps_sigmas(res[keep], GPS_SIGMA_FLOOR_H_M, GPS_SIGMA_FLOOR_V_M)
         if est is None:
             return
-        if not self.cfg.gps_sigma_h_m:
-            self.sigma_h = est[0]
-        if not self.cfg.gps_sigma_v_m:
-            self.sigma_v = est[1]
+        dof = np.sqrt(3 * keep.sum() / max(3 * keep.sum() - 7, 1))  # the similarity absorbed 7 unknowns
+        sigma_h = self.cfg.gps_sigma_h_m or est[0] * dof
+        sigma_v = self.cfg.gps_sigma_v_m or est[1] * dof
+        self.comp_sigma[comp] = (float(sigma_h), float(sigma_v))
+        self.log.append(f"component {comp}: GPS std {sigma_h:.2f} m horizontal, {sigma_v:.2f} m vertical "
+                        f"({int((~keep).sum())} GPS outliers)")
 
     # ---------------------------------------------------------------- driver
     def initial_pair(self, comp):
@@ -611,8 +637,6 @@ class _Mapper:
             if n_comp <= 5 or n_comp >= last_global * cfg.global_ba_growth:
                 self.adjust(comp, refine_intrinsics=n_comp >= 4, ftol=GROWTH_FTOL)
                 self.filter_outliers(comp)
-                if self.aligned.get(comp):
-                    self.update_gps_sigmas()
                 last_global = n_comp
             else:
                 self.adjust(comp, variable_images=self.neighbours(img, comp, cfg.local_ba_images), ftol=GROWTH_FTOL)
@@ -647,15 +671,16 @@ class _Mapper:
 
     def finish_component(self, comp):
         self.maybe_align(comp, force=True)
+        self.retriangulate(comp)
+        if self.aligned.get(comp):
+            # The images alone decide the shape; the GPS then places it and says how good it is.
+            self.adjust(comp, refine_intrinsics=True, use_gps=False)
+            self.filter_outliers(comp)
+            self.fit_to_gps(comp)
         for _ in range(2):
             self.retriangulate(comp)
             self.adjust(comp, refine_intrinsics=True)
             self.filter_outliers(comp)
-            if self.aligned.get(comp):
-                self.update_gps_sigmas()
-        # A last pass now that the GPS weights are estimated.
-        self.adjust(comp, refine_intrinsics=True)
-        self.filter_outliers(comp)
         n = int((self.component == comp).sum())
         self.log.append(f"component {comp}: {n} images, {int((self.point_comp == comp).sum())} points")
 
@@ -674,7 +699,9 @@ class _Mapper:
         rmse = np.where(n_obs > 0, np.sqrt(sq / np.maximum(n_obs, 1)), np.nan)
         mdl = self.image_model
         gps_res = np.where((self.registered & self.has_gps)[:, None], self.C - self.gps, np.nan)
-        comps = np.unique(self.component[self.registered])
+        comps, comp_size = np.unique(self.component[self.registered], return_counts=True)
+        largest = int(comps[np.argmax(comp_size)]) if len(comps) else -1
+        sigma = self.comp_sigma.get(largest, (self.sigma_h, self.sigma_v))
         return Reconstruction(
             registered=self.registered.copy(), component=self.component.copy(),
             R=self.R.copy(), C=self.C.copy(),
@@ -684,7 +711,7 @@ class _Mapper:
             point_rgb=np.ascontiguousarray(self.track_rgb[tracks]).astype(np.uint8),
             point_error_px=point_err, point_component=self.point_comp[tracks].copy(),
             n_obs=n_obs, reproj_rmse_px=rmse, gps_residual=gps_res,
-            gps_sigma_h_m=float(self.sigma_h), gps_sigma_v_m=float(self.sigma_v),
+            gps_sigma_h_m=float(sigma[0]), gps_sigma_v_m=float(sigma[1]),
             mean_reproj_px=float(err.mean()) if len(err) else float("nan"),
             obs_point=opt, obs_image=self.obs_image[obs].copy(), obs_xy=self.obs_xy[obs].copy(),
             georeferenced=bool(len(comps)) and all(self.aligned.get(int(c), False) for c in comps),

@@ -120,10 +120,11 @@ def test_strong_relief():
 
 
 def test_without_gps_still_aligns_in_a_local_frame():
-    truth = survey(rows=3, cols=6, seed=4)
+    truth = survey(rows=3, cols=6, seed=4, point_density=0.2)
     rec = reconstruct(truth.tracks, cameras_for(18), None, [], AlignConfig())
-    # Without GPS nothing but the 5 m relief separates focal from flying height: a looser focal bound.
-    check_against_truth(rec, truth, focal_tol=0.015)
+    # Without GPS nothing holds the weak modes (focal vs flying height, doming) but the 5 m relief:
+    # looser bounds than with GPS.
+    check_against_truth(rec, truth, focal_tol=0.015, rot_tol_deg=0.3)
     assert not rec.georeferenced and np.isnan(rec.gps_residual).all()
 
 
@@ -142,8 +143,9 @@ def test_two_unrelated_scenes_give_two_components():
     assert rec.registered.all()
     comp_a, comp_b = np.unique(rec.component[:na]), np.unique(rec.component[na:])
     assert len(comp_a) == 1 and len(comp_b) == 1 and comp_a[0] != comp_b[0]
-    check_against_truth(rec, truth, images=np.arange(na))
-    check_against_truth(rec, truth, images=np.arange(na, 2 * na))
+    # 12-image blocks (the accuracy criteria proper are tested on 20+ images above).
+    check_against_truth(rec, truth, images=np.arange(na), rot_tol_deg=0.15, focal_tol=0.015)
+    check_against_truth(rec, truth, images=np.arange(na, 2 * na), rot_tol_deg=0.15, focal_tol=0.015)
     # Each component is georeferenced on its own GPS: they do not collapse onto each other.
     assert np.abs(rec.C - truth.C).max() < 0.01 * a.height
     pts_a = rec.points[rec.point_component == comp_a[0]]
@@ -162,3 +164,45 @@ def test_fewer_than_two_images_is_a_clear_error():
     truth = survey(rows=1, cols=2, seed=8)
     with pytest.raises(ValueError, match="at least two images"):
         reconstruct(truth.tracks, cameras_for(1), truth.gps[:1], [], AlignConfig())
+
+
+@pytest.mark.slow
+def test_end_to_end_on_rendered_synthetic_survey(tmp_path):
+    """Rendered photos -> priors -> SIFT -> pairs -> matching -> tracks -> reconstruction vs ground truth."""
+    from alignkit.core import camera, features, matching, pairs, synthetic, tracks
+    from alignkit.core.geo import LocalFrame
+
+    spec = synthetic.SurveySpec(rows=4, cols=5, width=800, height=600, k1=-0.04, k2=0.01, relief_m=8.0,
+                                gps_noise_h_m=0.5, gps_noise_v_m=0.5, seed=3)
+    synthetic.generate_survey(tmp_path / "survey", spec)
+    gt = synthetic.load_ground_truth(tmp_path / "survey" / "ground_truth.json")
+    priors = camera.read_priors(tmp_path / "survey" / "images")
+    config = AlignConfig(max_image_size=800, max_features=3000, workers=1)
+    frame = LocalFrame(gt["origin"]["lat0"], gt["origin"]["lon0"], gt["origin"]["h0"])
+    gps = frame.to_enu([p.lat for p in priors], [p.lon for p in priors], [p.gps_alt for p in priors])
+    store = features.extract_features([p.path for p in priors], tmp_path / "ws", config)
+    candidates = pairs.candidate_pairs(gps, None, None, config)
+    pair_matches = matching.match_pairs(store, candidates, np.stack([p.K() for p in priors]), config)
+    track_set = tracks.build_tracks(pair_matches, store)
+    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key} for p in priors]
+    rec = reconstruct(track_set, cams, gps, pair_matches, config)
+
+    by_name = {c["image"]: c for c in gt["cameras"]}
+    truth = SimpleNamespace(
+        C=np.array([by_name[p.name]["center_enu"] for p in priors]),
+        R=np.array([by_name[p.name]["R"] for p in priors]),
+        height=spec.altitude_m,
+    )
+    true_focal = np.array(by_name[priors[0].name]["K"])[0, 0]
+    assert rec.registered.all() and (rec.component == 0).all()
+    s, rot, t = umeyama(rec.C, truth.C)
+    assert np.linalg.norm(s * rec.C @ rot.T + t - truth.C, axis=1).max() < 0.002 * spec.altitude_m
+    rel = Rotation.from_matrix(rec.R @ rot.T @ np.transpose(truth.R, (0, 2, 1))).magnitude()
+    assert np.degrees(rel).max() < 0.1
+    assert abs(rec.focal[0] / true_focal - 1) < 0.005
+    assert rec.mean_reproj_px < 0.5
+    # Georeferenced by the (0.5 m noisy) GPS alone; the sparse points' shape matches the true terrain.
+    assert np.linalg.norm(rec.C - truth.C, axis=1).mean() < 0.5
+    points = s * rec.points @ rot.T + t
+    dz = points[:, 2] - synthetic.terrain_height(gt, points[:, 0], points[:, 1])
+    assert np.median(np.abs(dz)) < 0.002 * spec.altitude_m and len(rec.points) > 2000
