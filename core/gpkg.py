@@ -66,6 +66,11 @@ def write_geopackage(path, crs, layers):
 def _write_layer(ds, layer, srs):
     gtype = _GEOMETRY_TYPES[layer.geometry]
     lyr = ds.CreateLayer(layer.name, srs=srs, geom_type=gtype, options=["SPATIAL_INDEX=YES"])
+    if srs is None:
+        # OGR files a CRS-less layer under srs_id 0, "Undefined geographic SRS": QGIS would read local
+        # metres as degrees. -1 is the GeoPackage's "Undefined Cartesian SRS": no CRS, in metres.
+        for table in ("gpkg_contents", "gpkg_geometry_columns"):
+            ds.ExecuteSQL(f"UPDATE {table} SET srs_id = -1 WHERE table_name = '{layer.name}'")
     for name, kind in layer.fields:
         ftype, subtype = _FIELD_TYPES[kind]
         fdef = ogr.FieldDefn(name, ftype)

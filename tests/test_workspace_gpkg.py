@@ -45,3 +45,11 @@ def test_geopackage_layers_fields_and_crs(tmp_path):
     assert feats[1].GetGeometryRef() is None and feats[1].IsFieldNull("focal_px")
     footprint = ds.GetLayerByName("footprints").GetNextFeature()  # keep the feature alive (OGR)
     assert footprint.GetGeometryRef().GetArea() == pytest.approx(50.0)
+
+
+def test_layers_without_crs_are_cartesian_not_geographic(tmp_path):
+    path = tmp_path / "local.gpkg"
+    write_geopackage(path, None, [Layer("cameras", "PointZ", [("image", "str")], [((1.0, 2.0, 3.0), {"image": "a"})])])
+    ds = ogr.Open(str(path))
+    srs = ds.GetLayerByName("cameras").GetSpatialRef()
+    assert srs is None or (srs.IsLocal() and not srs.IsGeographic())
