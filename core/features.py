@@ -6,7 +6,8 @@ Per image `i` the store holds, under `<workspace>/features/`:
   `i.desc.npy` uint8 (N, 128): SIFT or RootSIFT descriptors
   `i.rgb.npy`  uint8 (N, 3): colour of the original image at the keypoint
   `i.json`     written last: the image identity and the parameters; its presence marks the image done.
-Features are sorted by detector response, strongest first. Each worker reads its image, writes
+Over budget, the coarsest octaves are kept first (see sift_features); OpenCV's doubled first
+octave is skipped by default (see sift_features_no_doubling). Stored strongest first. Each worker reads its image, writes
 these files and returns a few numbers, so descriptor arrays never cross a process boundary and
 no process holds more than one image: peak memory does not grow with the number of images.
 """
