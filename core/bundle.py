@@ -141,7 +141,7 @@ def build_problem(
     points (P,3); obs_image, obs_point (K,) int; obs_xy (K,2) observed pixels.
     fixed_images / fixed_points: bool masks held constant (local BA). Intrinsics vary only when
     refine_focal / refine_distortion. gps_enu (N,3) with NaN rows for images without GPS; it also
-    fixes the gauge. focal_prior (M,) EXIF focals (relative sigma focal_prior_sigma).
+    fixes the gauge. focal_prior (M,) EXIF focals (relative sigma focal_prior_sigma, scalar or (M,)).
     scale_anchor (i, j, length): keep |C_i - C_j| = length (gauge without GPS; fix image i too).
     """
     if loss not in ROBUST_LOSSES:
@@ -198,6 +198,7 @@ def build_problem(
     focal_rows = vm if (refine_focal and focal_prior is not None) else np.zeros(0, np.int64)
     if focal_prior is not None:
         focal_prior = np.asarray(focal_prior, dtype=np.float64)
+    focal_sigma = np.broadcast_to(np.asarray(focal_prior_sigma, dtype=np.float64), (n_models,))  # per model
     anchor = None
     if scale_anchor is not None:
         ai, aj, length = scale_anchor
@@ -248,7 +249,7 @@ def build_problem(
         if len(gps_rows):
             parts.append(((Cc[gps_rows] - gps_enu[gps_rows]) * gps_weight).ravel())
         if len(focal_rows):
-            parts.append((fc[focal_rows] - focal_prior[focal_rows]) / (focal_prior_sigma * focal_prior[focal_rows]))
+            parts.append((fc[focal_rows] - focal_prior[focal_rows]) / (focal_sigma[focal_rows] * focal_prior[focal_rows]))
         if anchor:
             ai, aj, length, wgt = anchor
             parts.append([(np.linalg.norm(Cc[ai] - Cc[aj]) - length) * wgt])
@@ -319,7 +320,7 @@ def build_problem(
         if len(focal_rows):
             rows.append(row + np.arange(len(focal_rows)))
             cols.append(model_col[focal_rows])
-            vals.append(1.0 / (focal_prior_sigma * focal_prior[focal_rows]))
+            vals.append(1.0 / (focal_sigma[focal_rows] * focal_prior[focal_rows]))
             row += len(focal_rows)
         if anchor:
             ai, aj, length, wgt = anchor

@@ -23,7 +23,9 @@ INITIAL_GPS_SIGMA_V_M = 10.0  # start value for the vertical one (consumer GPS h
 GPS_SIGMA_FLOOR_H_M = 0.02  # estimated sigmas never go below these (RTK-grade at best)
 GPS_SIGMA_FLOOR_V_M = 0.03
 MIN_SIGMA_PX = 0.05  # floor of the estimated image noise (px): sub-0.05 px claims are not credible
-GROWTH_FTOL = 1e-4  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
+GROWTH_FTOL = 1e-4
+FOCAL_GATE_SIGMAS = 3.0  # a self-calibrated focal further than this many prior sigmas from EXIF is not trusted
+HELD_FOCAL_SIGMA = 1e-5  # relative std that holds a focal at its prior  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
 
 
 @dataclass
@@ -126,6 +128,7 @@ class _Mapper:
         self.sigma_v = config.gps_sigma_v_m or INITIAL_GPS_SIGMA_V_M
         self.comp_sigma = {}  # component -> (horizontal, vertical) GPS std estimated for it
         self.sigma_px = 1.0  # std of the image observations, estimated after global adjustments
+        self.focal_held = np.zeros(m, bool)  # camera models whose focal is held at the EXIF prior
         self.pair_poses = {}
         for pm in pair_matches or []:
             if getattr(pm, "R_rel", None) is not None and getattr(pm, "t_rel", None) is not None:
@@ -469,7 +472,8 @@ class _Mapper:
             refine_distortion=refine_intrinsics and cfg.refine_distortion,
             gps_enu=self.gps if use_gps else None,
             gps_sigma_h=sigma_h, gps_sigma_v=sigma_v,
-            focal_prior=self.focal_prior, focal_prior_sigma=cfg.focal_prior_sigma,
+            focal_prior=self.focal_prior,
+            focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA, cfg.focal_prior_sigma),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
             obs_sigma_px=self.sigma_px,
             max_nfev=max_nfev or cfg.ba_max_iterations, ftol=ftol,
@@ -566,6 +570,27 @@ class _Mapper:
         self.R[imgs] = self.R[imgs] @ rot.T
         pts = self.has_point & (self.point_comp == comp)
         self.points[pts] = s * self.points[pts] @ rot.T + t
+
+    def gate_focal(self, comp):
+        """Hold a camera model's focal at EXIF when self-calibration ran too far from it.
+
+        On nadir flights over gentle terrain focal and flying height trade off: the images hardly
+        tell them apart, and a small systematic error (rolling shutter, lens model) can drag a free
+        focal by 20 % (COLMAP on brighton_beach: ground 10 m low). A drone's fixed-lens EXIF focal is
+        far better than that, so a focal beyond FOCAL_GATE_SIGMAS prior sigmas is reset and held.
+        Returns True when a focal was reset."""
+        models = np.unique(self.image_model[self.registered & (self.component == comp)])
+        drift = np.abs(self.focal[models] / self.focal_prior[models] - 1.0)
+        runaway = models[(drift > FOCAL_GATE_SIGMAS * self.cfg.focal_prior_sigma) & ~self.focal_held[models]]
+        for mdl in runaway:
+            self.log.append(f"camera model {mdl}: self-calibrated focal {self.focal[mdl]:.0f} px is "
+                            f"{100 * (self.focal[mdl] / self.focal_prior[mdl] - 1):+.0f}% from EXIF "
+                            f"{self.focal_prior[mdl]:.0f} px (focal/height trade-off): held at EXIF")
+        self.focal[runaway] = self.focal_prior[runaway]
+        self.focal_held[runaway] = True
+        if len(runaway):
+            self.update_normalised()
+        return bool(len(runaway))
 
     def fit_to_gps(self, comp):
         """Move `comp` onto its GPS by a robust similarity; estimate the GPS accuracy from what is left.
@@ -675,8 +700,12 @@ class _Mapper:
         if self.aligned.get(comp):
             # The images alone decide the shape; the GPS then places it and says how good it is.
             self.adjust(comp, refine_intrinsics=True, use_gps=False)
+            if self.gate_focal(comp):
+                self.adjust(comp, refine_intrinsics=True, use_gps=False)
             self.filter_outliers(comp)
             self.fit_to_gps(comp)
+        elif self.gate_focal(comp):
+            self.adjust(comp, refine_intrinsics=True)
         for _ in range(2):
             self.retriangulate(comp)
             self.adjust(comp, refine_intrinsics=True)

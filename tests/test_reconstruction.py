@@ -206,3 +206,19 @@ def test_end_to_end_on_rendered_synthetic_survey(tmp_path):
     points = s * rec.points @ rot.T + t
     dz = points[:, 2] - synthetic.terrain_height(gt, points[:, 0], points[:, 1])
     assert np.median(np.abs(dz)) < 0.002 * spec.altitude_m and len(rec.points) > 2000
+
+
+
+def test_focal_far_from_exif_is_held_at_exif():
+    """Policy against the focal/height trap: a self-calibrated focal more than 3 prior sigmas from the
+    EXIF focal is not trusted (on real nadir blocks it is an unmodelled effect dragging it, e.g. COLMAP's
+    +25 % on brighton_beach); it is held at EXIF. With a loose prior the same data self-calibrate."""
+    truth = survey(rows=3, cols=4, seed=9, point_density=0.15)
+    exif_focal = FOCAL * 1.25
+    free = reconstruct(truth.tracks, cameras_for(12, focal_error=0.25), truth.gps, [],
+                       AlignConfig(focal_prior_sigma=1.0))
+    held = reconstruct(truth.tracks, cameras_for(12, focal_error=0.25), truth.gps, [], AlignConfig())
+    assert abs(free.focal[0] / FOCAL - 1) < 0.005 and not any("held at EXIF" in line for line in free.log)
+    assert held.focal[0] == pytest.approx(exif_focal, rel=1e-4)
+    assert any("held at EXIF" in line for line in held.log)
+    assert held.registered.all() and held.mean_reproj_px < free.mean_reproj_px + 2.0
