@@ -661,6 +661,8 @@ class _Mapper:
             n_comp = int((self.component == comp).sum())
             if n_comp <= 5 or n_comp >= last_global * cfg.global_ba_growth:
                 self.adjust(comp, refine_intrinsics=n_comp >= 4, ftol=GROWTH_FTOL)
+                if self.gate_focal(comp):  # caught while cheap, before the model settles on it
+                    self.adjust(comp, refine_intrinsics=True, ftol=GROWTH_FTOL)
                 self.filter_outliers(comp)
                 last_global = n_comp
             else:
