@@ -16,6 +16,8 @@ from scipy.optimize import least_squares
 from scipy.sparse import coo_matrix
 from scipy.spatial.transform import Rotation
 
+from .cancel import check
+
 ROBUST_LOSSES = ("linear", "huber", "soft_l1", "cauchy")
 DENSE_SCHUR_LIMIT = 40_000_000  # camera x point columns below which the Schur complement is formed densely
 
@@ -339,7 +341,8 @@ def build_problem(
 
 
 def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_point, obs_xy, *,
-                  loss="huber", loss_scale_px=1.0, max_nfev=50, ftol=1e-6, verbose=0, tr_options=None, solver="lm", **options):
+                  loss="huber", loss_scale_px=1.0, max_nfev=50, ftol=1e-6, verbose=0, tr_options=None, solver="lm",
+                  is_canceled=None, **options):
     """Refine poses, intrinsics and points; return a BundleResult.
 
     R (N,3,3), C (N,3): all images; only images that appear in obs_image and are not fixed vary.
@@ -350,6 +353,9 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
     (it also fixes the gauge); focal_prior (M,) EXIF focals with relative focal_prior_sigma;
     scale_anchor (i, j, length) keeps |C_i - C_j| = length (gauge without GPS; hold image i fixed too);
     obs_sigma_px: std of the pixel observations, weighting them against the priors.
+    solver: "lm" (Levenberg-Marquardt on the normal equations, points eliminated by the Schur
+    complement; the default, several times faster) or "scipy" (least_squares "trf" + lsmr with the same
+    analytic sparse Jacobian and x_scale="jac"). is_canceled is polled between iterations.
     """
     t0 = time.perf_counter()
     x0, residuals, jacobian, unpack, n_obs_res, n_point_cols = build_problem(
@@ -368,7 +374,7 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
         res_x, nfev, status = x0, 0, "nothing to adjust"
     elif solver == "lm":
         res_x, nfev, status = _levenberg_marquardt(
-            x0, residuals, jacobian, n_obs_res, n_point_cols, loss, loss_scale, max_nfev, ftol)
+            x0, residuals, jacobian, n_obs_res, n_point_cols, loss, loss_scale, max_nfev, ftol, is_canceled)
     else:
         sol = least_squares(
             residuals,
@@ -426,7 +432,8 @@ def _loss_weights(kind, scale, z):
     return z, np.ones_like(z)
 
 
-def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, scale, max_iter, ftol):
+def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, scale, max_iter, ftol,
+                         is_canceled=None):
     """Levenberg-Marquardt on the normal equations, points eliminated by a Schur complement.
 
     The robust loss is applied per observation (2-vector norm) by iteratively reweighting. The point
@@ -453,6 +460,7 @@ def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, 
     lam = 1e-4
     nfev, status = 1, "maximum number of iterations reached"
     for _ in range(max_iter):
+        check(is_canceled)  # between iterations: a large adjustment still stops within about a second
         J = diags(sw) @ jacobian(x)
         rw = sw * r
         A = (J.T @ J).tocsr()

@@ -475,7 +475,7 @@ class _Mapper:
             focal_prior=self.focal_prior,
             focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA, cfg.focal_prior_sigma),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
-            obs_sigma_px=self.sigma_px,
+            obs_sigma_px=self.sigma_px, is_canceled=self.is_canceled,
             max_nfev=max_nfev or cfg.ba_max_iterations, ftol=ftol,
         )
         moved = self.registered & var_img
