@@ -43,19 +43,19 @@ def align_oxford_pair(shared, tmp_path, sequence, n):
 
 
 # (sequence, n, target px). Known misses are strict xfails: they fail the suite once they pass.
-BOAT_4_5 = pytest.mark.xfail(strict=True, reason=(
-    "measured 1.5 / 1.4 px: ECC's photometric optimum sits ~1 px from H1toNp on the boat scene (water, "
-    "parallax); the features-only fit and H1toNp leave equal SIFT residuals (median ~1.0 / 1.2 px)"))
-BOAT_3 = pytest.mark.xfail(strict=True, reason="measured 0.25 px: below target but not below the baseline 0.21")
+BOAT_5 = pytest.mark.xfail(strict=True, reason=(
+    "measured 1.37 px (ECC; features alone 1.65), baseline 1.33; every variant measured lands at 1.26-2.1 px. "
+    "H1to5p itself is ~1 px off in img1's left third: the SIFT inliers there sit 0.7-1.9 px from it "
+    "(median per cell), elsewhere within 0.45 px"))
 BOAT_6 = pytest.mark.xfail(strict=True, reason=(
-    "measured ~10 px like every method; H1to6p disagrees with the images: median SIFT-inlier residual 5.2 px "
-    "under H1to6p vs 1.2 px under ours, NCC 0.53 vs 0.75"))
+    "measured 9.9 px like every method (baseline 9.9): H1to6p misaligns the left half of the scene (SIFT-inlier "
+    "residuals up to 17 px median per cell, the boat visibly doubled) where our estimate aligns it"))
 
 
 @pytest.mark.parametrize("sequence,n,target", [
     ("oxford_graf", 2, 1.0), ("oxford_graf", 3, 1.0), ("oxford_graf", 4, 1.0),
-    ("oxford_boat", 2, 1.0), pytest.param("oxford_boat", 3, 1.0, marks=BOAT_3),
-    pytest.param("oxford_boat", 4, 1.0, marks=BOAT_4_5), pytest.param("oxford_boat", 5, 1.0, marks=BOAT_4_5),
+    ("oxford_boat", 2, 1.0), ("oxford_boat", 3, 1.0), ("oxford_boat", 4, 1.0),
+    pytest.param("oxford_boat", 5, 1.0, marks=BOAT_5),
     pytest.param("oxford_boat", 6, 3.0, marks=BOAT_6),
 ])
 def test_oxford_pair_within_target_and_beats_baseline(shared, tmp_path, sequence, n, target):
