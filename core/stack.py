@@ -513,7 +513,7 @@ def align_pair(moving, reference, moving_features, reference_features, config, r
     matrix, inliers = fit_model(src, dst, config.model, config.ransac_threshold_px * level_scale, config, rng)
     if matrix is not None and _centre_scale(matrix, moving.shape[1], moving.shape[0]) > 1.0:
         # the moving image is the coarser view (zoomed out): a threshold in reference pixels there is
-        # too tight for its matches and drops good ones (boat 5: 262 -> 409 inliers), so fit from the
+        # too tight for its matches and drops good ones (boat 5: 265 -> 430 inliers), so fit from the
         # reference into the moving image and measure the errors in the coarser one
         reverse, reverse_inliers = fit_model(dst, src, config.model, config.ransac_threshold_px * level_scale,
                                              config, rng)
@@ -544,7 +544,8 @@ def align_pair(moving, reference, moving_features, reference_features, config, r
         return result  # features alone
     # ECC maximises the overall correlation; keep it only when the fine local structure (SSIM) agrees.
     # Where moving water, people or depth pull ECC off, NCC still rises a little but SSIM falls
-    # (Oxford boat 2-4: ECC 0.3-0.6 px worse than the features, SSIM -0.002 to -0.03; graf 2-4: +0.007 to +0.017)
+    # (Oxford boat 2-4: ECC 0.07-0.7 px further off than the features, SSIM -0.001 to -0.03; graf 2-4: ECC
+    # 0.7-3.6 px better, SSIM +0.013 to +0.10)
     before = _fine_scores(moving, reference, matrix, config.ecc_max_side)
     after = _fine_scores(moving, reference, refined, config.ecc_max_side)
     if after[0] > before[0] and after[1] > before[1]:
