@@ -8,6 +8,7 @@ import numpy as np
 from .camera import angles_from_rotation
 from .footprints import ground_footprint
 from .gpkg import Layer, write_geopackage
+from .reconstruction import umeyama
 from .workspace import atomic_output
 
 CAMERA_FIELDS = [
@@ -61,14 +62,14 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "components": int(len(set(recon.component[recon.registered].tolist()))),
         "points": int(len(recon.points)),
         "mean_reproj_px": float(recon.mean_reproj_px),
-        "gps_fit_rmse_m": _gps_rmse(recon),
+        "gps_fit_rmse_m": _gps_fit_rmse(recon),
+        "gps_residual_rmse_m": _gps_rmse(recon),
         "gps_sigma_h_m": _float_or_none(recon.gps_sigma_h_m),
         "gps_sigma_v_m": _float_or_none(recon.gps_sigma_v_m),
         "crs": crs,
         "georeferenced": frame is not None,
         "frame": frame.to_dict() if frame is not None else None,
         "height_reference": "EXIF GPSAltitude (roughly above mean sea level on DJI photos), not ellipsoidal",
-        "pairs_candidate": None,
         "pairs_verified": len(pair_matches),
         "warnings": list(warnings),
         "outputs": {k: str(v) for k, v in paths.items()},
@@ -81,9 +82,28 @@ def _float_or_none(v):
 
 
 def _gps_rmse(recon):
+    """RMSE of adjusted minus EXIF GPS positions (the layer's gps_dx/dy/dz), metres."""
     r = recon.gps_residual[recon.registered]
     r = r[np.isfinite(r).all(axis=1)]
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) if len(r) else None
+
+
+def _gps_fit_rmse(recon):
+    """RMSE of the camera centres to their GPS positions after the best similarity transform.
+
+    The figure COLMAP's model_aligner reports: how well the block's shape agrees with the GPS,
+    whatever the georeferencing. Largest component; None with fewer than 3 GPS positions.
+    """
+    ok = recon.registered & np.isfinite(recon.gps_residual).all(axis=1)
+    if ok.sum() < 3:
+        return None
+    comps, counts = np.unique(recon.component[ok], return_counts=True)
+    ok &= recon.component == comps[counts.argmax()]
+    centres = recon.C[ok]
+    gps = centres - recon.gps_residual[ok]
+    scale, rot, t = umeyama(centres, gps)
+    r = scale * centres @ rot.T + t - gps
+    return float(np.sqrt(np.mean(np.sum(r**2, axis=1))))
 
 
 def _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs):

@@ -31,6 +31,6 @@ def shared_path(*parts):
     return p
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared():
     return shared_path

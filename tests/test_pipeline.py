@@ -14,8 +14,9 @@ from alignkit.core.camera import rotation_from_gimbal
 from alignkit.core.cancel import Canceled
 from alignkit.core.config import AlignConfig
 from alignkit.core.geo import LocalFrame
+from alignkit.core.reconstruction import umeyama
 from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
-from alignkit.tools.evaluate import rotation_angle_deg, similarity_fit
+from alignkit.tools.evaluate import rotation_angle_deg
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,7 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
     est = frame.from_crs(np.array([by_name[c["image"]][1] for c in gt["cameras"]]), "EPSG:32632")
     block_offset = est.mean(axis=0) - gt["C"].mean(axis=0)
     assert np.linalg.norm(block_offset - (gt["gps"] - gt["C"]).mean(axis=0)) < 0.3
-    scale, R, t = similarity_fit(est, gt["C"])
+    scale, R, t = umeyama(est, gt["C"])
     fitted = scale * est @ R.T + t
     altitude = gt["spec"]["altitude_m"]
     assert np.abs(fitted - gt["C"]).max() < 0.002 * altitude

@@ -102,7 +102,7 @@ def bench_alignment(size):
         "peak_rss_mb": max(summary["peak_rss_mb"], summary["peak_rss_worker_mb"]),
         "reference_cloud": accuracy,
     }
-    for key in ("images", "registered", "components", "points", "mean_reproj_px", "gps_fit_rmse_m",
+    for key in ("images", "registered", "components", "points", "mean_reproj_px", "gps_fit_rmse_m", "gps_residual_rmse_m",
                 "priors_s", "extract_s", "pairs_s", "match_s", "tracks_s", "reconstruct_s", "export_s",
                 "total_s", "peak_rss_mb", "peak_rss_worker_mb"):
         result["pipeline_" + key if key.startswith("peak") else key] = summary.get(key)

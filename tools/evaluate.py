@@ -2,8 +2,8 @@
 
 - `reference_dz`: vertical distance from points to a reference point cloud (e.g. the OpenDroneMap
   cloud brighton_beach/model.laz), through the median height of the reference points around each.
-- `similarity_fit`: Umeyama's least-squares similarity between estimated and true positions, to
-  compare a reconstruction with synthetic ground truth independently of its gauge.
+- `rotation_angle_deg`: the angle between two rotations. (For the similarity between estimated
+  and true positions use core.reconstruction.umeyama.)
 """
 import numpy as np
 from scipy.spatial import cKDTree
@@ -36,22 +36,6 @@ def reference_dz(points_xyz, reference_xyz, radius=0.5, min_neighbours=3):
         "median_dz_m": float(np.median(dz[ok])) if ok.any() else None,
         "p90_abs_dz_m": float(np.percentile(np.abs(dz[ok]), 90)) if ok.any() else None,
     }
-
-
-def similarity_fit(source, target):
-    """(scale, R, t) minimising ||scale * R @ source_i + t - target_i||² (Umeyama 1991)."""
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    mu_s, mu_t = source.mean(axis=0), target.mean(axis=0)
-    s, t = source - mu_s, target - mu_t
-    cov = t.T @ s / len(source)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1
-    R = U @ S @ Vt
-    scale = np.trace(np.diag(D) @ S) / (s**2).sum(axis=1).mean()
-    return scale, R, mu_t - scale * R @ mu_s
 
 
 def rotation_angle_deg(Ra, Rb):
