@@ -34,3 +34,20 @@ def shared_path(*parts):
 @pytest.fixture(scope="session")
 def shared():
     return shared_path
+
+
+@pytest.fixture(scope="module")
+def alignkit_provider(qgis_processing):
+    """The real `alignkit` Processing provider, registered for a test module as initProcessing() does."""
+    from qgis.core import QgsApplication
+
+    from alignkit.processing.provider import AlignKitProvider
+
+    registry = QgsApplication.processingRegistry()
+    added = None
+    if registry.providerById("alignkit") is None:
+        added = AlignKitProvider()
+        registry.addProvider(added)
+    yield registry.providerById("alignkit")
+    if added is not None:
+        registry.removeProvider(added)

@@ -3,7 +3,6 @@ import shutil
 
 import pytest
 from qgis.core import (
-    QgsApplication,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsVectorLayer,
@@ -37,18 +36,8 @@ class Feedback(QgsProcessingFeedback):
 
 
 @pytest.fixture(scope="module")
-def registered(qgis_processing):
-    registry = QgsApplication.processingRegistry()
-    added = None
-    if registry.algorithmById("alignkit:photopriors") is None:
-        from alignkit.processing.provider import AlignKitProvider
-
-        added = AlignKitProvider()
-        registry.addProvider(added)
-    assert registry.algorithmById("alignkit:photopriors") is not None
-    yield
-    if added is not None:
-        registry.removeProvider(added)
+def registered(alignkit_provider):
+    assert alignkit_provider.algorithm("photopriors") is not None
 
 
 def run(params):

@@ -1,56 +1,19 @@
 """alignkit:alignstack through QGIS Processing (pytest-qgis, offscreen): outputs, transforms.json, bad input."""
-import importlib.util
 import json
-import os
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsProcessingProvider
-
-from alignkit.processing.alg_alignstack import AlignStackAlgorithm
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 pytestmark = pytest.mark.qgis
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _StackOnlyProvider(QgsProcessingProvider):
-    """Stand-in for AlignKitProvider when the other algorithm modules are not importable."""
-
-    def id(self):
-        return "alignkit"
-
-    def name(self):
-        return "AlignKit (test)"
-
-    def loadAlgorithms(self):  # noqa: N802
-        self.addAlgorithm(AlignStackAlgorithm())
-
-
 @pytest.fixture(scope="module")
-def registered(qgis_processing):
-    # `import processing` must find QGIS's Processing plugin, not this checkout's processing/ folder
-    sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
-    for name in [m for m in sys.modules if m == "processing" or m.startswith("processing.")]:
-        if Path(getattr(sys.modules[name], "__file__", None) or "/").resolve().is_relative_to(ROOT):
-            del sys.modules[name]
-    registry = QgsApplication.processingRegistry()
-    added = None
-    if registry.algorithmById("alignkit:alignstack") is None:
-        modules = [f"alignkit.processing.{m}" for m in ("provider", "alg_alignphotos", "alg_photopriors")]
-        if registry.providerById("alignkit") is None and all(importlib.util.find_spec(m) for m in modules):
-            from alignkit.processing.provider import AlignKitProvider
-
-            added = AlignKitProvider()
-        else:
-            added = _StackOnlyProvider()
-        registry.addProvider(added)
-    assert registry.algorithmById("alignkit:alignstack") is not None
-    yield
-    if added is not None:
-        registry.removeProvider(added)
+def registered(alignkit_provider):
+    assert alignkit_provider.algorithm("alignstack") is not None
 
 
 def _frames(folder):
