@@ -11,6 +11,7 @@ from alignkit.core.executor import SerialExecutor
 from alignkit.core.features import extract_features
 from alignkit.core.matching import match_pairs, putative_matches
 from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
+from alignkit.tools.evaluate import sampson_distance
 
 
 def _config(**kw):
@@ -40,13 +41,6 @@ def _true_relative(gt, i, j):
     return R, t / np.linalg.norm(t)
 
 
-def _sampson(F, x1, x2):
-    h1 = np.column_stack([x1, np.ones(len(x1))])
-    h2 = np.column_stack([x2, np.ones(len(x2))])
-    Fx1, Ftx2 = h1 @ F.T, h2 @ F
-    num = np.sum(h2 * Fx1, axis=1) ** 2
-    return np.sqrt(num / (Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2))
-
 
 def _overlap(gt, i, j):
     """Fraction of image i's ground footprint seen by j (coarse: project a grid of i's pixels)."""
@@ -72,7 +66,7 @@ def test_verified_matches_agree_with_true_epipolar_geometry(survey):
         F = np.linalg.inv(gt["K"][j]).T @ tx @ R_true @ np.linalg.inv(gt["K"][i])
         x1 = store.keypoints(i)[r.matches[:, 0]]
         x2 = store.keypoints(j)[r.matches[:, 1]]
-        err = _sampson(F, x1, x2)
+        err = sampson_distance(F, x1, x2)
         assert np.median(err) < 0.5, (i, j)
         # A wrong match lying near its epipolar line passes any two-view test: a few in weak pairs.
         assert np.mean(err < 2.0) > (0.97 if r.n_inliers >= 100 else 0.9), (i, j)

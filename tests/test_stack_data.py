@@ -4,28 +4,9 @@ import numpy as np
 import pytest
 
 from alignkit.core import stack
+from alignkit.tools.evaluate import hpatches_error, opencv_baseline_homography
 
 pytestmark = pytest.mark.slow
-
-
-def hpatches_error(matrix_n_to_1, h1_to_n, width, height):
-    """Mean distance, in imgN pixels, of img1's corners mapped by inverse(reported) and by H1toNp."""
-    corners = stack.quad_source(width, height)
-    mapped = stack._apply(np.linalg.inv(matrix_n_to_1), corners)
-    truth = stack._apply(h1_to_n, corners)
-    return float(np.linalg.norm(mapped - truth, axis=1).mean())
-
-
-def baseline_matrix(img1, img_n):
-    """The plain OpenCV baseline of the issue: SIFT, ratio 0.8, MAGSAC homography, no refinement (imgN -> img1)."""
-    sift = cv2.SIFT_create()
-    k1, d1 = sift.detectAndCompute(img1, None)
-    k2, d2 = sift.detectAndCompute(img_n, None)
-    good = [m for m, n in cv2.BFMatcher().knnMatch(d1, d2, k=2) if m.distance < 0.8 * n.distance]
-    p1 = np.float32([k1[m.queryIdx].pt for m in good])
-    p2 = np.float32([k2[m.trainIdx].pt for m in good])
-    h, _ = cv2.findHomography(p1, p2, cv2.USAC_MAGSAC, 3.0)
-    return np.linalg.inv(h)
 
 
 def align_oxford_pair(shared, tmp_path, sequence, n):
@@ -38,7 +19,7 @@ def align_oxford_pair(shared, tmp_path, sequence, n):
     img_n = cv2.imread(str(images[1]), cv2.IMREAD_GRAYSCALE)
     truth = np.loadtxt(folder / f"H1to{n}p")
     h, w = img1.shape
-    base = hpatches_error(baseline_matrix(img1, img_n), truth, w, h)
+    base = hpatches_error(opencv_baseline_homography(img1, img_n), truth, w, h)
     return entry, truth, base, w, h
 
 

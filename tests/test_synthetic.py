@@ -25,6 +25,7 @@ from alignkit.core.synthetic import (
     terrain_height,
 )
 from alignkit.tools import make_survey
+from alignkit.tools.evaluate import sampson_distance
 
 SIFT_OFFSET_PX = 0.25  # OpenCV keypoints sit +0.25 px off the pixel-centre convention (DESIGN.md, Traps)
 
@@ -51,13 +52,6 @@ def _true_fundamental(gt, i, j):
     tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
     return np.linalg.inv(K2).T @ tx @ R @ np.linalg.inv(K1)
 
-
-def _sampson(F, x1, x2):
-    h1 = np.column_stack([x1, np.ones(len(x1))])
-    h2 = np.column_stack([x2, np.ones(len(x2))])
-    Fx1, Ftx2 = h1 @ F.T, h2 @ F
-    num = np.sum(h2 * Fx1, axis=1) ** 2
-    return np.sqrt(num / (Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2))
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
@@ -150,7 +144,7 @@ def test_sift_matches_agree_with_true_relative_pose(survey, pair):
     _, mask = cv2.findFundamentalMat(x1, x2, cv2.FM_RANSAC, 1.0, 0.999)
     inliers = mask.ravel().astype(bool)
     assert inliers.sum() >= 200
-    dist = _sampson(_true_fundamental(gt, i, j), x1[inliers], x2[inliers])
+    dist = sampson_distance(_true_fundamental(gt, i, j), x1[inliers], x2[inliers])
     assert np.median(dist) < 0.2
     assert np.percentile(dist, 90) < 0.5
 

@@ -15,24 +15,7 @@ import cv2
 import numpy as np
 
 from ..core import stack
-
-
-def _hpatches_error(matrix_n_to_1, h1_to_n, width, height):
-    corners = stack.quad_source(width, height)
-    mapped = stack._apply(np.linalg.inv(matrix_n_to_1), corners)
-    return float(np.linalg.norm(mapped - stack._apply(h1_to_n, corners), axis=1).mean())
-
-
-def _baseline(img1, img_n, method=cv2.USAC_MAGSAC):
-    """SIFT, ratio 0.8, robust homography, no refinement (imgN -> img1)."""
-    sift = cv2.SIFT_create()
-    k1, d1 = sift.detectAndCompute(img1, None)
-    k2, d2 = sift.detectAndCompute(img_n, None)
-    good = [m for m, n in cv2.BFMatcher().knnMatch(d1, d2, k=2) if m.distance < 0.8 * n.distance]
-    p1 = np.float32([k1[m.queryIdx].pt for m in good])
-    p2 = np.float32([k2[m.trainIdx].pt for m in good])
-    h, _ = cv2.findHomography(p1, p2, method, 3.0)
-    return np.linalg.inv(h)
+from .evaluate import hpatches_error, opencv_baseline_homography
 
 
 def _oxford(data, out, config_overrides=None):
@@ -55,10 +38,10 @@ def _oxford(data, out, config_overrides=None):
             row = {"pair": f"{sequence.split('_')[1]} 1-{n}", "status": entry["status"], "reason": entry["reason"],
                    "method": entry.get("method"), "seconds": round(seconds, 2),
                    "error_px": None if entry["matrix"] is None else
-                   round(_hpatches_error(np.array(entry["matrix"]), truth, w, h), 3)}
+                   round(hpatches_error(np.array(entry["matrix"]), truth, w, h), 3)}
             for name, method in (("baseline_magsac_px", cv2.USAC_MAGSAC), ("baseline_ransac_px", cv2.RANSAC)):
                 try:
-                    row[name] = round(_hpatches_error(_baseline(img1, img_n, method), truth, w, h), 3)
+                    row[name] = round(hpatches_error(opencv_baseline_homography(img1, img_n, method), truth, w, h), 3)
                 except (cv2.error, np.linalg.LinAlgError):
                     row[name] = None
             rows.append(row)

@@ -2,9 +2,13 @@
 
 - `reference_dz`: vertical distance from points to a reference point cloud (e.g. the OpenDroneMap
   cloud brighton_beach/model.laz), through the median height of the reference points around each.
+- `hpatches_error`, `opencv_baseline_homography`: the Oxford/HPatches homography check and the
+  plain OpenCV baseline it is compared with.
+- `sampson_distance`: first-order epipolar error of matches under a (true) fundamental matrix.
 - `rotation_angle_deg`: the angle between two rotations. (For the similarity between estimated
   and true positions use core.reconstruction.umeyama.)
 """
+import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -42,3 +46,36 @@ def rotation_angle_deg(Ra, Rb):
     """Angle of the rotation Ra @ Rb.T, in degrees."""
     c = (np.trace(Ra @ Rb.T) - 1.0) / 2.0
     return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def _apply(H, xy):
+    p = np.column_stack([xy, np.ones(len(xy))]) @ np.asarray(H, dtype=np.float64).T
+    return p[:, :2] / p[:, 2:3]
+
+
+def hpatches_error(matrix_n_to_1, h1_to_n, width, height):
+    """Mean distance, in imgN pixels, of img1's corners mapped by inverse(reported) and by H1toNp."""
+    corners = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], dtype=np.float64)
+    mapped = _apply(np.linalg.inv(matrix_n_to_1), corners)
+    return float(np.linalg.norm(mapped - _apply(h1_to_n, corners), axis=1).mean())
+
+
+def opencv_baseline_homography(img1, img_n, method=cv2.USAC_MAGSAC):
+    """Issue 6's plain baseline: SIFT, ratio 0.8, robust homography, no refinement (imgN -> img1)."""
+    sift = cv2.SIFT_create()
+    k1, d1 = sift.detectAndCompute(img1, None)
+    k2, d2 = sift.detectAndCompute(img_n, None)
+    good = [m for m, n in cv2.BFMatcher().knnMatch(d1, d2, k=2) if m.distance < 0.8 * n.distance]
+    p1 = np.float32([k1[m.queryIdx].pt for m in good])
+    p2 = np.float32([k2[m.trainIdx].pt for m in good])
+    h, _ = cv2.findHomography(p1, p2, method, 3.0)
+    return np.linalg.inv(h)
+
+
+def sampson_distance(F, x1, x2):
+    """Sampson (first-order geometric) distance of matches x1 <-> x2 under F, in pixels."""
+    h1 = np.column_stack([x1, np.ones(len(x1))])
+    h2 = np.column_stack([x2, np.ones(len(x2))])
+    Fx1, Ftx2 = h1 @ F.T, h2 @ F
+    num = np.sum(h2 * Fx1, axis=1) ** 2
+    return np.sqrt(num / (Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2))
