@@ -8,7 +8,6 @@ import pytest
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 pytestmark = pytest.mark.qgis
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
