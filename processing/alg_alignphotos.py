@@ -17,6 +17,7 @@ from qgis.core import (
 from ..core import pipeline
 from ..core.cancel import Canceled
 from ..core.config import PRESETS, AlignConfig
+from ..ui.layers import RESULT_STYLES, styled_layers
 
 LAYERS = ("footprints", "pairs", "sparse_points", "cameras")  # load order: cameras end up on top
 
@@ -94,6 +95,7 @@ class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(e)) from e
         for w in summary.get("warnings", []):
             feedback.pushWarning(w)
+        styled_layers(config.output, RESULT_STYLES, config.images)  # styles travel inside the GeoPackage
         feedback.pushInfo(
             f"{summary['registered']}/{summary['images']} photos registered, {summary['points']} points, "
             f"mean reprojection {summary['mean_reproj_px']:.2f} px, CRS {summary['crs']}, {summary['total_s']:.1f} s")

@@ -15,6 +15,7 @@ from qgis.core import (
 
 from ..core import priors
 from ..core.cancel import Canceled
+from ..ui.layers import PRIORS_STYLES, styled_layers
 
 LAYERS = ("footprints", "cameras")  # load order: cameras end up on top
 
@@ -86,6 +87,7 @@ class PhotoPriorsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("Photo priors cancelled") from None
         except (OSError, ValueError) as e:
             raise QgsProcessingException(str(e)) from e
+        styled_layers(output, PRIORS_STYLES, config.images)  # styles travel inside the GeoPackage
         for path, reason in summary["skipped"]:
             feedback.pushWarning(f"skipped {path}: {reason}")
         for name, problems in summary["problems"].items():

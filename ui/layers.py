@@ -116,14 +116,10 @@ def store_style_in_geopackage(layer):
     return layer.saveStyleToDatabase(STYLE_NAME, "AlignKit default style", True, "")
 
 
-def load_geopackage(gpkg_path, group_name, styles=None, image_folder=None, project=None, store_styles=True):
-    """Load a GeoPackage's layers into a new top-level group `group_name`; return (group, layers).
-
-    A group of the same name (an earlier run of the same folder) is replaced. Layer order
-    follows `styles` (top first); the pairs layer starts hidden.
-    """
-    styles = RESULT_STYLES if styles is None else styles
-    project = project or QgsProject.instance()
+def styled_layers(gpkg_path, styles, image_folder=None, store_styles=True):
+    """Open the layers named in `styles`, style them, and store each style in the GeoPackage as its
+    default (so the file looks the same wherever it is opened). No project is touched: Processing
+    algorithms call this from their worker thread."""
     layers = open_layers(gpkg_path, styles)
     for name, layer in layers.items():
         apply_style(layer, styles[name])
@@ -133,7 +129,18 @@ def load_geopackage(gpkg_path, group_name, styles=None, image_folder=None, proje
             error = store_style_in_geopackage(layer)
             if error:
                 raise RuntimeError(f"{gpkg_path}: cannot store the style of '{name}': {error}")
+    return layers
 
+
+def load_geopackage(gpkg_path, group_name, styles=None, image_folder=None, project=None, store_styles=True):
+    """Load a GeoPackage's layers into a new top-level group `group_name`; return (group, layers).
+
+    A group of the same name (an earlier run of the same folder) is replaced. Layer order
+    follows `styles` (top first); the pairs layer starts hidden.
+    """
+    styles = RESULT_STYLES if styles is None else styles
+    project = project or QgsProject.instance()
+    layers = styled_layers(gpkg_path, styles, image_folder, store_styles)
     remove_group(group_name, project)
     root = project.layerTreeRoot()
     group = root.insertGroup(0, group_name)

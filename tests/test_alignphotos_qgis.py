@@ -1,0 +1,41 @@
+"""alignkit:alignphotos through QGIS Processing: the scriptable contract, styles stored in the file."""
+import json
+
+import pytest
+from osgeo import ogr
+from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
+
+from alignkit.core.synthetic import SurveySpec, generate_survey
+
+pytestmark = [pytest.mark.qgis, pytest.mark.slow]
+
+
+def test_alignphotos_writes_the_contract_with_styles_inside(alignkit_provider, tmp_path):
+    import processing
+
+    survey = generate_survey(tmp_path / "survey", SurveySpec(rows=2, cols=4, width=800, height=600, seed=5))
+    out = tmp_path / "result.gpkg"
+    feedback = QgsProcessingFeedback()
+    result = processing.run("alignkit:alignphotos", {"IMAGES": str(survey / "images"), "OUTPUT": str(out),
+                                                     "PRESET": 0, "TARGET_CRS": "EPSG:2056"}, feedback=feedback)
+    assert result["OUTPUT"] == str(out) and result["REGISTERED"] == 8
+    summary = json.loads(open(result["SUMMARY"]).read())
+    assert summary["crs"] == "EPSG:2056" and summary["config"]["max_features"] == 4000
+    for name, count in (("cameras", 8), ("footprints", 8)):
+        layer = QgsVectorLayer(f"{out}|layername={name}", name, "ogr")
+        assert layer.isValid() and layer.crs().authid() == "EPSG:2056" and layer.featureCount() == count
+    ds = ogr.Open(str(out))
+    styles = {f["f_table_name"] for f in ds.GetLayerByName("layer_styles")}
+    assert styles == {"cameras", "footprints", "sparse_points", "pairs"}
+    # opened anywhere else, the file brings its style: a rule-based camera renderer, not QGIS's default
+    cameras = QgsVectorLayer(f"{out}|layername=cameras", "cameras", "ogr")
+    assert cameras.renderer().type() == "RuleRenderer"
+
+
+def test_alignphotos_bad_folder_is_a_clear_processing_error(alignkit_provider, tmp_path):
+    import processing
+
+    with pytest.raises(QgsProcessingException, match="does not exist"):
+        processing.run("alignkit:alignphotos", {"IMAGES": str(tmp_path / "nowhere"),
+                                                "OUTPUT": str(tmp_path / "r.gpkg")})
+    assert not (tmp_path / "r.gpkg").exists()
