@@ -79,6 +79,17 @@ def list_stack_images(folder):
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _gdal_open(gdal, path):
+    """A GDAL dataset or None, whether or not another module turned on GDAL exceptions."""
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # our caller's error names the file once
+    try:
+        return gdal.Open(os.fspath(path))
+    except RuntimeError:
+        return None
+    finally:
+        gdal.PopErrorHandler()
+
+
 def read_image(path):
     """Pixels as stored (no EXIF rotation), any depth/channels; GDAL for what OpenCV cannot read."""
     image = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
@@ -86,11 +97,7 @@ def read_image(path):
         try:
             from osgeo import gdal
 
-            gdal.PushErrorHandler("CPLQuietErrorHandler")  # the error below says it once, with the file
-            try:
-                dataset = gdal.Open(os.fspath(path))
-            finally:
-                gdal.PopErrorHandler()
+            dataset = _gdal_open(gdal, path)
             if dataset is not None:
                 bands = [dataset.GetRasterBand(i + 1).ReadAsArray() for i in range(min(dataset.RasterCount, 3))]
                 image = bands[0] if len(bands) == 1 else np.dstack(bands[::-1])  # BGR like OpenCV
@@ -770,7 +777,7 @@ def _georeference(path):
         from osgeo import gdal
     except ImportError:
         return None
-    dataset = gdal.Open(os.fspath(path))
+    dataset = _gdal_open(gdal, path)
     if dataset is None:
         return None
     transform, projection = dataset.GetGeoTransform(can_return_null=True), dataset.GetProjection()
