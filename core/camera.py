@@ -277,7 +277,7 @@ def _gdal_open(path):
     """Open read-only with GDAL's .aux.xml side files off for this thread: the photo folder is never written."""
     from osgeo import gdal
 
-    gdal.UseExceptions()
+    # No gdal.UseExceptions(): it is process-wide, and inside QGIS it would change other code's GDAL.
     previous = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
     gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
     try:
