@@ -79,7 +79,7 @@ screenshot: setup
 # ---- distribution ----
 package:
 	@rm -rf build/package dist && mkdir -p build/package/alignkit dist
-	@git ls-files -z | grep -zv -E '^(tests/|tools/bench|\.|Makefile|requirements-dev)' | \
+	@git ls-files -z | grep -zv -E '^(tests/|docs/|tools/bench|\.|Makefile|requirements-dev|pyproject)' | \
 	  xargs -0 -I{} cp --parents {} build/package/alignkit/
 	@cd build/package && zip -q -r ../../dist/alignkit.zip alignkit
 	@echo "dist/alignkit.zip"
