@@ -5,6 +5,10 @@ Parameters per image: a rotation increment w (R = exp([w]x) R0, so w starts at 0
 and the centre C; per camera model: focal, k1, k2 (principal point held at its prior); per point: X.
 Priors enter as extra residuals: GPS centres in ENU (separate horizontal / vertical sigma), the EXIF
 focal (relative sigma), and, without GPS, one baseline length that fixes the scale.
+The GPS prior may compare an offset antenna position with the GPS fix: antenna_i = C_i + F_i L, with
+F_i a per-image frame given by the caller (e.g. along / across the flight direction: a GPS antenna
+lever arm on the aircraft, or GPS latency) and L a 3-vector, optionally estimated with a zero-mean
+prior that keeps the directions the block cannot see at 0.
 The robust loss applies to reprojection residuals only: priors stay quadratic so a few pixel
 outliers cannot switch off the georeferencing.
 """
@@ -30,6 +34,7 @@ class BundleResult:
     k1: np.ndarray
     k2: np.ndarray
     points: np.ndarray  # (P, 3)
+    gps_offset: np.ndarray  # (3,) GPS antenna offset L used (estimated when asked), in the caller's frames
     residual_px: np.ndarray  # (K, 2) final reprojection residuals (predicted - observed)
     initial_rms_px: float
     final_rms_px: float
@@ -128,6 +133,10 @@ def build_problem(
     gps_enu=None,
     gps_sigma_h=1.0,
     gps_sigma_v=1.0,
+    gps_offset=None,
+    gps_offset_frames=None,
+    estimate_gps_offset=False,
+    gps_offset_sigma_m=1.0,
     focal_prior=None,
     focal_prior_sigma=0.05,
     scale_anchor=None,
@@ -143,7 +152,10 @@ def build_problem(
     points (P,3); obs_image, obs_point (K,) int; obs_xy (K,2) observed pixels.
     fixed_images / fixed_points: bool masks held constant (local BA). Intrinsics vary only when
     refine_focal / refine_distortion. gps_enu (N,3) with NaN rows for images without GPS; it also
-    fixes the gauge. focal_prior (M,) EXIF focals (relative sigma focal_prior_sigma, scalar or (M,)).
+    fixes the gauge. gps_offset_frames (N,3,3): per image, the ENU directions (columns) of the offset's
+    axes; the GPS prior then compares C + frames @ gps_offset (None: 0) with the fix. estimate_gps_offset
+    makes the offset a variable with a zero-mean prior of gps_offset_sigma_m (scalar or per axis).
+    focal_prior (M,) EXIF focals (relative sigma focal_prior_sigma, scalar or (M,)).
     scale_anchor (i, j, length): keep |C_i - C_j| = length (gauge without GPS; fix image i too).
     """
     if loss not in ROBUST_LOSSES:
@@ -182,6 +194,12 @@ def build_problem(
     base = 6 * int(var_image.sum())
     model_col[var_model] = base + n_intr * np.arange(var_model.sum())
     base += n_intr * int(var_model.sum())
+    offset0 = np.zeros(3) if gps_offset is None else np.array(gps_offset, dtype=np.float64).reshape(3)
+    frames = None if gps_offset_frames is None else np.asarray(gps_offset_frames, dtype=np.float64).reshape(-1, 3, 3)
+    offset_col = -1
+    if estimate_gps_offset and gps_enu is not None and frames is not None:
+        offset_col = base  # among the camera columns so the Schur complement keeps it
+        base += 3
     point_col = np.full(n_points, -1, np.int64)
     point_col[var_point] = base + 3 * np.arange(var_point.sum())
     n_var = base + 3 * int(var_point.sum())
@@ -206,7 +224,16 @@ def build_problem(
         ai, aj, length = scale_anchor
         if var_image[ai] or var_image[aj]:
             anchor = (int(ai), int(aj), float(length), 1e3 / max(float(length), 1e-9))
-    n_res = 2 * n_obs + 3 * len(gps_rows) + len(focal_rows) + (1 if anchor else 0)
+    if offset_col >= 0 and not len(gps_rows):
+        offset_col = -1  # nothing observes it (fixed images only): keep the columns out
+        n_var -= 3
+        point_col[var_point] -= 3
+    n_offset_res = 3 if offset_col >= 0 else 0
+    offset_sigma = np.broadcast_to(np.asarray(gps_offset_sigma_m, dtype=np.float64), (3,))  # per axis
+    n_res = 2 * n_obs + 3 * len(gps_rows) + len(focal_rows) + (1 if anchor else 0) + n_offset_res
+
+    def unpack_offset(x):
+        return x[offset_col : offset_col + 3] if offset_col >= 0 else offset0
 
     def unpack(x):
         Rc, Cc, fc, k1c, k2c, Pc = R0.copy(), C.copy(), focal.copy(), k1.copy(), k2.copy(), points.copy()
@@ -234,6 +261,8 @@ def build_problem(
         if len(vm):
             cols = [a[vm] for a, on in zip((focal, k1, k2), intr_cols) if on]
             x[model_col[vm[0]] : model_col[vm[0]] + n_intr * len(vm)] = np.column_stack(cols).ravel()
+        if offset_col >= 0:
+            x[offset_col : offset_col + 3] = offset0
         if len(vp):
             x[point_col[vp[0]] :] = points[vp].ravel()
         return x
@@ -249,12 +278,17 @@ def build_problem(
         )
         parts = [((uv - obs_xy) * obs_weight).ravel()]
         if len(gps_rows):
-            parts.append(((Cc[gps_rows] - gps_enu[gps_rows]) * gps_weight).ravel())
+            antenna = Cc[gps_rows]
+            if frames is not None:
+                antenna = antenna + frames[gps_rows] @ unpack_offset(x)
+            parts.append(((antenna - gps_enu[gps_rows]) * gps_weight).ravel())
         if len(focal_rows):
             parts.append((fc[focal_rows] - focal_prior[focal_rows]) / (focal_sigma[focal_rows] * focal_prior[focal_rows]))
         if anchor:
             ai, aj, length, wgt = anchor
             parts.append([(np.linalg.norm(Cc[ai] - Cc[aj]) - length) * wgt])
+        if n_offset_res:
+            parts.append(unpack_offset(x) / offset_sigma)
         return np.concatenate(parts)
 
     def jacobian(x):
@@ -318,6 +352,11 @@ def build_problem(
             rows.append(r)
             cols.append(c)
             vals.append(np.tile(gps_weight, len(gps_rows)))
+            if offset_col >= 0:  # fixed frames: the offset enters linearly, d/dL = frame
+                rr = (r.reshape(-1, 3)[:, :, None]).repeat(3, axis=2)
+                rows.append(rr.ravel())
+                cols.append(np.broadcast_to(offset_col + np.arange(3), rr.shape).ravel())
+                vals.append((frames[gps_rows] * gps_weight[None, :, None]).ravel())
             row += 3 * len(gps_rows)
         if len(focal_rows):
             rows.append(row + np.arange(len(focal_rows)))
@@ -333,10 +372,16 @@ def build_problem(
                     rows.append(np.full(3, row))
                     cols.append(image_col[idx] + 3 + np.arange(3))
                     vals.append(sign * g)
+            row += 1
+        if n_offset_res:
+            rows.append(row + np.arange(3))
+            cols.append(offset_col + np.arange(3))
+            vals.append(1.0 / offset_sigma)
         return coo_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_res, n_var)
         ).tocsr()
 
+    unpack.gps_offset = unpack_offset  # not in unpack's tuple: callers unpack 7 values
     return pack(), residuals, jacobian, unpack, 2 * n_obs, 3 * len(vp)
 
 
@@ -350,7 +395,8 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
     points (P,3); obs_image, obs_point (K,) int; obs_xy (K,2) observed pixels.
     options (see build_problem): fixed_images / fixed_points bool masks held constant (local BA);
     refine_focal / refine_distortion; gps_enu (N,3) NaN rows = no GPS, with gps_sigma_h / gps_sigma_v
-    (it also fixes the gauge); focal_prior (M,) EXIF focals with relative focal_prior_sigma;
+    (it also fixes the gauge); gps_offset / gps_offset_frames / estimate_gps_offset / gps_offset_sigma_m
+    a GPS antenna offset in per-image frames; focal_prior (M,) EXIF focals with relative focal_prior_sigma;
     scale_anchor (i, j, length) keeps |C_i - C_j| = length (gauge without GPS; hold image i fixed too);
     obs_sigma_px: std of the pixel observations, weighting them against the priors.
     solver: "lm" (Levenberg-Marquardt on the normal equations, points eliminated by the Schur
@@ -396,7 +442,7 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
     res = residuals(res_x)[:n_obs_res].reshape(-1, 2) * sigma_px
     seconds = time.perf_counter() - t0
     return BundleResult(
-        R=Rc, C=Cc, focal=fc, k1=k1c, k2=k2c, points=Pc, residual_px=res,
+        R=Rc, C=Cc, focal=fc, k1=k1c, k2=k2c, points=Pc, gps_offset=np.array(unpack.gps_offset(res_x)), residual_px=res,
         initial_rms_px=initial_rms, final_rms_px=float(np.sqrt(np.mean(res**2))) if n_obs else 0.0,
         nfev=nfev, seconds=seconds, n_variables=len(x0), n_residuals=n_res,
         status=status, timings={"setup_s": t_setup, "solve_s": seconds - t_setup},

@@ -6,8 +6,9 @@ triangulated tracks (PnP RANSAC + refinement) -> triangulate the tracks it adds 
 adjustment (new image and its neighbours; the rest fixed) -> global adjustment whenever the model grew
 by `global_ba_growth`. As soon as >= 3 registered images have non-collinear GPS, the component is
 moved onto the GPS by a similarity (Umeyama) and every later adjustment carries GPS priors, so the
-final model is metric and georeferenced. When nothing more registers, the remaining images start a
-new component: unrelated parts are never forced into one model.
+final model is metric and georeferenced; where flight lines were flown both ways, a GPS antenna offset
+along / across the direction of flight is estimated with it. When nothing more registers, the remaining
+images start a new component: unrelated parts are never forced into one model.
 """
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,15 @@ GPS_SIGMA_FLOOR_V_M = 0.03
 MIN_SIGMA_PX = 0.05  # floor of the estimated image noise (px): sub-0.05 px claims are not credible
 GROWTH_FTOL = 1e-4
 FOCAL_GATE_SIGMAS = 3.0  # a self-calibrated focal further than this many prior sigmas from EXIF is not trusted
+# GPS antenna offset along / across the direction of flight (an antenna lever arm on the aircraft,
+# or GPS latency): estimated only when flight lines were flown in opposite directions, which flips
+# it in the world so that no shift of the block can absorb it.
+GPS_OFFSET_MIN_IMAGES = 8  # fewer GPS images with a known flight direction: the offset is held at 0
+GPS_OFFSET_MIN_PER_HEADING = 2  # images needed on each of two headings more than 90 deg apart
+GPS_OFFSET_PRIOR_SIGMA_M = (1.0, 1.0, 0.01)  # along, across free; up is a vertical shift of the
+#   whole block, which the GPS cannot tell from the block's own height: held at 0
+FLIGHT_LINE_MIN_COS = 0.9  # a GPS step this parallel to the main flight axis gives an image's direction
+FLIGHT_STEP_MIN_M = 0.5  # shorter GPS steps (hovering) say nothing about the direction
 HELD_FOCAL_SIGMA = 1e-5  # relative std that holds a focal at its prior  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
 
 
@@ -44,7 +54,7 @@ class Reconstruction:
     point_component: np.ndarray  # (P,) component of each point
     n_obs: np.ndarray  # (N,) observations of 3D points per image
     reproj_rmse_px: np.ndarray  # (N,) NaN when not registered
-    gps_residual: np.ndarray  # (N,3) adjusted - GPS; NaN without GPS or registration
+    gps_residual: np.ndarray  # (N,3) adjusted antenna (C + GPS offset) - GPS; NaN without GPS or registration
     gps_sigma_h_m: float
     gps_sigma_v_m: float
     mean_reproj_px: float  # mean reprojection error norm over all used observations
@@ -55,6 +65,9 @@ class Reconstruction:
     timings: dict = field(default_factory=dict)  # seconds per activity
     ba_log: list = field(default_factory=list)  # one tuple per adjustment (see _Mapper.ba_log)
     log: list = field(default_factory=list)  # human readable events (registration failures, components)
+    # GPS antenna offset (m: along track, across track to the left, up) of the largest component;
+    # NaN when not estimated (gps_residual is then centre minus GPS)
+    gps_antenna_offset_m: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
 
 
 def umeyama(src, dst):
@@ -81,6 +94,40 @@ def _dlt(P, xn, weight):
     _, _, vt = np.linalg.svd(rows)
     h = vt[:, -1]
     return h[:, :3] / h[:, 3:4]
+
+
+def flight_frames(gps):
+    """Per image (N,3,3): columns along track, across track (to the left), up, in ENU; zeros where the
+    direction of flight is unknown (no GPS, hovering, an isolated shot).
+
+    The direction is that of the GPS step to the previous or the next GPS image (images are in capture
+    order: sorted by name) which is more parallel to the block's main flight axis, so the turn between
+    two lines does not count; a step less parallel than FLIGHT_LINE_MIN_COS gives no direction.
+    """
+    n = len(gps)
+    frames = np.zeros((n, 3, 3))
+    idx = np.flatnonzero(np.isfinite(gps).all(axis=1))
+    if len(idx) < 3:
+        return frames
+    step = np.diff(gps[idx, :2], axis=0)
+    length = np.linalg.norm(step, axis=1)
+    moving = length > FLIGHT_STEP_MIN_M
+    if moving.sum() < 2:
+        return frames
+    unit = np.zeros_like(step)
+    unit[moving] = step[moving] / length[moving, None]
+    axis = np.linalg.eigh(unit.T @ unit)[1][:, -1]  # main flight axis (sign-free)
+    parallel = np.abs(unit @ axis)
+    for k, i in enumerate(idx):
+        cands = [s for s in (k - 1, k) if 0 <= s < len(step) and moving[s]]  # steps before / after image i
+        if not cands:
+            continue
+        best = max(cands, key=lambda s: parallel[s])
+        if parallel[best] < FLIGHT_LINE_MIN_COS:
+            continue
+        a = unit[best]
+        frames[i] = [[a[0], -a[1], 0.0], [a[1], a[0], 0.0], [0.0, 0.0, 1.0]]
+    return frames
 
 
 class _Mapper:
@@ -144,6 +191,8 @@ class _Mapper:
         self.failed = np.zeros(n, np.int64)  # registration attempts that failed (retry after growth)
         self.aligned = {}  # component -> aligned to GPS
         self.anchor = {}  # component -> (i, j, baseline) scale gauge without GPS
+        self.gps_offset = {}  # component -> estimated GPS antenna offset in flight frames (absent: 0)
+        self.flight_frames = flight_frames(self.gps)
         self.update_normalised()
         self.covis = self.covisibility()
 
@@ -456,6 +505,8 @@ class _Mapper:
             fixed[first] = True
             anchor = (first, second, float(np.linalg.norm(self.C[first] - self.C[second])))
         sigma_h, sigma_v = self.comp_sigma.get(comp, (self.sigma_h, self.sigma_v))
+        # The antenna offset moves only in global adjustments (it needs every flight line).
+        estimate_offset = use_gps and variable_images is None and self.offset_observable(comp)
         rest = np.zeros(0, np.int64)
         if cfg.ba_points_per_image > 0:
             chosen = self.select_points(obs, cfg.ba_points_per_image)
@@ -472,6 +523,8 @@ class _Mapper:
             refine_distortion=refine_intrinsics and cfg.refine_distortion,
             gps_enu=self.gps if use_gps else None,
             gps_sigma_h=sigma_h, gps_sigma_v=sigma_v,
+            gps_offset=self.gps_offset.get(comp), gps_offset_frames=self.flight_frames,
+            estimate_gps_offset=estimate_offset, gps_offset_sigma_m=GPS_OFFSET_PRIOR_SIGMA_M,
             focal_prior=self.focal_prior,
             focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA, cfg.focal_prior_sigma),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
@@ -481,6 +534,8 @@ class _Mapper:
         moved = self.registered & var_img
         self.R[moved], self.C[moved] = res.R[moved], res.C[moved]
         self.points[tracks_used] = res.points
+        if estimate_offset:
+            self.gps_offset[comp] = res.gps_offset
         if refine_intrinsics:
             self.focal, self.k1, self.k2 = res.focal, res.k1, res.k2
             self.update_normalised()
@@ -550,6 +605,23 @@ class _Mapper:
         return np.concatenate([[img], nb[counts[nb] > 0]])
 
     # ---------------------------------------------------------------- GPS
+    def offset_observable(self, comp):
+        """Whether `comp` can tell a GPS offset in flight frames from a shift of the whole block: enough
+        GPS images with a known flight direction, GPS_OFFSET_MIN_PER_HEADING or more of them on each of
+        two headings more than 90 deg apart."""
+        imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
+        along = self.flight_frames[imgs, :2, 0]
+        along = along[np.linalg.norm(along, axis=1) > 0.5]  # known direction
+        if len(along) < GPS_OFFSET_MIN_IMAGES:
+            return False
+        opposite = (along @ along.T < 0).sum(axis=1) >= GPS_OFFSET_MIN_PER_HEADING
+        return bool(opposite.sum() >= 2 * GPS_OFFSET_MIN_PER_HEADING)
+
+    def antenna(self, images):
+        """Adjusted GPS antenna positions C + F L of `images` (L = 0 where not estimated)."""
+        offset = np.array([self.gps_offset.get(int(c), np.zeros(3)) for c in self.component[images]]).reshape(-1, 3)
+        return self.C[images] + np.einsum("nij,nj->ni", self.flight_frames[images], offset)
+
     def maybe_align(self, comp, force=False):
         if self.aligned.get(comp):
             return
@@ -614,6 +686,22 @@ class _Mapper:
                             f"across track (GPS latency or antenna offset); horizontal RMSE {before:.2f} m, "
                             f"{after:.2f} m without it")
 
+    @staticmethod
+    def robust_similarity(centres, targets):
+        """Similarity of centres onto targets dropping wild GPS fixes (altitude jumps);
+        returns (s, R, t), residuals (fitted - target) of all, and the kept mask."""
+        keep = np.ones(len(centres), bool)
+        for _ in range(3):
+            sim = umeyama(centres[keep], targets[keep])
+            res = sim[0] * centres @ sim[1].T + sim[2] - targets
+            dist = np.linalg.norm(res, axis=1)
+            limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
+            new_keep = dist <= limit
+            if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
+                break
+            keep = new_keep
+        return sim, res, keep
+
     def fit_to_gps(self, comp):
         """Move `comp` onto its GPS by a robust similarity; estimate the GPS accuracy from what is left.
 
@@ -623,21 +711,26 @@ class _Mapper:
         imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
         if len(imgs) < 3:
             return
-        keep = np.ones(len(imgs), bool)
-        for _ in range(3):  # drop wild GPS fixes (altitude jumps) from the fit
-            sim = umeyama(self.C[imgs[keep]], self.gps[imgs[keep]])
-            res = sim[0] * self.C[imgs] @ sim[1].T + sim[2] - self.gps[imgs]
-            dist = np.linalg.norm(res, axis=1)
-            limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
-            new_keep = dist <= limit
-            if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
-                break
-            keep = new_keep
+        frames = self.flight_frames[imgs]
+        estimate_offset = self.offset_observable(comp)
+        offset = np.zeros(3)
+        for _ in range(3 if estimate_offset else 1):
+            sim, res, keep = self.robust_similarity(self.C[imgs], self.gps[imgs] - frames @ offset)
+            if estimate_offset:
+                # What the similarity could not absorb and follows the flight direction: the GPS offset
+                # (along, across; with a shift that the next similarity takes). Left in, it would pass
+                # for GPS noise and weaken the GPS weight (seen: 0.5 m std for 0.5 m offset, 3 cm noise).
+                k = int(keep.sum())
+                A = np.concatenate([np.tile(np.eye(3), (k, 1)), frames[keep][:, :, :2].reshape(-1, 2)], axis=1)
+                offset[:2] += np.linalg.lstsq(A, -res[keep].ravel(), rcond=None)[0][3:]
+        if estimate_offset:
+            sim, res, keep = self.robust_similarity(self.C[imgs], self.gps[imgs] - frames @ offset)
+            self.gps_offset[comp] = offset  # the start of the adjustments with GPS
         self.apply_similarity(comp, *sim)
         est = robust_gps_sigmas(res[keep], GPS_SIGMA_FLOOR_H_M, GPS_SIGMA_FLOOR_V_M)
         if est is None:
             return
-        dof = np.sqrt(3 * keep.sum() / max(3 * keep.sum() - 7, 1))  # the similarity absorbed 7 unknowns
+        dof = np.sqrt(3 * keep.sum() / max(3 * keep.sum() - 7 - 2 * estimate_offset, 1))  # unknowns absorbed
         sigma_h = self.cfg.gps_sigma_h_m or est[0] * dof
         sigma_v = self.cfg.gps_sigma_v_m or est[1] * dof
         self.comp_sigma[comp] = (float(sigma_h), float(sigma_v))
@@ -735,6 +828,10 @@ class _Mapper:
             self.retriangulate(comp)
             self.adjust(comp, refine_intrinsics=True)
             self.filter_outliers(comp)
+        if comp in self.gps_offset:
+            along, across, up = self.gps_offset[comp]
+            self.log.append(f"component {comp}: GPS antenna offset {along:+.2f} m along track, {across:+.2f} m "
+                            f"across (left), {up:+.2f} m up (antenna lever arm or GPS latency), estimated")
         n = int((self.component == comp).sum())
         self.log.append(f"component {comp}: {n} images, {int((self.point_comp == comp).sum())} points")
 
@@ -752,7 +849,10 @@ class _Mapper:
         sq = np.bincount(self.obs_image[obs], weights=err**2, minlength=self.n_images)
         rmse = np.where(n_obs > 0, np.sqrt(sq / np.maximum(n_obs, 1)), np.nan)
         mdl = self.image_model
-        gps_res = np.where((self.registered & self.has_gps)[:, None], self.C - self.gps, np.nan)
+        # Residuals of the model: the adjusted antenna (not the camera centre) minus its GPS fix.
+        gps_res = np.full((self.n_images, 3), np.nan)
+        ok = np.flatnonzero(self.registered & self.has_gps)
+        gps_res[ok] = self.antenna(ok) - self.gps[ok]
         comps, comp_size = np.unique(self.component[self.registered], return_counts=True)
         largest = int(comps[np.argmax(comp_size)]) if len(comps) else -1
         sigma = self.comp_sigma.get(largest, (self.sigma_h, self.sigma_v))
@@ -770,6 +870,7 @@ class _Mapper:
             obs_point=opt, obs_image=self.obs_image[obs].copy(), obs_xy=self.obs_xy[obs].copy(),
             georeferenced=bool(len(comps)) and all(self.aligned.get(int(c), False) for c in comps),
             timings=dict(self.timings), log=list(self.log), ba_log=list(self.ba_log),
+            gps_antenna_offset_m=np.array(self.gps_offset.get(largest, np.full(3, np.nan)), dtype=np.float64),
         )
 
 

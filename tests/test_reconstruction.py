@@ -21,8 +21,10 @@ def nadir_rotation(yaw_deg, tilt_deg):
 
 
 def survey(rows=4, cols=6, height=100.0, relief=5.0, point_density=0.12, noise_px=0.5, outliers=0.05,
-           gps_noise_h=0.0, gps_noise_v=0.0, seed=0, origin=(0.0, 0.0), overlap=0.75, sidelap=0.65):
-    """A lawnmower survey over a sinusoidal relief: true poses, points, and Tracks built from projections."""
+           gps_noise_h=0.0, gps_noise_v=0.0, seed=0, origin=(0.0, 0.0), overlap=0.75, sidelap=0.65,
+           gps_offset=(0.0, 0.0, 0.0)):
+    """A lawnmower survey over a sinusoidal relief: true poses, points, and Tracks built from projections.
+    gps_offset: GPS antenna (m) ahead of, left of and above the camera, fixed to the aircraft."""
     rng = np.random.default_rng(seed)
     step_x = (1 - overlap) * WIDTH / FOCAL * height
     step_y = (1 - sidelap) * HEIGHT / FOCAL * height
@@ -59,7 +61,9 @@ def survey(rows=4, cols=6, height=100.0, relief=5.0, point_density=0.12, noise_p
     tracks = SimpleNamespace(obs_track=t[order].astype(np.int64), obs_image=i[order].astype(np.int32),
                              obs_feature=np.arange(len(t), dtype=np.int32), obs_xy=uv[order],
                              track_rgb=rng.integers(0, 255, (n_points, 3), dtype=np.uint8))
-    gps = C + rng.normal(0, 1, C.shape) * [gps_noise_h, gps_noise_h, gps_noise_v]
+    along = np.repeat([1.0 if r % 2 == 0 else -1.0 for r in range(rows)], cols)  # east, then back west
+    antenna = np.column_stack([along * gps_offset[0], along * gps_offset[1], np.full(len(C), gps_offset[2])])
+    gps = C + antenna + rng.normal(0, 1, C.shape) * [gps_noise_h, gps_noise_h, gps_noise_v]
     return SimpleNamespace(C=C, R=R, X=X, tracks=tracks, gps=gps, height=height)
 
 
@@ -126,6 +130,20 @@ def test_without_gps_still_aligns_in_a_local_frame():
     # looser bounds than with GPS.
     check_against_truth(rec, truth, focal_tol=0.015, rot_tol_deg=0.3)
     assert not rec.georeferenced and np.isnan(rec.gps_residual).all()
+    assert np.isnan(rec.gps_antenna_offset_m).all()
+
+
+def test_gps_antenna_offset_is_estimated_from_lines_flown_both_ways():
+    """GPS 0.3 m ahead of and 0.4 m to the right of the camera (or late by the equivalent): it flips
+    between the lines flown east and west, so no similarity absorbs it; it is estimated and the
+    centres, not the antenna, land on the truth."""
+    truth = survey(rows=4, cols=6, seed=10, gps_offset=(0.3, -0.4, 0.0), gps_noise_h=0.03, gps_noise_v=0.03)
+    rec = reconstruct(truth.tracks, cameras_for(24), truth.gps, [], AlignConfig())
+    check_against_truth(rec, truth)
+    assert np.abs(rec.gps_antenna_offset_m - [0.3, -0.4, 0.0]).max() < 0.05
+    assert np.abs(rec.C - truth.C).max() < 0.002 * truth.height
+    # gps_residual is the model's: adjusted antenna minus GPS, down at the GPS noise.
+    assert np.sqrt(np.mean(np.sum(rec.gps_residual**2, axis=1))) < 0.1
 
 
 def test_two_unrelated_scenes_give_two_components():
