@@ -74,7 +74,9 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     report.start("priors", "Reading EXIF/XMP priors")
     t = time.perf_counter()
     priors = camera.read_priors(config.images)
-    usable = [p for p in priors if p.status != "unusable" and p.focal_px]
+    # In capture order: the reconstruction reads the flight direction from consecutive GPS positions.
+    usable = sorted((p for p in priors if p.status != "unusable" and p.focal_px),
+                    key=lambda p: (p.capture_time or "", p.name))
     if len(usable) < 2:
         problems = "; ".join(f"{p.name}: {', '.join(p.problems)}" for p in priors if p not in usable)
         raise AlignmentError(
