@@ -2,8 +2,6 @@
 import os
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
-    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
@@ -17,12 +15,11 @@ from qgis.core import (
 from ..core import pipeline
 from ..core.cancel import Canceled
 from ..core.config import PRESETS, AlignConfig
-from ..ui.layers import RESULT_STYLES, styled_layers
+from ..ui.layers import RESULT_STYLES
+from .base import AlignKitAlgorithm, publish_geopackage
 
-LAYERS = ("footprints", "pairs", "sparse_points", "cameras")  # load order: cameras end up on top
 
-
-class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
+class AlignPhotosAlgorithm(AlignKitAlgorithm):
     PRESET_NAMES = list(PRESETS)
 
     def name(self):
@@ -30,12 +27,6 @@ class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
 
     def displayName(self):  # noqa: N802
         return "Align drone photos"
-
-    def group(self):
-        return "Photo alignment"
-
-    def groupId(self):  # noqa: N802
-        return "photoalignment"
 
     def shortHelpString(self):  # noqa: N802
         return (
@@ -45,9 +36,6 @@ class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
             "CRS (default: the UTM zone of the photos), a <name>_summary.json, a <name>_sparse.ply and a "
             "resumable workspace folder beside it. The image folder is never written to."
         )
-
-    def createInstance(self):  # noqa: N802
-        return AlignPhotosAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(
@@ -95,14 +83,10 @@ class AlignPhotosAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(e)) from e
         for w in summary.get("warnings", []):
             feedback.pushWarning(w)
-        styled_layers(config.output, RESULT_STYLES, config.images)  # styles travel inside the GeoPackage
         feedback.pushInfo(
             f"{summary['registered']}/{summary['images']} photos registered, {summary['points']} points, "
             f"mean reprojection {summary['mean_reproj_px']:.2f} px, CRS {summary['crs']}, {summary['total_s']:.1f} s")
-        if context.project() is not None:
-            for layer in LAYERS:
-                details = QgsProcessingContext.LayerDetails(layer, context.project(), "OUTPUT")
-                context.addLayerToLoadOnCompletion(f"{config.output}|layername={layer}", details)
+        publish_geopackage(config.output, RESULT_STYLES, config.images, context)
         return {"OUTPUT": config.output, "SUMMARY": summary["outputs"]["summary"],
                 "REGISTERED": summary["registered"]}
 

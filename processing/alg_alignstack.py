@@ -2,7 +2,6 @@
 import os
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
@@ -15,20 +14,17 @@ from qgis.core import (
 
 from ..core import stack
 from ..core.cancel import Canceled
+from .base import AlignKitAlgorithm
 
 
-class AlignStackAlgorithm(QgsProcessingAlgorithm):
+class AlignStackAlgorithm(AlignKitAlgorithm):
+    GROUP = ("Image stacks", "imagestacks")
+
     def name(self):
         return "alignstack"
 
     def displayName(self):  # noqa: N802
         return "Align image stack"
-
-    def group(self):
-        return "Image stacks"
-
-    def groupId(self):  # noqa: N802
-        return "imagestacks"
 
     def shortHelpString(self):  # noqa: N802
         return (
@@ -40,9 +36,6 @@ class AlignStackAlgorithm(QgsProcessingAlgorithm):
             "/ SSIM before and after, crop rectangle) into OUTPUT_FOLDER. Frames that cannot be aligned are "
             "rejected with their reason, not written. The input folder is never written to."
         )
-
-    def createInstance(self):  # noqa: N802
-        return AlignStackAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(

@@ -2,8 +2,6 @@
 import os
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
-    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -15,23 +13,16 @@ from qgis.core import (
 
 from ..core import priors
 from ..core.cancel import Canceled
-from ..ui.layers import PRIORS_STYLES, styled_layers
+from ..ui.layers import PRIORS_STYLES
+from .base import AlignKitAlgorithm, publish_geopackage
 
-LAYERS = ("footprints", "cameras")  # load order: cameras end up on top
 
-
-class PhotoPriorsAlgorithm(QgsProcessingAlgorithm):
+class PhotoPriorsAlgorithm(AlignKitAlgorithm):
     def name(self):
         return "photopriors"
 
     def displayName(self):  # noqa: N802
         return "Photo priors and predicted footprints"
-
-    def group(self):
-        return "Photo alignment"
-
-    def groupId(self):  # noqa: N802
-        return "photoalignment"
 
     def shortHelpString(self):  # noqa: N802
         return (
@@ -42,9 +33,6 @@ class PhotoPriorsAlgorithm(QgsProcessingAlgorithm):
             "take-off point), or at GROUND_HEIGHT when given (a height in the datum of the camera altitude, "
             "EXIF GPSAltitude, roughly above mean sea level on DJI). The image folder is never written to."
         )
-
-    def createInstance(self):  # noqa: N802
-        return PhotoPriorsAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(
@@ -87,7 +75,6 @@ class PhotoPriorsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("Photo priors cancelled") from None
         except (OSError, ValueError) as e:
             raise QgsProcessingException(str(e)) from e
-        styled_layers(output, PRIORS_STYLES, config.images)  # styles travel inside the GeoPackage
         for path, reason in summary["skipped"]:
             feedback.pushWarning(f"skipped {path}: {reason}")
         for name, problems in summary["problems"].items():
@@ -96,8 +83,5 @@ class PhotoPriorsAlgorithm(QgsProcessingAlgorithm):
             f"{summary['images']} photos: {summary['ok']} with GPS, {summary['no_gps']} without GPS, "
             f"{summary['unusable']} unusable; {summary['footprints']} footprints; CRS {summary['crs']}; "
             f"{summary['seconds']:.1f} s; written to {output}")
-        if context.project() is not None:
-            for layer in LAYERS:
-                details = QgsProcessingContext.LayerDetails(layer, context.project(), "OUTPUT")
-                context.addLayerToLoadOnCompletion(f"{output}|layername={layer}", details)
+        publish_geopackage(output, PRIORS_STYLES, config.images, context)
         return {"OUTPUT": output, "IMAGES_READ": summary["images"], "USABLE": summary["ok"], "CRS": summary["crs"]}
