@@ -79,8 +79,9 @@ screenshot: setup
 # ---- distribution ----
 package:
 	@rm -rf build/package dist && mkdir -p build/package/alignkit dist
-	@git ls-files -z | grep -zv -E '^(tests/|docs/|tools/bench|\.|Makefile|requirements-dev|pyproject)' | \
-	  xargs -0 -I{} cp --parents {} build/package/alignkit/
+	@# What is committed (git archive), not the working tree; minus what a plugin install does not need.
+	@git archive HEAD | tar -x -C build/package/alignkit
+	@cd build/package/alignkit && rm -rf tests docs tools/bench*.py .[!.]* Makefile requirements-dev.txt pyproject.toml
 	@cd build/package && zip -q -r ../../dist/alignkit.zip alignkit
 	@echo "dist/alignkit.zip"
 
