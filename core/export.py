@@ -44,14 +44,14 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
     if recon.registered.any():
         cam_xyz[recon.registered] = to_crs(recon.C[recon.registered])
 
+    points_xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
     layers = [
         _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs),
         _footprints_layer(usable, recon, to_crs),
-        _points_layer(recon, to_crs),
+        _points_layer(recon, points_xyz),
         _pairs_layer(usable, pair_matches, recon, cam_xyz),
     ]
     write_geopackage(paths["gpkg"], crs, layers)
-    points_xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
     write_ply(paths["ply"], points_xyz, recon.point_rgb)
 
     registered = int(recon.registered.sum())
@@ -155,8 +155,7 @@ def _footprints_layer(usable, recon, to_crs):
     return Layer("footprints", "Polygon", [("image", "str"), ("ground_z", "real")], feats)
 
 
-def _points_layer(recon, to_crs):
-    xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
+def _points_layer(recon, xyz):
     track_length = np.bincount(recon.obs_point, minlength=len(recon.points))
     feats = [
         (tuple(xyz[k]), {"point_id": k, "track_length": int(track_length[k]),

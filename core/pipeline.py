@@ -38,6 +38,7 @@ def output_paths(config):
         "gpkg": out,
         "summary": Path(f"{stem}_summary.json"),
         "ply": Path(f"{stem}_sparse.ply"),
+        "report": Path(f"{stem}_report.html"),
         "workspace": Path(config.workspace) if config.workspace else Path(f"{stem}_workspace"),
     }
 
@@ -86,17 +87,10 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     has_gps = np.array([p.lat is not None and p.lon is not None and p.gps_alt is not None for p in usable])
     warnings = []
     if has_gps.sum() >= 3:
-        frame = LocalFrame.centred_on(
-            [p.lat for p in usable if p.lat is not None],
-            [p.lon for p in usable if p.lon is not None],
-            [p.gps_alt for p in usable if p.gps_alt is not None],
-        )
+        lat, lon, alt = np.array([(p.lat, p.lon, p.gps_alt) for p, g in zip(usable, has_gps) if g]).T
+        frame = LocalFrame.centred_on(lat, lon, alt)
         gps_enu = np.full((len(usable), 3), np.nan)
-        gps_enu[has_gps] = frame.to_enu(
-            [p.lat for p, g in zip(usable, has_gps) if g],
-            [p.lon for p, g in zip(usable, has_gps) if g],
-            [p.gps_alt for p, g in zip(usable, has_gps) if g],
-        )
+        gps_enu[has_gps] = frame.to_enu(lat, lon, alt)
         crs = config.target_crs or utm_crs_for(frame.lon0, frame.lat0)
     else:
         frame, crs = None, None
@@ -171,8 +165,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
-    workspace.write_json(paths["summary"], summary)
-    _write_report(paths, summary)
+    _write_summary_and_report(paths, summary)
     report(1.0, f"Done: {summary['registered']}/{summary['images']} photos registered")
     return summary
 
@@ -234,13 +227,16 @@ def _load_reconstruction(path, stamp):
     return reconstruction.Reconstruction(**data, **meta)
 
 
-def _write_report(paths, summary):
-    """The HTML report; optional (matplotlib), and its failure never discards a finished alignment."""
+def _write_summary_and_report(paths, summary):
+    """The summary JSON, then the HTML report built from it. The report is optional (matplotlib):
+    its failure never discards a finished alignment; the summary then says why it is missing."""
+    workspace.write_json(paths["summary"], summary)
     try:
         from .report import write_report
 
-        summary["outputs"]["report"] = str(write_report(paths["gpkg"], paths["summary"]))
+        write_report(paths["gpkg"], paths["summary"], paths["report"])
     except Exception as exc:  # noqa: BLE001
         log.warning("quality report not written: %s", exc)
+        del summary["outputs"]["report"]
         summary["warnings"].append(f"quality report not written: {exc}")
-    workspace.write_json(paths["summary"], summary)
+        workspace.write_json(paths["summary"], summary)

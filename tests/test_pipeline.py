@@ -78,6 +78,8 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
     on_disk = json.loads((tmp_path / "result_summary.json").read_text())
     assert on_disk["registered"] == summary["registered"] and on_disk["config"]["max_features"] == 4000
     assert (tmp_path / "result_sparse.ply").read_bytes().startswith(b"ply\nformat binary_little_endian")
+    assert on_disk["outputs"]["report"] == str(tmp_path / "result_report.html")
+    assert (tmp_path / "result_report.html").read_text().lstrip().lower().startswith("<!doctype html")
 
     cams, fields, crs = layer_rows(out, "cameras")
     assert crs == "EPSG:32632"
