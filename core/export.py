@@ -55,6 +55,8 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
     write_ply(paths["ply"], points_xyz, recon.point_rgb)
 
     registered = int(recon.registered.sum())
+    height = _height_above_ground(recon)
+    models, calibration_warnings = _camera_models(usable, recon, height)
     return {
         "images": len(priors),
         "usable": len(usable),
@@ -71,10 +73,54 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "frame": frame.to_dict() if frame is not None else None,
         "height_reference": "EXIF GPSAltitude (roughly above mean sea level on DJI photos), not ellipsoidal",
         "pairs_verified": len(pair_matches),
-        "warnings": list(warnings),
+        "camera_models": models,
+        "height_above_ground_m": height,
+        "warnings": list(warnings) + calibration_warnings,
+        "log": list(recon.log),
         "outputs": {k: str(v) for k, v in paths.items()},
         "config": config.to_dict(),
     }
+
+
+def _height_above_ground(recon):
+    """Median camera height minus median sparse-point height (m in ENU; scaled units without GPS)."""
+    if not recon.registered.any() or not len(recon.points):
+        return None
+    return float(np.median(recon.C[recon.registered, 2]) - np.median(recon.points[:, 2]))
+
+
+def _camera_models(usable, recon, height):
+    """Per camera model: the EXIF focal, the adjusted one, distortion, and whether the focal was held.
+
+    A held focal means the photos could not determine it (the focal/flying-height trade-off of nadir
+    blocks), so every height above ground rests on the EXIF focal: that earns a warning with what
+    1 % of focal error costs in ground height here."""
+    models, warnings = {}, []
+    for i, p in enumerate(usable):
+        if not recon.registered[i]:
+            continue
+        m = models.setdefault(p.camera_key, {
+            "camera": p.camera_key, "images": 0, "focal_source": p.focal_source,
+            "focal_exif_px": float(p.focal_px), "focal_px": float(recon.focal[i]),
+            "focal_change_percent": 100.0 * (float(recon.focal[i]) / float(p.focal_px) - 1.0),
+            "k1": float(recon.k1[i]), "k2": float(recon.k2[i]),
+            "focal_held": bool(np.isfinite(recon.focal_rejected_px[i])),
+            "focal_self_calibrated_px": _float_or_none(recon.focal_rejected_px[i]),
+        })
+        m["images"] += 1
+    for m in models.values():
+        if not m["focal_held"]:
+            continue
+        text = (f"{m['camera']}: the photos do not determine the focal length (self-calibration ran off to "
+                f"{m['focal_self_calibrated_px']:.0f} px, {100 * (m['focal_self_calibrated_px'] / m['focal_exif_px'] - 1):+.0f}% "
+                f"from EXIF: focal and flying height trade off on nadir blocks); it is held at the EXIF value "
+                f"{m['focal_exif_px']:.0f} px ({m['focal_source']}).")
+        if height is not None and recon.georeferenced:
+            text += (f" Heights above ground scale with it: each 1% of focal error moves the ground "
+                     f"{height / 100:.2f} m (cameras {height:.0f} m above it). For survey-grade heights use a "
+                     f"calibrated focal, oblique photos or ground control.")
+        warnings.append(text)
+    return list(models.values()), warnings
 
 
 def _float_or_none(v):

@@ -68,6 +68,9 @@ class Reconstruction:
     # GPS antenna offset (m: along track, across track to the left, up) of the largest component;
     # NaN when not estimated (gps_residual is then centre minus GPS)
     gps_antenna_offset_m: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    # (N,) the focal self-calibration reached when the focal gate rejected it and held the EXIF focal
+    # (see _Mapper.gate_focal); NaN where the focal was self-calibrated (or not registered)
+    focal_rejected_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def umeyama(src, dst):
@@ -176,6 +179,7 @@ class _Mapper:
         self.comp_sigma = {}  # component -> (horizontal, vertical) GPS std estimated for it
         self.sigma_px = 1.0  # std of the image observations, estimated after global adjustments
         self.focal_held = np.zeros(m, bool)  # camera models whose focal is held at the EXIF prior
+        self.focal_rejected = np.full(m, np.nan)  # the self-calibrated focal the gate rejected, per model
         self.pair_poses = {}
         for pm in pair_matches or []:
             if getattr(pm, "R_rel", None) is not None and getattr(pm, "t_rel", None) is not None:
@@ -658,6 +662,7 @@ class _Mapper:
             self.log.append(f"camera model {mdl}: self-calibrated focal {self.focal[mdl]:.0f} px is "
                             f"{100 * (self.focal[mdl] / self.focal_prior[mdl] - 1):+.0f}% from EXIF "
                             f"{self.focal_prior[mdl]:.0f} px (focal/height trade-off): held at EXIF")
+        self.focal_rejected[runaway] = self.focal[runaway]
         self.focal[runaway] = self.focal_prior[runaway]
         self.focal_held[runaway] = True
         if len(runaway):
@@ -871,6 +876,7 @@ class _Mapper:
             georeferenced=bool(len(comps)) and all(self.aligned.get(int(c), False) for c in comps),
             timings=dict(self.timings), log=list(self.log), ba_log=list(self.ba_log),
             gps_antenna_offset_m=np.array(self.gps_offset.get(largest, np.full(3, np.nan)), dtype=np.float64),
+            focal_rejected_px=np.where(self.registered, self.focal_rejected[mdl], np.nan),
         )
 
 

@@ -127,6 +127,7 @@ def build_report_html(gpkg_path, summary):
          f"{_fmt(summary.get('gps_sigma_h_m'))} / {_fmt(summary.get('gps_sigma_v_m'))}"),
         ("CRS", summary.get("crs") or crs_name or "none (local frame, not georeferenced)"),
         ("Heights", summary.get("height_reference", "")),
+        ("Cameras above the sparse ground (median, m)", _fmt(summary.get("height_above_ground_m"), 1)),
     ]
 
     parts = [_HEAD.format(title=html.escape(f"AlignKit report: {Path(gpkg_path).name}"))]
@@ -134,6 +135,16 @@ def build_report_html(gpkg_path, summary):
     for warning in summary.get("warnings", []) or []:
         parts.append(f"<p class='warn'>{html.escape(str(warning))}</p>")
     parts.append("<h2>Summary</h2>" + _table(["", ""], counts, header=False))
+    models = summary.get("camera_models") or []
+    if models:
+        rows = [[m["camera"], m["images"], _fmt(m["focal_exif_px"], 1), m["focal_source"], _fmt(m["focal_px"], 1),
+                 _fmt(m["focal_change_percent"]), "held at EXIF" if m["focal_held"] else "self-calibrated",
+                 _fmt(m["k1"], 4), _fmt(m["k2"], 4)] for m in models]
+        parts.append("<h2>Camera calibration</h2>" + _table(
+            ["camera", "images", "EXIF focal (px)", "from", "focal (px)", "change (%)", "focal", "k1", "k2"], rows))
+    if summary.get("log"):
+        items = "".join(f"<li>{html.escape(str(line))}</li>" for line in summary["log"])
+        parts.append(f"<h2>Reconstruction log</h2><ul>{items}</ul>")
 
     parts.append("<h2>Plots</h2><div class='plots'>")
     parts.append(_figure_html(_hist_figure(reproj, "Reprojection error of sparse points", "error (px)"),

@@ -16,7 +16,7 @@ from ..core import pipeline
 from ..core.cancel import Canceled
 from ..core.config import PRESETS, AlignConfig
 from ..ui.layers import RESULT_STYLES
-from .base import AlignKitAlgorithm, publish_geopackage
+from .base import AlignKitAlgorithm, feedback_progress, publish_geopackage
 
 
 class AlignPhotosAlgorithm(AlignKitAlgorithm):
@@ -68,10 +68,7 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         config = self.config_from_parameters(parameters, context)
 
-        def progress(fraction, message):
-            feedback.setProgress(100.0 * fraction)
-            if message:
-                feedback.setProgressText(message)
+        progress = feedback_progress(feedback)
 
         try:
             summary = pipeline.run(config, progress=progress, is_canceled=feedback.isCanceled)

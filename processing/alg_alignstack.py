@@ -14,7 +14,7 @@ from qgis.core import (
 
 from ..core import stack
 from ..core.cancel import Canceled
-from .base import AlignKitAlgorithm
+from .base import AlignKitAlgorithm, feedback_progress
 
 
 class AlignStackAlgorithm(AlignKitAlgorithm):
@@ -66,10 +66,7 @@ class AlignStackAlgorithm(AlignKitAlgorithm):
         if not folder:
             raise QgsProcessingException("no image folder given (INPUT)")
 
-        def progress(fraction, message):
-            feedback.setProgress(100.0 * fraction)
-            if message:
-                feedback.setProgressText(message)
+        progress = feedback_progress(feedback)
 
         try:
             document = stack.align_stack(folder, output, config, progress=progress,

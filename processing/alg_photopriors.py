@@ -14,7 +14,7 @@ from qgis.core import (
 from ..core import priors
 from ..core.cancel import Canceled
 from ..ui.layers import PRIORS_STYLES
-from .base import AlignKitAlgorithm, publish_geopackage
+from .base import AlignKitAlgorithm, feedback_progress, publish_geopackage
 
 
 class PhotoPriorsAlgorithm(AlignKitAlgorithm):
@@ -64,10 +64,7 @@ class PhotoPriorsAlgorithm(AlignKitAlgorithm):
         if not config.images:
             raise QgsProcessingException("no photo folder given (IMAGES)")
 
-        def progress(fraction, message):
-            feedback.setProgress(100.0 * fraction)
-            if message:
-                feedback.setProgressText(message)
+        progress = feedback_progress(feedback)
 
         try:
             summary = priors.run(config, progress=progress, is_canceled=feedback.isCanceled)

@@ -1,4 +1,4 @@
-"""What the AlignKit algorithms share: groups, instancing, and publishing a styled GeoPackage."""
+"""What the AlignKit algorithms share: groups, instancing, progress, and publishing a styled GeoPackage."""
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext
 
 from ..ui.layers import styled_layers
@@ -15,6 +15,20 @@ class AlignKitAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802
         return type(self)()
+
+
+def feedback_progress(feedback):
+    """core's progress(fraction, message) callback on Processing feedback. A message goes to the log
+    only when it changes: per-image and per-pair calls repeat it (87 "matching pairs" lines otherwise)."""
+    last = [None]
+
+    def progress(fraction, message=""):
+        feedback.setProgress(100.0 * fraction)
+        if message and message != last[0]:
+            last[0] = message
+            feedback.setProgressText(message)
+
+    return progress
 
 
 def publish_geopackage(gpkg, styles, image_folder, context):

@@ -37,6 +37,21 @@ def test_all_photos_register_in_one_accurate_component(brighton):
     assert dz["median_abs_dz_m"] <= 3.0, dz
 
 
+def test_summary_says_the_focal_is_held_and_what_it_costs_in_height(brighton):
+    """On this nadir block self-calibration runs off (+18 %, as COLMAP's): the summary says the focal
+    is held at EXIF and how far 1 % of focal error moves the ground, for the ~36-40 m flying height
+    (GPS altitude 198.5 m; model.laz's ground 162.3 m median; RelativeAltitude 40 m above take-off)."""
+    summary, _ = brighton
+    [model] = summary["camera_models"]
+    assert model["images"] == 18 and model["focal_held"] and model["focal_source"] == "focal_and_sensor_width"
+    assert model["focal_px"] == pytest.approx(model["focal_exif_px"]) == pytest.approx(2340.36, abs=0.01)
+    assert abs(model["focal_self_calibrated_px"] / model["focal_exif_px"] - 1) > 0.15
+    assert 35.0 < summary["height_above_ground_m"] < 41.0
+    [warning] = [w for w in summary["warnings"] if "focal" in w]
+    assert "held at the EXIF value 2340 px" in warning
+    assert f"each 1% of focal error moves the ground {summary['height_above_ground_m'] / 100:.2f} m" in warning
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "measured 2.1 m below model.laz with the physical focal prior (3.61 mm / 6.17 mm x 4000 = "
     "2340 px). With OpenSfM's 36-mm-width focal (2222 px, which OpenDroneMap, the maker of "

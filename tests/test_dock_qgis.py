@@ -413,6 +413,26 @@ def test_align_can_write_a_copy_in_the_project_crs(dock, survey, tmp_path, qgis_
     assert layers["cameras"].featureCount() == original.featureCount()
 
 
+def test_warnings_of_a_finished_run_reach_the_log_and_the_message_bar(dock, tmp_path, qgis_iface):
+    """A run that succeeds with warnings (e.g. not georeferenced, focal held at EXIF) must not look clean."""
+    from types import SimpleNamespace
+
+    from alignkit.ui.task import CoreTask
+
+    gpkg = fx.write_result(tmp_path / "photos_alignkit.gpkg", image_folder=str(tmp_path / "photos"))
+    warning = "FC300S: the photos do not determine the focal length; it is held at the EXIF value"
+    summary = {"registered": 5, "images": 6, "points": fx.N_POINTS, "mean_reproj_px": 0.5, "warnings": [warning]}
+    task = CoreTask("AlignKit: fake run", lambda progress, is_canceled: {
+        "gpkg": str(gpkg), "summary": summary, "report": "", "output": str(gpkg)}, dock._align_done)
+    task.config = SimpleNamespace(images=str(tmp_path / "photos"), output=str(gpkg), workspace="")
+    assert dock._start(task)
+    assert wait_for(lambda: not dock.is_running(), 60)
+    assert warning in dock.log.toPlainText()
+    warnings = qgis_iface.messageBar().get_messages(1)  # Qgis.Warning
+    assert len(warnings) == 1 and "5 of 6 photos registered" in warnings[0] and "1 warning" in warnings[0]
+    assert qgis_iface.messageBar().get_messages(2) == [] and qgis_iface.messageBar().get_messages(3) == []
+
+
 def test_a_failing_run_reports_the_error_and_loads_nothing(dock, tmp_path, qgis_iface):
     _pipeline_available()
     photos = tmp_path / "photos"

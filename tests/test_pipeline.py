@@ -15,7 +15,7 @@ from alignkit.core.cancel import Canceled
 from alignkit.core.config import AlignConfig
 from alignkit.core.geo import LocalFrame
 from alignkit.core.reconstruction import umeyama
-from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
+from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth, terrain_height
 from alignkit.tools.evaluate import rotation_angle_deg
 
 pytestmark = pytest.mark.slow
@@ -103,6 +103,15 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
     # height weakly separated; the issue's 0.5% on its larger surveys is tested in test_reconstruction.
     focal = np.array([a["focal_px"] for a in rows])
     assert np.abs(focal / gt["camera_model"]["focal_px"] - 1).max() < 0.01
+    # The summary states the calibration: one camera model, self-calibrated (no focal warning), and
+    # the cameras' height above the ground the points describe (the survey's flying height).
+    [model] = summary["camera_models"]
+    assert model["images"] == len(rows) and not model["focal_held"] and model["focal_self_calibrated_px"] is None
+    assert model["focal_px"] == pytest.approx(focal[0]) and model["focal_source"]
+    assert model["focal_change_percent"] == pytest.approx(100 * (focal[0] / model["focal_exif_px"] - 1))
+    assert not any("focal" in w for w in summary["warnings"]) and summary["log"]
+    terrain = terrain_height(gt, gt["C"][:, 0], gt["C"][:, 1])
+    assert summary["height_above_ground_m"] == pytest.approx(np.median(gt["C"][:, 2] - terrain), rel=0.05)
     # yaw/pitch/roll (DJI convention, ENU) give each camera's rotation. The block as a whole may be
     # tilted by the GPS noise (the similarity from 12 near-coplanar centres pins that tilt to ~0.1°);
     # relative to each other, cameras are within 0.1° of the truth.

@@ -64,6 +64,10 @@ def test_report_counts_table_and_summary_values(result):
     assert "extract" in cells and "12.5" in cells
     assert "max_features" in cells and "4000" in cells
     assert "synthetic warning for the test" in text
+    # Camera calibration from the summary: EXIF and adjusted focal, whether it was held, distortion.
+    assert "DJI FC300S 4000x2250 3.61mm" in cells and "2340.4" in cells and "held at EXIF" in cells
+    assert "-0.0123" in cells and "61.2" in cells
+    assert "self-calibrated focal 2770 px is +18% from EXIF 2340 px: held at EXIF" in text
 
 
 def test_coverage_grid_matches_the_footprint_geometry(result):

@@ -566,11 +566,17 @@ class AlignKitDock(QgsDockWidget):
             f"reprojection error, in {task.seconds:.0f} s"
         )
         self.log_message(text)
+        warnings = summary.get("warnings") or []
+        for warning in warnings:  # e.g. not georeferenced, focal held at EXIF: the user must see them
+            self.log_message(warning, Qgis.Warning)
+        level = Qgis.Warning if warnings else Qgis.Success
+        if warnings:
+            text += f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''}, see the AlignKit log)"
         self.progress.setValue(100)
         if result.get("report"):
-            self._notify_with_link(text, Qgis.Success, "Open report", result["report"])
+            self._notify_with_link(text, level, "Open report", result["report"])
         else:
-            self._notify(text, Qgis.Success)
+            self._notify(text, level)
 
     # --- image stack ---
     def _stack_folder_changed(self, path):
