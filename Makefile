@@ -16,7 +16,7 @@ help:
 	@echo "make test                          run the whole test suite (core + QGIS, offscreen)"
 	@echo "make demo                          generate a synthetic survey and align it through qgis_process"
 	@echo "make priors IMAGES=dir OUT=f.gpkg [CRS=EPSG:n]   camera priors and predicted footprints"
-	@echo "make align IMAGES=dir OUT=f.gpkg [CRS=EPSG:n]    drone photo alignment"
+	@echo "make align IMAGES=dir OUT=f.gpkg [CRS=EPSG:n] [FOCAL=px]   drone photo alignment"
 	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m]   image stack registration"
 	@echo "make bench                         benchmarks, figures as JSON under bench/"
 	@echo "make lint | package | install | screenshot"
@@ -62,8 +62,8 @@ priors: setup
 	$(QGIS_PROCESS) run alignkit:photopriors -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)")
 
 align: setup
-	@[ -n "$(IMAGES)" ] || { echo "usage: make align IMAGES=dir OUT=file.gpkg [CRS=EPSG:n]"; exit 2; }
-	$(QGIS_PROCESS) run alignkit:alignphotos -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)")
+	@[ -n "$(IMAGES)" ] || { echo "usage: make align IMAGES=dir OUT=file.gpkg [CRS=EPSG:n] [FOCAL=px]"; exit 2; }
+	$(QGIS_PROCESS) run alignkit:alignphotos -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)") $(if $(FOCAL),FOCAL_PX="$(FOCAL)")
 
 align-stack: setup
 	@[ -n "$(INPUT)" ] || { echo "usage: make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m]"; exit 2; }

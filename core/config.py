@@ -39,6 +39,7 @@ class AlignConfig:
     max_reproj_error_px: float = 4.0  # observations beyond this are outliers after each adjustment
     robust_loss: str = "huber"  # "huber", "cauchy", "soft_l1" or "linear" (scipy loss names)
     robust_scale_px: float = 1.0  # pixel scale where the robust loss starts to down-weight
+    focal_px: float = 0.0  # calibrated focal (px of the full-size photos) for every photo; 0 = from EXIF
     refine_focal: bool = True  # self-calibrate focal (held near the EXIF prior, see focal_prior_sigma)
     refine_distortion: bool = True  # estimate radial k1, k2 per camera model
     focal_prior_sigma: float = 0.05  # relative std of the EXIF focal prior: damps focal/height drift

@@ -90,7 +90,7 @@ def _height_above_ground(recon):
 
 
 def _camera_models(usable, recon, height):
-    """Per camera model: the EXIF focal, the adjusted one, distortion, and whether the focal was held.
+    """Per camera model: the prior focal (EXIF or the user's), the adjusted one, distortion, whether it was held.
 
     A held focal means the photos could not determine it (the focal/flying-height trade-off of nadir
     blocks), so every height above ground rests on the EXIF focal: that earns a warning with what
@@ -101,7 +101,7 @@ def _camera_models(usable, recon, height):
             continue
         m = models.setdefault(p.camera_key, {
             "camera": p.camera_key, "images": 0, "focal_source": p.focal_source,
-            "focal_exif_px": float(p.focal_px), "focal_px": float(recon.focal[i]),
+            "focal_prior_px": float(p.focal_px), "focal_px": float(recon.focal[i]),
             "focal_change_percent": 100.0 * (float(recon.focal[i]) / float(p.focal_px) - 1.0),
             "k1": float(recon.k1[i]), "k2": float(recon.k2[i]),
             "focal_held": bool(np.isfinite(recon.focal_rejected_px[i])),
@@ -112,13 +112,14 @@ def _camera_models(usable, recon, height):
         if not m["focal_held"]:
             continue
         text = (f"{m['camera']}: the photos do not determine the focal length (self-calibration ran off to "
-                f"{m['focal_self_calibrated_px']:.0f} px, {100 * (m['focal_self_calibrated_px'] / m['focal_exif_px'] - 1):+.0f}% "
-                f"from EXIF: focal and flying height trade off on nadir blocks); it is held at the EXIF value "
-                f"{m['focal_exif_px']:.0f} px ({m['focal_source']}).")
+                f"{m['focal_self_calibrated_px']:.0f} px, {100 * (m['focal_self_calibrated_px'] / m['focal_prior_px'] - 1):+.0f}% "
+                f"from its prior: focal and flying height trade off on nadir blocks); it is held at "
+                f"{'the given' if m['focal_source'] == 'user' else 'the EXIF'} focal, {m['focal_prior_px']:.0f} px "
+                f"({m['focal_source']}).")
         if height is not None and recon.georeferenced:
             text += (f" Heights above ground scale with it: each 1% of focal error moves the ground "
-                     f"{height / 100:.2f} m (cameras {height:.0f} m above it). For survey-grade heights use a "
-                     f"calibrated focal, oblique photos or ground control.")
+                     f"{height / 100:.2f} m (cameras {height:.0f} m above it). For survey-grade heights give a "
+                     f"calibrated focal length (focal_px) or add oblique photos.")
         warnings.append(text)
     return list(models.values()), warnings
 

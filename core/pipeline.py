@@ -67,6 +67,8 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     timings = {}
     report = _Progress(progress)
     paths = output_paths(config)
+    if config.focal_px < 0:
+        raise AlignmentError(f"focal_px must be positive (or 0 for the EXIF focal), got {config.focal_px}")
     _check_paths(config, paths)
     ws = paths["workspace"]
     ws.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,10 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     report.start("priors", "Reading EXIF/XMP priors")
     t = time.perf_counter()
     priors = camera.read_priors(config.images)
+    if config.focal_px:  # the user's calibration replaces EXIF's (a nadir block cannot self-calibrate it)
+        for p in priors:
+            if p.status != "unusable":
+                p.focal_px, p.focal_source = float(config.focal_px), "user"
     # In capture order: the reconstruction reads the flight direction from consecutive GPS positions.
     usable = sorted((p for p in priors if p.status != "unusable" and p.focal_px),
                     key=lambda p: (p.capture_time or "", p.name))

@@ -660,8 +660,8 @@ class _Mapper:
         runaway = models[(drift > FOCAL_GATE_SIGMAS * self.cfg.focal_prior_sigma) & ~self.focal_held[models]]
         for mdl in runaway:
             self.log.append(f"camera model {mdl}: self-calibrated focal {self.focal[mdl]:.0f} px is "
-                            f"{100 * (self.focal[mdl] / self.focal_prior[mdl] - 1):+.0f}% from EXIF "
-                            f"{self.focal_prior[mdl]:.0f} px (focal/height trade-off): held at EXIF")
+                            f"{100 * (self.focal[mdl] / self.focal_prior[mdl] - 1):+.0f}% from its prior "
+                            f"{self.focal_prior[mdl]:.0f} px (focal/height trade-off): held at the prior")
         self.focal_rejected[runaway] = self.focal[runaway]
         self.focal[runaway] = self.focal_prior[runaway]
         self.focal_held[runaway] = True

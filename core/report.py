@@ -137,11 +137,11 @@ def build_report_html(gpkg_path, summary):
     parts.append("<h2>Summary</h2>" + _table(["", ""], counts, header=False))
     models = summary.get("camera_models") or []
     if models:
-        rows = [[m["camera"], m["images"], _fmt(m["focal_exif_px"], 1), m["focal_source"], _fmt(m["focal_px"], 1),
-                 _fmt(m["focal_change_percent"]), "held at EXIF" if m["focal_held"] else "self-calibrated",
+        rows = [[m["camera"], m["images"], _fmt(m["focal_prior_px"], 1), m["focal_source"], _fmt(m["focal_px"], 1),
+                 _fmt(m["focal_change_percent"]), "held at its prior" if m["focal_held"] else "self-calibrated",
                  _fmt(m["k1"], 4), _fmt(m["k2"], 4)] for m in models]
         parts.append("<h2>Camera calibration</h2>" + _table(
-            ["camera", "images", "EXIF focal (px)", "from", "focal (px)", "change (%)", "focal", "k1", "k2"], rows))
+            ["camera", "images", "prior focal (px)", "from", "focal (px)", "change (%)", "focal", "k1", "k2"], rows))
     if summary.get("log"):
         items = "".join(f"<li>{html.escape(str(line))}</li>" for line in summary["log"])
         parts.append(f"<h2>Reconstruction log</h2><ul>{items}</ul>")

@@ -54,6 +54,8 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
                                          defaultValue=0, minValue=0, maxValue=100000),
             QgsProcessingParameterNumber("PAIR_NEIGHBORS", "GPS neighbours matched per photo",
                                          defaultValue=defaults.pair_neighbors, minValue=2, maxValue=200),
+            QgsProcessingParameterNumber("FOCAL_PX", "Calibrated focal length (px of the full-size photos; 0 = EXIF)",
+                                         type=QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber("WORKERS", "Worker processes (0 = all cores)",
                                          defaultValue=0, minValue=0, maxValue=256),
             QgsProcessingParameterFile("WORKSPACE", "Workspace folder (default: beside the output)",
@@ -100,6 +102,7 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             target_crs=crs.authid() if crs.isValid() else "",
             pair_neighbors=self.parameterAsInt(parameters, "PAIR_NEIGHBORS", context),
             workers=self.parameterAsInt(parameters, "WORKERS", context),
+            focal_px=self.parameterAsDouble(parameters, "FOCAL_PX", context),
             **PRESETS[preset],
         )
         if crs.isValid() and not crs.authid():

@@ -80,9 +80,9 @@ def write_result(path, image_folder="/data/photos", summary=True):
             "gps_fit_rmse_m": 1.23, "crs": CRS, "extract_s": 12.5, "match_s": 7.25, "reconstruct_s": 3.0,
             "total_s": 25.0, "warnings": ["synthetic warning for the test"], "height_above_ground_m": 61.25,
             "camera_models": [{"camera": "DJI FC300S 4000x2250 3.61mm", "images": 5, "focal_source": "sensor_table",
-                               "focal_exif_px": 2340.36, "focal_px": 2340.36, "focal_change_percent": 0.0,
+                               "focal_prior_px": 2340.36, "focal_px": 2340.36, "focal_change_percent": 0.0,
                                "k1": -0.0123, "k2": 0.0045, "focal_held": True, "focal_self_calibrated_px": 2770.0}],
-            "log": ["camera model 0: self-calibrated focal 2770 px is +18% from EXIF 2340 px: held at EXIF"],
+            "log": ["camera model 0: self-calibrated focal 2700 px is +15% from its prior 2340 px (focal/height trade-off): held at the prior"],
             "config": {"max_image_size": 1600, "max_features": 4000, "lowe_ratio": 0.8},
         })
     return path

@@ -5,7 +5,7 @@ import pytest
 from osgeo import ogr
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
 
-from alignkit.core.synthetic import SurveySpec, generate_survey
+from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
 
 pytestmark = [pytest.mark.qgis, pytest.mark.slow]
 
@@ -16,11 +16,15 @@ def test_alignphotos_writes_the_contract_with_styles_inside(alignkit_provider, t
     survey = generate_survey(tmp_path / "survey", SurveySpec(rows=2, cols=4, width=800, height=600, seed=5))
     out = tmp_path / "result.gpkg"
     feedback = QgsProcessingFeedback()
+    focal = load_ground_truth(survey)["camera_model"]["focal_px"]  # a calibrated focal, given by the user
     result = processing.run("alignkit:alignphotos", {"IMAGES": str(survey / "images"), "OUTPUT": str(out),
-                                                     "PRESET": 0, "TARGET_CRS": "EPSG:2056"}, feedback=feedback)
+                                                     "PRESET": 0, "TARGET_CRS": "EPSG:2056", "FOCAL_PX": focal},
+                            feedback=feedback)
     assert result["OUTPUT"] == str(out) and result["REGISTERED"] == 8
     summary = json.loads(open(result["SUMMARY"]).read())
     assert summary["crs"] == "EPSG:2056" and summary["config"]["max_features"] == 4000
+    assert summary["config"]["focal_px"] == pytest.approx(focal)
+    assert summary["camera_models"][0]["focal_source"] == "user"
     for name, count in (("cameras", 8), ("footprints", 8)):
         layer = QgsVectorLayer(f"{out}|layername={name}", name, "ogr")
         assert layer.isValid() and layer.crs().authid() == "EPSG:2056" and layer.featureCount() == count

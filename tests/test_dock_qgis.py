@@ -181,6 +181,9 @@ def test_dock_remembers_the_folder_and_maps_presets(dock, qgis_iface, tmp_path):
         dock.preset_combo.setCurrentText(name)
         config = dock.current_config()
         assert (config.max_image_size, config.max_features) == (values["max_image_size"], values["max_features"])
+    assert dock.current_config().focal_px == 0.0 and dock.focal_spin.text() == "from EXIF"
+    dock.focal_spin.setValue(2222.2)
+    assert dock.current_config().focal_px == 2222.2
     QgsSettings().setValue("alignkit/preset", "accurate")
     again = AlignKitDock(qgis_iface)
     try:

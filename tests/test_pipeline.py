@@ -108,7 +108,7 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
     [model] = summary["camera_models"]
     assert model["images"] == len(rows) and not model["focal_held"] and model["focal_self_calibrated_px"] is None
     assert model["focal_px"] == pytest.approx(focal[0]) and model["focal_source"]
-    assert model["focal_change_percent"] == pytest.approx(100 * (focal[0] / model["focal_exif_px"] - 1))
+    assert model["focal_change_percent"] == pytest.approx(100 * (focal[0] / model["focal_prior_px"] - 1))
     assert not any("focal" in w for w in summary["warnings"]) and summary["log"]
     terrain = terrain_height(gt, gt["C"][:, 0], gt["C"][:, 1])
     assert summary["height_above_ground_m"] == pytest.approx(np.median(gt["C"][:, 2] - terrain), rel=0.05)
@@ -198,6 +198,13 @@ def test_fewer_than_two_usable_photos_is_a_clear_error_and_writes_nothing(survey
         pipeline.run(AlignConfig(images=str(tmp_path / "missing"), output=str(out)))
     with pytest.raises(pipeline.AlignmentError, match="inside the image folder"):
         pipeline.run(AlignConfig(images=str(images), output=str(images / "r.gpkg")))
+
+
+def test_a_negative_focal_is_a_clear_error_before_anything_is_written(survey, tmp_path):
+    out = tmp_path / "result.gpkg"
+    with pytest.raises(pipeline.AlignmentError, match="focal_px must be positive"):
+        pipeline.run(AlignConfig(images=str(survey / "images"), output=str(out), focal_px=-2000.0))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_two_unrelated_photo_sets_become_two_components(tmp_path):

@@ -65,9 +65,9 @@ def test_report_counts_table_and_summary_values(result):
     assert "max_features" in cells and "4000" in cells
     assert "synthetic warning for the test" in text
     # Camera calibration from the summary: EXIF and adjusted focal, whether it was held, distortion.
-    assert "DJI FC300S 4000x2250 3.61mm" in cells and "2340.4" in cells and "held at EXIF" in cells
+    assert "DJI FC300S 4000x2250 3.61mm" in cells and "2340.4" in cells and "held at its prior" in cells
     assert "-0.0123" in cells and "61.2" in cells
-    assert "self-calibrated focal 2770 px is +18% from EXIF 2340 px: held at EXIF" in text
+    assert "self-calibrated focal 2700 px is +15% from its prior 2340 px (focal/height trade-off): held at the prior" in text
 
 
 def test_coverage_grid_matches_the_footprint_geometry(result):

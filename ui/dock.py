@@ -186,6 +186,13 @@ class AlignKitDock(QgsDockWidget):
         adv.addRow("Lowe ratio", self.ratio_spin)
         self.inliers_spin = self._spin(8, 1000, defaults.min_inliers, "Pairs with fewer verified matches are dropped")
         adv.addRow("Min. inliers", self.inliers_spin)
+        self.focal_spin = QDoubleSpinBox()
+        self.focal_spin.setRange(0.0, 100000.0)
+        self.focal_spin.setDecimals(1)
+        self.focal_spin.setSpecialValueText("from EXIF")  # shown for 0
+        self.focal_spin.setToolTip("A calibrated focal length in pixels of the full-size photos, for every photo. "
+                                   "Nadir flights cannot self-calibrate it, and heights above ground scale with it.")
+        adv.addRow("Focal length (px)", self.focal_spin)
         self.focal_check = QCheckBox("Refine focal length")
         self.focal_check.setChecked(defaults.refine_focal)
         adv.addRow(self.focal_check)
@@ -362,6 +369,7 @@ class AlignKitDock(QgsDockWidget):
             pair_neighbors=self.neighbors_spin.value(),
             lowe_ratio=round(self.ratio_spin.value(), 3),
             min_inliers=self.inliers_spin.value(),
+            focal_px=round(self.focal_spin.value(), 1),
             refine_focal=self.focal_check.isChecked(),
             refine_distortion=self.distortion_check.isChecked(),
             workers=self.workers_spin.value(),
