@@ -78,9 +78,15 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     t = time.perf_counter()
     priors = camera.read_priors(config.images)
     if config.focal_px:  # the user's calibration replaces EXIF's (a nadir block cannot self-calibrate it)
-        for p in priors:
-            if p.status != "unusable":
-                p.focal_px, p.focal_source = float(config.focal_px), "user"
+        readable = [p for p in priors if p.status != "unusable"]
+        cameras = sorted({p.camera_key for p in readable})
+        if len(cameras) > 1:
+            raise AlignmentError(
+                f"{config.images}: a given focal length applies to every photo, but these come from "
+                f"{len(cameras)} cameras ({'; '.join(cameras)}); align each camera's photos separately"
+            )
+        for p in readable:
+            p.focal_px, p.focal_source = float(config.focal_px), "user"
     # In capture order: the reconstruction reads the flight direction from consecutive GPS positions.
     usable = sorted((p for p in priors if p.status != "unusable" and p.focal_px),
                     key=lambda p: (p.capture_time or "", p.name))

@@ -207,6 +207,17 @@ def test_a_negative_focal_is_a_clear_error_before_anything_is_written(survey, tm
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_given_focal_for_photos_of_two_cameras_is_a_clear_error(survey, tmp_path):
+    images = tmp_path / "mixed"
+    shutil.copytree(survey / "images", images)
+    other = cv2.imread(str(images / "img_0001.jpg"))
+    cv2.imwrite(str(images / "other camera.jpg"), cv2.resize(other, (640, 480)))
+    out = tmp_path / "r.gpkg"
+    with pytest.raises(pipeline.AlignmentError, match="applies to every photo, but these come from 2 cameras"):
+        pipeline.run(AlignConfig(images=str(images), output=str(out), focal_px=800.0, **FAST))
+    assert not out.exists()
+
+
 def test_two_unrelated_photo_sets_become_two_components(tmp_path):
     a = generate_survey(tmp_path / "a", SurveySpec(rows=2, cols=4, width=960, height=720, seed=21))
     b = generate_survey(tmp_path / "b", SurveySpec(rows=2, cols=4, width=960, height=720, seed=22,
