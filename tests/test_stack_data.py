@@ -48,14 +48,16 @@ def test_oxford_pair_within_target_and_beats_baseline(shared, tmp_path, sequence
 
 
 @pytest.mark.parametrize("n", [5, 6])
-def test_graf_extreme_viewpoints_aligned_or_rejected_with_reason(shared, tmp_path, n):
+def test_graf_extreme_viewpoints_align_through_simulated_oblique_views(shared, tmp_path, n):
+    """50-60 deg of viewpoint change: plain SIFT finds 8-10 consistent matches and the baseline returns
+    these 420 px wrong. Matching simulated oblique views of the moving image (ASIFT), confirmed by
+    re-matching it rectified, aligns them: measured 0.87 px (graf 5) and 2.18 px (graf 6)."""
     entry, truth, base, w, h = align_oxford_pair(shared, tmp_path, "oxford_graf", n)
     assert base > 50  # the baseline returns these wrong
-    if entry["status"] == "aligned":
-        assert hpatches_error(np.array(entry["matrix"]), truth, w, h) <= 3.0
-    else:
-        assert entry["status"] == "rejected" and entry["reason"] and entry["matrix"] is None
-        assert not (tmp_path / "out" / f"img{n}.png").exists()
+    assert entry["status"] == "aligned", entry["reason"]
+    assert entry["method"].startswith("oblique-view features")
+    assert hpatches_error(np.array(entry["matrix"]), truth, w, h) <= 3.0
+    assert (tmp_path / "out" / f"img{n}.png").exists()
 
 
 def test_pcb_focus_stack(shared, tmp_path):
@@ -110,5 +112,6 @@ def test_unrelated_real_image_is_rejected_with_reason(shared, tmp_path):
     by_name = {e["image"]: e for e in doc["images"]}
     assert by_name["img1.png"]["status"] == "rejected" and by_name["img1.png"]["matrix"] is None
     assert "no consistent matches" in by_name["img1.png"]["reason"]
+    assert "simulated oblique views" in by_name["img1.png"]["reason"]  # tried as a strong viewpoint change, refused
     assert by_name["pcb_003.jpg"]["status"] == by_name["pcb_005.jpg"]["status"] == "aligned"
     assert not (tmp_path / "out" / "img1.png").exists()
