@@ -99,3 +99,15 @@ def test_report_rejects_a_file_that_is_not_an_alignment(tmp_path):
     write_geopackage(other, "EPSG:4326", [Layer("roads", "LineString", [("name", "str")], [])])
     with pytest.raises(ValueError, match="other.gpkg.*cameras"):
         report.write_report(other)
+
+
+@pytest.mark.parametrize("arrow", [True, False])
+def test_point_columns_read_the_same_with_and_without_gdal_arrow(result, monkeypatch, arrow):
+    """The columnar reader (GDAL 3.6+) and the per-feature fallback (older GDAL) agree with the fixture."""
+    if arrow and not report.ARROW_READS:
+        pytest.skip("this GDAL has no Arrow stream reads")
+    monkeypatch.setattr(report, "ARROW_READS", arrow)
+    layers, _ = report.read_geopackage(result)
+    points = layers["sparse_points"]
+    assert np.allclose(points["reproj_px"], [fx.point_error(k) for k in range(fx.N_POINTS)])
+    assert np.array_equal(points["track_length"], [fx.point_track_length(k) for k in range(fx.N_POINTS)])
