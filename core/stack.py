@@ -206,13 +206,14 @@ def affine_views(shape):
             yield tilt, rotate, wide, (max(1, round(wide[0] / tilt)), wide[1])
 
 
-def detect_affine_views(gray, config):
+def detect_affine_views(gray, config, is_canceled=None):
     """SIFT on simulated oblique views of `gray` (affine_views), keypoints mapped back to full resolution."""
     level, to_level = resize_to(gray, config.feature_max_side)
     level = np.clip(level, 0, 255).astype(np.uint8)
     sift = cv2.SIFT_create(nfeatures=AFFINE_VIEW_FEATURES)
     points, descriptors = [], []
     for tilt, rotate, wide, size in affine_views(level.shape):
+        check(is_canceled)  # 16 views of ~0.2 s each
         view = cv2.warpAffine(level, rotate[:2], wide, flags=cv2.INTER_LINEAR)
         mask = cv2.warpAffine(np.full_like(level, 255), rotate[:2], wide, flags=cv2.INTER_NEAREST)
         # anti-aliasing along x before squeezing it by the tilt (ASIFT's 0.8 sqrt(t^2 - 1))
@@ -598,14 +599,14 @@ def _consistent(matrix, n_inliers, n_matches, config):
     return matrix is not None and n_inliers >= config.min_inliers and n_inliers >= config.min_inlier_ratio * n_matches
 
 
-def _oblique_estimate(moving, reference, reference_features, config, rng):
+def _oblique_estimate(moving, reference, reference_features, config, rng, is_canceled=None):
     """ASIFT-style estimate for a strong change of viewpoint: (matrix or None, inliers, matches, reason).
 
     Among ~40,000 simulated-view features chance consensus reaches 40-50 inliers (an unrelated
     pair too), so the estimate must prove itself: rectified by it, the moving image must match the
     reference directly, by the same rules as any pair (graf 6: 240 of 470; unrelated: 0 of 11).
     The re-match also refines it."""
-    simulated = detect_affine_views(moving, config)
+    simulated = detect_affine_views(moving, config, is_canceled)
     tilted, n_in, n_matches = _feature_estimate(moving, simulated, reference_features, config, rng,
                                                 AFFINE_RANSAC_ITERATIONS)
     if tilted is None or degeneracy(tilted, moving.shape[1], moving.shape[0], config, OBLIQUE_MAX_ANISOTROPY):
@@ -629,8 +630,8 @@ def align_pair(moving, reference, moving_features, reference_features, config, r
         reason = f"no consistent matches ({n_in} inliers of {n_matches})"
         matrix = None
         if config.affine_views and config.model in ("affine", "homography"):  # a strong change of viewpoint?
-            check(is_canceled)
-            oblique, o_in, o_matches, why = _oblique_estimate(moving, reference, reference_features, config, rng)
+            oblique, o_in, o_matches, why = _oblique_estimate(moving, reference, reference_features, config, rng,
+                                                              is_canceled)
             if oblique is not None:
                 matrix, n_in, n_matches, method = oblique, o_in, o_matches, "oblique-view features"
             else:
