@@ -313,7 +313,6 @@ def test_quality_metrics_on_known_cases():
 
 
 def test_cancel_stops_the_run_and_unreadable_files_are_reported(tmp_path):
-
     inp = tmp_path / "in"
     make_stack(inp, HOMOGRAPHY_STACK[:3])
     with pytest.raises(Canceled):
