@@ -609,8 +609,11 @@ def _oblique_estimate(moving, reference, reference_features, config, rng, is_can
     simulated = detect_affine_views(moving, config, is_canceled)
     tilted, n_in, n_matches = _feature_estimate(moving, simulated, reference_features, config, rng,
                                                 AFFINE_RANSAC_ITERATIONS)
-    if tilted is None or degeneracy(tilted, moving.shape[1], moving.shape[0], config, OBLIQUE_MAX_ANISOTROPY):
-        return None, n_in, n_matches, f"no estimate from simulated oblique views ({n_in} of {n_matches})"
+    if tilted is None:
+        return None, n_in, n_matches, f"no estimate from simulated oblique views ({n_matches} matches)"
+    why = degeneracy(tilted, moving.shape[1], moving.shape[0], config, OBLIQUE_MAX_ANISOTROPY)
+    if why:
+        return None, n_in, n_matches, f"simulated oblique views ({n_in} of {n_matches}): {why}"
     h, w = reference.shape[:2]
     rectified, _ = warp_with_mask(moving, tilted, w, h)
     rectified_features, _ = detect(rectified, config)
