@@ -291,7 +291,22 @@ def build_problem(
             parts.append(unpack_offset(x) / offset_sigma)
         return np.concatenate(parts)
 
-    def jacobian(x):
+    n_cam_block = 6 + n_intr  # camera-side columns an observation touches: its image's 6, its model's
+    cam_of_obs_col = np.concatenate([  # (K, 6 + n_intr) those column indices (-1: held constant)
+        np.where(var_image[obs_image], image_col[obs_image], -1)[:, None] + np.arange(6) * var_image[obs_image][:, None],
+        np.where(var_model[cam_of_obs], model_col[cam_of_obs], -1)[:, None]
+        + np.arange(n_intr) * var_model[cam_of_obs][:, None],
+    ], axis=1)
+    cam_col_ok = cam_of_obs_col >= 0
+    obs_point_var = var_point[obs_point]
+    by_image = np.argsort(obs_image, kind="stable")  # observations grouped by image, for U's blocks
+    image_start = np.searchsorted(obs_image[by_image], np.arange(n_images + 1))
+    point_base = n_var - 3 * len(vp)  # first point column (= the camera-side column count)
+    obs_point_col = np.where(obs_point_var, (point_col[obs_point] - point_base) // 3, 0)  # index among variable points
+
+    def obs_blocks(x):
+        """Per observation (weighted by obs_weight): d(u,v)/d(camera-side columns) (K,2,6+n_intr), zero
+        where held, and d(u,v)/d(point) (K,2,3), zero where the point is held."""
         Rc, Cc, w, fc, k1c, k2c, Pc = unpack(x)
         Ro, Co, Po = Rc[obs_image], Cc[obs_image], Pc[obs_point]
         f, a1, a2 = fc[cam_of_obs], k1c[cam_of_obs], k2c[cam_of_obs]
@@ -314,37 +329,28 @@ def build_problem(
         j_p[:, 1, 1] = 1.0 / z
         j_p[:, 1, 2] = -yn / z
         j_x = j_n @ j_p  # (K,2,3) d(u,v)/d(xc)
-        rows, cols, vals = [], [], []
-        obs_rows = 2 * np.arange(n_obs)
-
-        def add(mask, block, col0):
-            """block (k,2,c) for observations `mask` at columns col0 (k,) + 0..c-1."""
-            k = np.flatnonzero(mask)
-            nc = block.shape[2]
-            r = (obs_rows[k][:, None, None] + np.arange(2)[None, :, None]).repeat(nc, axis=2)
-            c = (col0[:, None, None] + np.arange(nc)[None, None, :]).repeat(2, axis=1)
-            rows.append(r.ravel())
-            cols.append(c.ravel())
-            vals.append((block * obs_weight).ravel())
-
+        cam = np.zeros((n_obs, 2, n_cam_block))
         m = var_image[obs_image]
         if m.any():
             jl = _left_jacobian(w[obs_image[m]])
-            j_w = -(j_x[m] @ _skew(xc[m])) @ jl
-            j_c = -(j_x[m] @ Ro[m])
-            add(m, np.concatenate([j_w, j_c], axis=2), image_col[obs_image[m]])
-        m = var_point[obs_point]
-        if m.any():
-            add(m, j_x[m] @ Ro[m], point_col[obs_point[m]])
+            cam[m, :, :3] = -(j_x[m] @ _skew(xc[m])) @ jl
+            cam[m, :, 3:6] = -(j_x[m] @ Ro[m])
         m = var_model[cam_of_obs]
         if m.any():
-            blocks = []
+            c = 6
             if refine_focal:
-                blocks.append(np.column_stack([d * xn, d * yn])[m])
+                cam[m, :, c] = np.column_stack([d * xn, d * yn])[m]
+                c += 1
             if refine_distortion:
-                blocks.append(np.column_stack([f * xn * r2, f * yn * r2])[m])
-                blocks.append(np.column_stack([f * xn * r2 * r2, f * yn * r2 * r2])[m])
-            add(m, np.stack(blocks, axis=2), model_col[cam_of_obs[m]])
+                cam[m, :, c] = np.column_stack([f * xn * r2, f * yn * r2])[m]
+                cam[m, :, c + 1] = np.column_stack([f * xn * r2 * r2, f * yn * r2 * r2])[m]
+        pt = np.where(obs_point_var[:, None, None], j_x @ Ro, 0.0)
+        return cam * obs_weight, pt * obs_weight
+
+    def prior_jacobian(x):
+        """The prior rows (GPS, focal, scale anchor, antenna offset) as (rows, cols, vals), rows from 2K."""
+        _, Cc, _, _, _, _, _ = unpack(x)
+        rows, cols, vals = [], [], []
         row = 2 * n_obs
         if len(gps_rows):
             r = row + np.arange(3 * len(gps_rows))
@@ -377,10 +383,74 @@ def build_problem(
             rows.append(row + np.arange(3))
             cols.append(offset_col + np.arange(3))
             vals.append(1.0 / offset_sigma)
+        return rows, cols, vals
+
+    def jacobian(x):
+        cam, pt = obs_blocks(x)
+        obs_rows = (2 * np.arange(n_obs)[:, None, None] + np.arange(2)[None, :, None])
+        rows, cols, vals = prior_jacobian(x)
+        ok = np.broadcast_to(cam_col_ok[:, None, :], cam.shape)
+        rows.append(np.broadcast_to(obs_rows, cam.shape)[ok])
+        cols.append(np.broadcast_to(cam_of_obs_col[:, None, :], cam.shape)[ok])
+        vals.append(cam[ok])
+        okp = np.broadcast_to(obs_point_var[:, None, None], pt.shape)
+        rows.append(np.broadcast_to(obs_rows, pt.shape)[okp])
+        cols.append(np.broadcast_to(point_base + 3 * obs_point_col[:, None, None] + np.arange(3), pt.shape)[okp])
+        vals.append(pt[okp])
         return coo_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_res, n_var)
         ).tocsr()
 
+    def normal_equations(x, r, sw, dense_wt):
+        """J^T J and J^T r of the robustly weighted problem (row weights sw), assembled per observation
+        rather than through a sparse J (several times faster): U (nc, nc) for the camera-side columns,
+        Wt (3P, nc) (dense when dense_wt, else CSR) the point-camera coupling, V (P, 3, 3) the point
+        blocks, g (n_var,)."""
+        nc = point_base
+        cam, pt = obs_blocks(x)
+        s_obs = sw[0:2 * n_obs:2]
+        cam *= s_obs[:, None, None]
+        pt *= s_obs[:, None, None]
+        r_obs = (r[:2 * n_obs] * sw[:2 * n_obs]).reshape(-1, 2)
+        pt_t = pt.transpose(0, 2, 1)  # batched products by matmul (einsum is several times slower here)
+        col = np.where(cam_col_ok, cam_of_obs_col, 0)
+        # U and its gradient per image: an image's observations share their columns (its own 6 and its
+        # model's), so one (2K_i x m)^T (2K_i x m) product each, with no K x m x m temporaries
+        U = np.zeros((nc, nc))
+        g = np.zeros(n_var)
+        cam_sorted, r_sorted = cam[by_image], r_obs[by_image]
+        for i in np.flatnonzero(np.diff(image_start)):
+            lo, hi = image_start[i], image_start[i + 1]
+            ok = cam_col_ok[by_image[lo]]
+            if not ok.any():
+                continue
+            block = cam_sorted[lo:hi][:, :, ok].reshape(-1, int(ok.sum()))
+            cols_i = cam_of_obs_col[by_image[lo]][ok]
+            U[np.ix_(cols_i, cols_i)] += block.T @ block
+            g[cols_i] += block.T @ r_sorted[lo:hi].ravel()
+        n_pts = len(vp)
+        V = np.bincount((obs_point_col[:, None] * 9 + np.arange(9)).ravel(),
+                        (pt_t @ pt).ravel(), minlength=9 * n_pts).reshape(n_pts, 3, 3)
+        g[nc:] = np.bincount((3 * obs_point_col[:, None] + np.arange(3)).ravel(),
+                             (pt_t @ r_obs[:, :, None]).ravel(), minlength=3 * n_pts)
+        wt_rows = (3 * obs_point_col[:, None, None] + np.arange(3)[None, :, None])
+        wt_vals = pt_t @ cam
+        wt_rows, wt_cols = np.broadcast_arrays(wt_rows, col[:, None, :])
+        if dense_wt:
+            Wt = np.bincount((wt_rows * nc + wt_cols).ravel(), wt_vals.ravel(),
+                             minlength=3 * n_pts * nc).reshape(3 * n_pts, nc)
+        else:
+            Wt = coo_matrix((wt_vals.ravel(), (wt_rows.ravel(), wt_cols.ravel())), shape=(3 * n_pts, nc)).tocsr()
+        rows, cols, vals = prior_jacobian(x)
+        if rows:
+            rows = np.concatenate(rows)
+            prior = coo_matrix((np.concatenate(vals) * sw[rows], (rows - 2 * n_obs, np.concatenate(cols))),
+                               shape=(n_res - 2 * n_obs, nc)).tocsr()
+            U += (prior.T @ prior).toarray()
+            g[:nc] += prior.T @ (r[2 * n_obs:] * sw[2 * n_obs:])
+        return U, Wt, V, g
+
+    jacobian.normal_equations = normal_equations  # the LM solver's fast path (scipy's uses jacobian)
     unpack.gps_offset = unpack_offset  # not in unpack's tuple: callers unpack 7 values
     return pack(), residuals, jacobian, unpack, 2 * n_obs, 3 * len(vp)
 
@@ -487,7 +557,7 @@ def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, 
     camera and intrinsic parameters only and is solved densely by Cholesky.
     """
     from scipy.linalg import LinAlgError, cho_factor, cho_solve
-    from scipy.sparse import bsr_matrix, diags
+    from scipy.sparse import bsr_matrix
 
     n_var = len(x0)
     nc = n_var - n_point_cols
@@ -507,21 +577,12 @@ def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, 
     nfev, status = 1, "maximum number of iterations reached"
     for _ in range(max_iter):
         check(is_canceled)  # between iterations: a large adjustment still stops within about a second
-        J = diags(sw) @ jacobian(x)
-        rw = sw * r
-        A = (J.T @ J).tocsr()
-        g = J.T @ rw
-        diag_a = np.clip(A.diagonal(), 1e-12, 1e32)
-        U = A[:nc, :nc].toarray()
-        W = A[:nc, nc:]
         # Small enough: the camera-point block dense, so the Schur products are BLAS calls.
-        Wt_dense = None
-        if nc * n_point_cols <= DENSE_SCHUR_LIMIT:
-            Wt_flat = A[nc:, :nc].toarray()  # (3P, nc): W transposed, point-major so no copies below
-            Wt_dense = Wt_flat.reshape(n_pts, 3, nc)
-        vc = A[nc:, nc:].tocoo()
-        Vb = np.zeros((n_pts, 3, 3))
-        Vb[vc.row // 3, vc.row % 3, vc.col % 3] = vc.data
+        dense = nc * n_point_cols <= DENSE_SCHUR_LIMIT
+        U, Wt, Vb, g = jacobian.normal_equations(x, r, sw, dense)  # Wt (3P, nc): W transposed, point-major
+        diag_a = np.clip(np.concatenate([np.diagonal(U), np.diagonal(Vb, axis1=1, axis2=2).ravel()]), 1e-12, 1e32)
+        Wt_dense = Wt.reshape(n_pts, 3, nc) if dense else None
+        W = None if dense else Wt.T.tocsr()
         step_taken = False
         while lam < 1e12:
             dd = lam * diag_a
@@ -530,7 +591,7 @@ def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, 
                 Vinv = _inverse3(Vd)
                 if Wt_dense is not None:
                     VWt = np.matmul(Vinv, Wt_dense).reshape(n_point_cols, nc)  # V^-1 W^T
-                    S = U + np.diag(dd[:nc]) - Wt_flat.T @ VWt
+                    S = U + np.diag(dd[:nc]) - Wt.T @ VWt
                     rhs = -g[:nc] + VWt.T @ g[nc:]
                 else:
                     Vinv_s = bsr_matrix((Vinv, np.arange(n_pts), np.arange(n_pts + 1)), shape=(n_point_cols,) * 2)
@@ -544,7 +605,7 @@ def _levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, 
             except LinAlgError:
                 lam *= 10.0
                 continue
-            dp = -np.matmul(Vinv, (g[nc:] + W.T @ dc).reshape(-1, 3, 1)).ravel() if n_pts else np.zeros(0)
+            dp = -np.matmul(Vinv, (g[nc:] + Wt @ dc).reshape(-1, 3, 1)).ravel() if n_pts else np.zeros(0)
             dx = np.concatenate([dc, dp])
             x_new = x + dx
             r_new = residuals(x_new)

@@ -71,6 +71,41 @@ def test_analytic_jacobian_matches_finite_differences(offset):
     assert np.abs(J - numeric).max() < 1e-4 * np.abs(numeric).max()
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_normal_equations_equal_the_weighted_sparse_jacobians(dense):
+    """The LM solver's per-observation assembly of J^T J and J^T r is the sparse product it replaces,
+    with held images, held points, priors, an estimated antenna offset and robust row weights."""
+    C, R, X, oi, op, oxy = scene(rows=2, cols=3, n_points=120)
+    C0, R0, X0 = perturbed(C, R, X)
+    fixed = np.zeros(len(C), bool)
+    fixed[1] = True
+    fixed_points = np.zeros(len(X), bool)
+    fixed_points[::7] = True
+    gps = C + 0.3
+    gps[2] = np.nan
+    x0, residuals, jacobian, _, n_obs_res, n_point_cols = build_problem(
+        R0, C0, [F * 1.02], [0.01], [-0.002], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+        fixed_images=fixed, fixed_points=fixed_points, gps_enu=gps, gps_sigma_h=0.7, gps_sigma_v=2.0,
+        focal_prior=[F], gps_offset=[0.3, -0.5, 0.2], estimate_gps_offset=True,
+        gps_offset_frames=flight_frames([[1, 0], [0.6, 0.8], [-1, 0.1], [1, 0], [0.6, 0.8], [-1, 0.1]]),
+    )
+    x = x0 + np.random.default_rng(4).normal(0, 1e-3, x0.shape)
+    r = residuals(x)
+    sw = np.ones(len(r))
+    sw[:n_obs_res] = np.repeat(np.random.default_rng(5).uniform(0.2, 1.0, n_obs_res // 2), 2)  # robust weights
+    J = (jacobian(x).toarray() * sw[:, None])
+    A, g = J.T @ J, J.T @ (sw * r)
+    nc = len(x) - n_point_cols
+    U, Wt, V, g_fast = jacobian.normal_equations(x, r, sw, dense)
+    Wt = Wt if dense else Wt.toarray()
+    scale = np.abs(A).max()
+    assert np.abs(U - A[:nc, :nc]).max() < 1e-10 * scale
+    assert np.abs(Wt - A[nc:, :nc]).max() < 1e-10 * scale
+    blocks = np.array([A[nc + 3 * p: nc + 3 * p + 3, nc + 3 * p: nc + 3 * p + 3] for p in range(n_point_cols // 3)])
+    assert np.abs(V - blocks).max() < 1e-10 * scale
+    assert np.abs(g_fast - g).max() < 1e-10 * np.abs(g).max()
+
+
 @pytest.mark.parametrize("solver", ["lm", "scipy"])
 def test_recovers_poses_focal_and_distortion(solver):
     C, R, X, oi, op, oxy = scene()
