@@ -302,7 +302,7 @@ def build_problem(
     by_image = np.argsort(obs_image, kind="stable")  # observations grouped by image, for U's blocks
     image_start = np.searchsorted(obs_image[by_image], np.arange(n_images + 1))
     point_base = n_var - 3 * len(vp)  # first point column (= the camera-side column count)
-    obs_point_col = np.where(obs_point_var, (point_col[obs_point] - point_base) // 3, 0)  # index among variable points
+    obs_point_index = np.where(obs_point_var, (point_col[obs_point] - point_base) // 3, 0)  # index among variable points
 
     def obs_blocks(x):
         """Per observation (weighted by obs_weight): d(u,v)/d(camera-side columns) (K,2,6+n_intr), zero
@@ -395,7 +395,7 @@ def build_problem(
         vals.append(cam[ok])
         okp = np.broadcast_to(obs_point_var[:, None, None], pt.shape)
         rows.append(np.broadcast_to(obs_rows, pt.shape)[okp])
-        cols.append(np.broadcast_to(point_base + 3 * obs_point_col[:, None, None] + np.arange(3), pt.shape)[okp])
+        cols.append(np.broadcast_to(point_base + 3 * obs_point_index[:, None, None] + np.arange(3), pt.shape)[okp])
         vals.append(pt[okp])
         return coo_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_res, n_var)
@@ -429,11 +429,11 @@ def build_problem(
             U[np.ix_(cols_i, cols_i)] += block.T @ block
             g[cols_i] += block.T @ r_sorted[lo:hi].ravel()
         n_pts = len(vp)
-        V = np.bincount((obs_point_col[:, None] * 9 + np.arange(9)).ravel(),
+        V = np.bincount((obs_point_index[:, None] * 9 + np.arange(9)).ravel(),
                         (pt_t @ pt).ravel(), minlength=9 * n_pts).reshape(n_pts, 3, 3)
-        g[nc:] = np.bincount((3 * obs_point_col[:, None] + np.arange(3)).ravel(),
+        g[nc:] = np.bincount((3 * obs_point_index[:, None] + np.arange(3)).ravel(),
                              (pt_t @ r_obs[:, :, None]).ravel(), minlength=3 * n_pts)
-        wt_rows = (3 * obs_point_col[:, None, None] + np.arange(3)[None, :, None])
+        wt_rows = (3 * obs_point_index[:, None, None] + np.arange(3)[None, :, None])
         wt_vals = pt_t @ cam
         wt_rows, wt_cols = np.broadcast_arrays(wt_rows, col[:, None, :])
         if dense_wt:
