@@ -396,6 +396,25 @@ def test_image_stack_tab_runs_alignstack_in_a_task(dock, provider, tmp_path, qgi
     assert "2 images aligned to frame_1.png" in dock.stack_label.text()
 
 
+def test_a_rejected_stack_frame_is_a_warning_with_its_reason_in_the_log(dock, provider, tmp_path, qgis_iface):
+    import cv2
+    import numpy as np
+
+    _shifted_stack(tmp_path / "stack", [(0.0, 0.0), (4.0, -2.5)])
+    other = cv2.GaussianBlur(np.random.default_rng(99).uniform(0, 255, (300, 400)).astype(np.float32), (0, 0), 2.0)
+    cv2.imwrite(str(tmp_path / "stack" / "unrelated.png"), cv2.normalize(other, None, 0, 255, cv2.NORM_MINMAX))
+    dock.tabs.setCurrentIndex(1)
+    dock.stack_folder_widget.setFilePath(str(tmp_path / "stack"))
+    dock.reference_combo.setCurrentText("frame_0.png")
+    assert dock.align_stack() is not None
+    assert wait_for(lambda: not dock.is_running(), 300), dock.log.toPlainText()
+    log = dock.log.toPlainText()
+    assert "warning: unrelated.png rejected: no consistent matches" in log, log
+    warnings = qgis_iface.messageBar().get_messages(1)  # Qgis.Warning, not a success
+    assert any("1 images aligned" in w and "1 rejected" in w and "AlignKit log" in w for w in warnings), warnings
+    assert qgis_iface.messageBar().get_messages(2) == [] and qgis_iface.messageBar().get_messages(3) == []
+
+
 @pytest.mark.slow
 def test_align_can_write_a_copy_in_the_project_crs(dock, survey, tmp_path, qgis_new_project):
     images, _ = survey

@@ -86,6 +86,10 @@ class _StackFeedback(QgsProcessingFeedback):
         super().pushInfo(info)
         self.relay.text.emit(info)
 
+    def pushWarning(self, warning):  # noqa: N802
+        super().pushWarning(warning)  # e.g. a rejected frame and why
+        self.relay.text.emit(f"warning: {warning}")
+
     def reportError(self, error, fatalError=False):  # noqa: N802, N803
         super().reportError(error, fatalError)
         self.relay.text.emit(f"error: {error}")
@@ -661,8 +665,11 @@ class AlignKitDock(QgsDockWidget):
         output = results.get("OUTPUT_FOLDER", self.stack_output_widget.filePath())
         text = stack_summary(output)
         self.stack_label.setText(text)
-        self.log_message(text)
-        self._notify(text, Qgis.Success)
+        rejected = int(results.get("REJECTED") or 0)
+        if rejected:
+            text += " (the reasons are in the AlignKit log)"
+        self.log_message(text, Qgis.Warning if rejected else Qgis.Info)
+        self._notify(text, Qgis.Warning if rejected else Qgis.Success)
 
     # ------------------------------------------------------------------ teardown
     def shutdown(self, timeout_ms=30000):
