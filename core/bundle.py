@@ -298,6 +298,7 @@ def build_problem(
         + np.arange(n_intr) * var_model[cam_of_obs][:, None],
     ], axis=1)
     cam_col_ok = cam_of_obs_col >= 0
+    cam_col_or_0 = np.where(cam_col_ok, cam_of_obs_col, 0)  # scatter index; held columns carry zeros
     obs_point_var = var_point[obs_point]
     by_image = np.argsort(obs_image, kind="stable")  # observations grouped by image, for U's blocks
     image_start = np.searchsorted(obs_image[by_image], np.arange(n_images + 1))
@@ -413,7 +414,6 @@ def build_problem(
         pt *= s_obs[:, None, None]
         r_obs = (r[:2 * n_obs] * sw[:2 * n_obs]).reshape(-1, 2)
         pt_t = pt.transpose(0, 2, 1)  # batched products by matmul (einsum is several times slower here)
-        col = np.where(cam_col_ok, cam_of_obs_col, 0)
         # U and its gradient per image: an image's observations share their columns (its own 6 and its
         # model's), so one (2K_i x m)^T (2K_i x m) product each, with no K x m x m temporaries
         U = np.zeros((nc, nc))
@@ -435,7 +435,7 @@ def build_problem(
                              (pt_t @ r_obs[:, :, None]).ravel(), minlength=3 * n_pts)
         wt_rows = (3 * obs_point_index[:, None, None] + np.arange(3)[None, :, None])
         wt_vals = pt_t @ cam
-        wt_rows, wt_cols = np.broadcast_arrays(wt_rows, col[:, None, :])
+        wt_rows, wt_cols = np.broadcast_arrays(wt_rows, cam_col_or_0[:, None, :])
         if dense_wt:
             Wt = np.bincount((wt_rows * nc + wt_cols).ravel(), wt_vals.ravel(),
                              minlength=3 * n_pts * nc).reshape(3 * n_pts, nc)

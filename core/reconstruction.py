@@ -178,8 +178,7 @@ class _Mapper:
         self.sigma_v = config.gps_sigma_v_m or INITIAL_GPS_SIGMA_V_M
         self.comp_sigma = {}  # component -> (horizontal, vertical) GPS std estimated for it
         self.sigma_px = 1.0  # std of the image observations, estimated after global adjustments
-        self.focal_held = np.zeros(m, bool)  # camera models whose focal is held at the EXIF prior
-        self.focal_rejected = np.full(m, np.nan)  # the self-calibrated focal the gate rejected, per model
+        self.focal_rejected = np.full(m, np.nan)  # per model: the self-calibrated focal the gate rejected
         self.pair_poses = {}
         for pm in pair_matches or []:
             if getattr(pm, "R_rel", None) is not None and getattr(pm, "t_rel", None) is not None:
@@ -199,6 +198,11 @@ class _Mapper:
         self.flight_frames = flight_frames(self.gps)
         self.update_normalised()
         self.covis = self.covisibility()
+
+    @property
+    def focal_held(self):
+        """Camera models whose focal is held at its prior: those the focal gate rejected."""
+        return np.isfinite(self.focal_rejected)
 
     # ---------------------------------------------------------------- geometry helpers
     def update_normalised(self):
@@ -664,7 +668,6 @@ class _Mapper:
                             f"{self.focal_prior[mdl]:.0f} px (focal/height trade-off): held at the prior")
         self.focal_rejected[runaway] = self.focal[runaway]
         self.focal[runaway] = self.focal_prior[runaway]
-        self.focal_held[runaway] = True
         if len(runaway):
             self.update_normalised()
         return bool(len(runaway))

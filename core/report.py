@@ -84,10 +84,13 @@ def read_columns(ds, name, fields):
                 columns[f].append(np.asarray(batch[f], dtype=np.float64))
         layer.SetIgnoredFields([])
     else:
+        values = {f: [] for f in fields}
         layer.ResetReading()
         for feat in layer:
             for f in fields:
-                columns[f].append([feat.GetField(f) if feat.IsFieldSetAndNotNull(f) else np.nan])
+                values[f].append(feat.GetField(f) if feat.IsFieldSetAndNotNull(f) else np.nan)
+        for f in fields:
+            columns[f].append(np.array(values[f], dtype=np.float64))
     return {f: np.concatenate(c).astype(np.float64) if c else np.zeros(0) for f, c in columns.items()}
 
 
