@@ -593,10 +593,13 @@ def _jpeg_with_metadata(pixels, spec, index, lat, lon, alt, rel_alt, gimbal, fli
 # ---------------------------------------------------------------- the survey
 
 
-def generate_survey(out_dir, spec=None, progress=None):
+def generate_survey(out_dir, spec=None, progress=None, decorate=None):
     """Write out_dir/images/img_NNNN.jpg and out_dir/ground_truth.json; return out_dir as a Path.
 
     ground_truth.json is written last, atomically: its presence means the survey is complete.
+    decorate: optional object with paint(scene) (called before rendering, may change the texture) and
+    write(out_dir, scene, frame, gt) (called before the ground truth is written; may add to it), e.g.
+    core.synthetic_targets.SurveyTargets.
     """
     spec = spec or SurveySpec()
     out = Path(out_dir)
@@ -608,6 +611,8 @@ def generate_survey(out_dir, spec=None, progress=None):
                 f"{img_dir} holds files that are not a synthetic survey's ({', '.join(foreign[:5])}): refusing to mix"
             )
     scene = Scene(spec)  # before touching the folder: a bad spec leaves an old survey intact
+    if decorate is not None:
+        decorate.paint(scene)
     # An interrupted run must not leave an old ground truth beside new images, nor old extra images.
     (out / "ground_truth.json").unlink(missing_ok=True)
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -672,6 +677,8 @@ def generate_survey(out_dir, spec=None, progress=None):
         "terrain": scene.terrain.to_dict(),
         "extent_enu": list(scene.extent),
     }
+    if decorate is not None:
+        decorate.write(out, scene, frame, gt)
     write_json(out / "ground_truth.json", gt)
     return out
 
