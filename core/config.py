@@ -53,6 +53,11 @@ class AlignConfig:
     ba_max_iterations: int = 50  # least-squares function evaluations per adjustment
     ba_points_per_image: int = 800  # points per image in adjustments (spread, longest tracks); others follow; 0 = all
 
+    # --- ground control ---
+    gcp_file: str = ""  # gcp_list.txt (OpenDroneMap) or ground_control_points.json (OpenSfM); empty = GPS only
+    check_points: str = ""  # comma-separated names of points only checked, never used in the adjustment
+    reference_dem: str = ""  # raster (any CRS) the sparse ground is tied to vertically when there is no control
+
     # --- execution ---
     workers: int = 0  # worker processes for per-image / per-pair work; 0 = number of CPU cores
 

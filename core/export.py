@@ -36,8 +36,10 @@ class _ToCrs:
         return self.frame.to_crs(enu, self.crs)
 
 
-def write_results(paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings):
-    """Write the GeoPackage and PLY; return the summary (without timings). `problems`: usable index -> text."""
+def write_results(paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings,
+                  extra_layers=()):
+    """Write the GeoPackage and PLY; return the summary (without timings). `problems`: usable index -> text.
+    extra_layers: more gpkg.Layer objects in the target CRS (e.g. control_points)."""
     to_crs = _ToCrs(frame, crs)
     index_of = {p.path: i for i, p in enumerate(usable)}
     cam_xyz = np.full((len(usable), 3), np.nan)
@@ -50,6 +52,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         _footprints_layer(usable, recon, to_crs),
         _points_layer(recon, points_xyz),
         _pairs_layer(usable, pair_matches, recon, cam_xyz),
+        *extra_layers,
     ]
     write_geopackage(paths["gpkg"], crs, layers)
     write_ply(paths["ply"], points_xyz, recon.point_rgb)

@@ -17,6 +17,7 @@ import numpy as np
 from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
+from .control_report import run_control
 from .executor import make_executor
 from .geo import LocalFrame, utm_crs_for
 
@@ -167,12 +168,29 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
     problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
 
+    # --- ground control: a final adjustment, always from the saved reconstruction (cheap to redo) ---
+    control = None
+    if config.gcp_file:
+        t = time.perf_counter()
+        report(1.0, "Adjusting with ground control")
+        try:
+            recon, control = run_control(config, priors, usable, recon, cams, gps_enu, frame, crs, is_canceled)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
+        warnings.extend(control["warnings"])
+        timings["control_s"] = time.perf_counter() - t
+
     # --- export ---
     report.start("export", "Writing GeoPackage, PLY and summary")
     t = time.perf_counter()
     summary = export.write_results(
-        paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings
+        paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings,
+        extra_layers=[control["layer"]] if control else (),
     )
+    if control:
+        summary["control_rmse_m"], summary["check_rmse_m"] = control["control_rmse_m"], control["check_rmse_m"]
+        summary["control_points"] = control["rows"]
+        summary["control_focal_freed"] = control["control_focal_freed"]
     summary["pairs_candidate"] = len(candidates)
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -217,7 +235,8 @@ def _reconstruction_stamp(track_set, cams, gps_enu, config):
     return h.hexdigest()
 
 
-_NOT_AFFECTING_RECONSTRUCTION = {"images", "output", "workspace", "target_crs", "workers"}
+_NOT_AFFECTING_RECONSTRUCTION = {"images", "output", "workspace", "target_crs", "workers",
+                                  "gcp_file", "check_points", "reference_dem"}  # final steps after it
 
 
 def _save_reconstruction(recon, path, stamp):
