@@ -1,0 +1,150 @@
+"""The bundle adjustment's solvers: Levenberg-Marquardt on the normal equations with the points
+eliminated by a Schur complement (the default), and the robust losses both solvers use.
+
+The LM solver needs only `jacobian.normal_equations(x, r, sw, dense) -> (U, Wt, V, g)` from the
+problem (core/bundle.py), whatever residual blocks it was assembled from.
+"""
+import numpy as np
+
+from .cancel import check
+
+DENSE_SCHUR_LIMIT = 40_000_000  # camera x point columns below which the Schur complement is formed densely
+
+
+def robust_loss(kind, scale, n_robust):
+    """A scipy loss callable applying `kind` with `scale` (px) to the first n_robust residuals only.
+
+    rho'' is reported as 0 (iteratively reweighted least squares): scipy's second-order correction
+    scales a residual's Jacobian row by sqrt(rho' + 2 z rho''), which is 0 for Huber / Cauchy beyond
+    the scale, so a start with every residual beyond 1 px would not move at all.
+    """
+    s2 = float(scale) ** 2
+
+    def loss(z):
+        rho = np.empty((3, z.size))
+        rho[0], rho[1], rho[2] = z, 1.0, 0.0
+        zr = z[:n_robust]
+        if kind == "huber":
+            big = zr > s2
+            sq = np.sqrt(zr[big])
+            rho[0, :n_robust][big] = 2.0 * np.sqrt(s2) * sq - s2
+            rho[1, :n_robust][big] = np.sqrt(s2) / sq
+        elif kind == "soft_l1":
+            t = 1.0 + zr / s2
+            rho[0, :n_robust] = 2.0 * s2 * (np.sqrt(t) - 1.0)
+            rho[1, :n_robust] = t**-0.5
+        elif kind == "cauchy":
+            t = 1.0 + zr / s2
+            rho[0, :n_robust] = s2 * np.log(t)
+            rho[1, :n_robust] = 1.0 / t
+        return rho
+
+    return loss
+
+
+def inverse3(m):
+    """Batched inverse of (n,3,3) matrices by the adjugate (much faster than np.linalg.inv for 3x3)."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    adj = np.empty_like(m)
+    adj[:, 0, 0], adj[:, 0, 1], adj[:, 0, 2] = e * i - f * h, c * h - b * i, b * f - c * e
+    adj[:, 1, 0], adj[:, 1, 1], adj[:, 1, 2] = f * g - d * i, a * i - c * g, c * d - a * f
+    adj[:, 2, 0], adj[:, 2, 1], adj[:, 2, 2] = d * h - e * g, b * g - a * h, a * e - b * d
+    det = a * adj[:, 0, 0] + b * adj[:, 1, 0] + c * adj[:, 2, 0]
+    return adj / det[:, None, None]
+
+
+def loss_weights(kind, scale, z):
+    """rho(z) and rho'(z) of a robust loss at squared residual norms z (scale in px)."""
+    s2 = float(scale) ** 2
+    if kind == "huber":
+        big = z > s2
+        sq = np.sqrt(np.where(big, z, 1.0))
+        return np.where(big, 2.0 * np.sqrt(s2) * sq - s2, z), np.where(big, np.sqrt(s2) / sq, 1.0)
+    if kind == "soft_l1":
+        t = 1.0 + z / s2
+        return 2.0 * s2 * (np.sqrt(t) - 1.0), t**-0.5
+    if kind == "cauchy":
+        t = 1.0 + z / s2
+        return s2 * np.log(t), 1.0 / t
+    return z, np.ones_like(z)
+
+
+def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, scale, max_iter, ftol,
+                         is_canceled=None):
+    """Levenberg-Marquardt on the normal equations, points eliminated by a Schur complement.
+
+    The robust loss is applied per observation (2-vector norm) by iteratively reweighting. The point
+    block of J^T J is block-diagonal (3x3 per point), so the reduced camera system has the size of the
+    camera and intrinsic parameters only and is solved densely by Cholesky.
+    """
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+    from scipy.sparse import bsr_matrix
+
+    n_var = len(x0)
+    nc = n_var - n_point_cols
+    n_pts = n_point_cols // 3
+
+    def cost_and_weights(r):
+        z = r[0:n_robust:2] ** 2 + r[1:n_robust:2] ** 2
+        rho, drho = loss_weights(loss, scale, z)
+        sw = np.ones(len(r))
+        sw[:n_robust] = np.repeat(np.sqrt(drho), 2)
+        return 0.5 * (rho.sum() + np.sum(r[n_robust:] ** 2)), sw
+
+    x = x0.copy()
+    r = residuals(x)
+    cost, sw = cost_and_weights(r)
+    lam = 1e-4
+    nfev, status = 1, "maximum number of iterations reached"
+    for _ in range(max_iter):
+        check(is_canceled)  # between iterations: a large adjustment still stops within about a second
+        # Small enough: the camera-point block dense, so the Schur products are BLAS calls.
+        dense = nc * n_point_cols <= DENSE_SCHUR_LIMIT
+        U, Wt, Vb, g = jacobian.normal_equations(x, r, sw, dense)  # Wt (3P, nc): W transposed, point-major
+        diag_a = np.clip(np.concatenate([np.diagonal(U), np.diagonal(Vb, axis1=1, axis2=2).ravel()]), 1e-12, 1e32)
+        Wt_dense = Wt.reshape(n_pts, 3, nc) if dense else None
+        W = None if dense else Wt.T.tocsr()
+        step_taken = False
+        while lam < 1e12:
+            dd = lam * diag_a
+            if n_pts:
+                Vd = Vb + dd[nc:].reshape(-1, 3)[:, :, None] * np.eye(3)[None]
+                Vinv = inverse3(Vd)
+                if Wt_dense is not None:
+                    VWt = np.matmul(Vinv, Wt_dense).reshape(n_point_cols, nc)  # V^-1 W^T
+                    S = U + np.diag(dd[:nc]) - Wt.T @ VWt
+                    rhs = -g[:nc] + VWt.T @ g[nc:]
+                else:
+                    Vinv_s = bsr_matrix((Vinv, np.arange(n_pts), np.arange(n_pts + 1)), shape=(n_point_cols,) * 2)
+                    WV = (W @ Vinv_s).tocsr()
+                    S = U + np.diag(dd[:nc]) - (WV @ W.T).toarray()
+                    rhs = -g[:nc] + WV @ g[nc:]
+            else:
+                S, rhs = U + np.diag(dd[:nc]), -g[:nc]
+            try:
+                dc = cho_solve(cho_factor(S), rhs) if nc else np.zeros(0)
+            except LinAlgError:
+                lam *= 10.0
+                continue
+            dp = -np.matmul(Vinv, (g[nc:] + Wt @ dc).reshape(-1, 3, 1)).ravel() if n_pts else np.zeros(0)
+            dx = np.concatenate([dc, dp])
+            x_new = x + dx
+            r_new = residuals(x_new)
+            nfev += 1
+            cost_new, sw_new = cost_and_weights(r_new)
+            if np.isfinite(cost_new) and cost_new < cost:
+                reduction = (cost - cost_new) / max(cost, 1e-300)
+                x, r, cost, sw = x_new, r_new, cost_new, sw_new
+                lam = max(lam / 3.0, 1e-10)
+                step_taken = True
+                break
+            lam *= 10.0
+        if not step_taken:
+            status = "no further decrease"
+            break
+        if reduction < ftol:
+            status = "relative cost decrease below ftol"
+            break
+    return x, nfev, status
