@@ -16,7 +16,9 @@ import time
 import cv2
 import numpy as np
 
-from .bundle import _levenberg_marquardt, build_problem, refine_points
+from .bundle import build_problem, refine_points
+from .bundle_blocks import PointPrior
+from .bundle_solver import levenberg_marquardt
 from .reconstruction import Reconstruction, flight_frames, umeyama
 
 FREED_FOCAL_SIGMA = 0.25  # relative focal prior once control settles the focal (keeps LM well-posed)
@@ -165,11 +167,10 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
         gps_sigma_h=recon.gps_sigma_h_m, gps_sigma_v=recon.gps_sigma_v_m,
         gps_offset=offset, gps_offset_frames=flight_frames(gps),
         focal_prior=focal_prior, focal_prior_sigma=FREED_FOCAL_SIGMA if free_focal else config.focal_prior_sigma,
+        blocks=[PointPrior(n_tie + np.arange(len(used)), surveyed, np.array([u[2] for u in used]).reshape(-1, 3))],
         loss=config.robust_loss, loss_scale_px=config.robust_scale_px, obs_sigma_px=sigma_px)
-    residuals2, jacobian2 = _with_point_prior(residuals, jacobian, n_point_cols, len(x0), n_tie,
-                                              surveyed, np.array([u[2] for u in used]).reshape(-1, 3))
-    x, nfev, status = _levenberg_marquardt(x0, residuals2, jacobian2, n_obs_res, n_point_cols, config.robust_loss,
-                                           config.robust_scale_px / sigma_px, MAX_ITERATIONS, 1e-8, is_canceled)
+    x, nfev, status = levenberg_marquardt(x0, residuals, jacobian, n_obs_res, n_point_cols, config.robust_loss,
+                                          config.robust_scale_px / sigma_px, MAX_ITERATIONS, 1e-8, is_canceled)
     Rn, Cn, _, fn, k1n, k2n, Pn = unpack(x)
     adjusted = {u[0]: Pn[n_tie + k] for k, u in enumerate(used)}
     # Every point follows the adjusted cameras (the subset's start from their adjusted position).
@@ -197,37 +198,6 @@ def reprojection_all(R, C, focal, k1, k2, pp, points, obs_image, obs_point, obs_
     uv, _ = project(R[obs_image], C[obs_image], focal[obs_image], k1[obs_image], k2[obs_image], pp[obs_image],
                     points[obs_point])
     return uv - obs_xy
-
-
-def _with_point_prior(residuals, jacobian, n_point_cols, n_var, first_point, surveyed, sigma):
-    """The problem plus quadratic priors tying points first_point.. to `surveyed` with per-axis `sigma`."""
-    from scipy.sparse import coo_matrix, vstack
-
-    n_pts = n_point_cols // 3
-    nc = n_var - n_point_cols
-    w = (1.0 / sigma).ravel()
-    cols = nc + 3 * first_point + np.arange(3 * len(surveyed))
-    target = surveyed.ravel()
-
-    def res(x):
-        return np.concatenate([residuals(x), (x[cols] - target) * w])
-
-    def jac(x):
-        prior = coo_matrix((w, (np.arange(len(w)), cols)), shape=(len(w), n_var))
-        return vstack([jacobian(x), prior]).tocsr()
-
-    def normal_equations(x, r, sw, dense):
-        n0 = len(r) - len(w)
-        U, Wt, V, g = jacobian.normal_equations(x, r[:n0], sw[:n0], dense)
-        k = np.arange(len(surveyed))
-        V = V.copy()
-        V[first_point + k, np.arange(3)[:, None], np.arange(3)[:, None]] += (w.reshape(-1, 3) ** 2).T
-        g[cols] += w * r[n0:]
-        return U, Wt, V, g
-
-    assert first_point + len(surveyed) <= n_pts
-    jac.normal_equations = normal_equations
-    return res, jac
 
 
 def _updated(recon, R, C, f_img, k1_img, k2_img, pp_img, points, gps, offset):
