@@ -120,3 +120,31 @@ def run_control(config, priors, usable, recon, cams, gps_enu, frame, crs, is_can
         "layer": Layer("control_points", "PointZ", CONTROL_FIELDS, feats),
     }
     return recon, result
+
+
+def predict_from_workspace(workspace_dir, cs, margin_px=0.0):
+    """Where each point of a ControlSet should appear, from the alignment saved in a workspace (the
+    reconstruction before control): [(point name, photo name, x, y)]. For the marking dialog and
+    for finding targets (core.targets.locate)."""
+    from pathlib import Path
+
+    from .control import predict_pixels
+    from .geo import LocalFrame
+    from .pipeline import _load_reconstruction
+    from .workspace import read_json
+
+    ws = Path(workspace_dir)
+    cams = read_json(ws / "cameras.json")
+    recon = _load_reconstruction(ws / "reconstruction.npz")
+    if recon is None or cams["frame"] is None:
+        raise ValueError(f"{ws}: no georeferenced alignment saved in this workspace")
+    to_local(cs, LocalFrame(**cams["frame"]))
+    names = [c["name"] for c in cams["images"]]
+    sizes = [(c["width"], c["height"]) for c in cams["images"]]
+    out = []
+    for p in cs.points:
+        if np.isfinite(p.enu).all():
+            for name, x, y in predict_pixels(p.enu, recon.R, recon.C, recon.focal, recon.k1, recon.k2, sizes,
+                                             names, margin_px):
+                out.append((p.name, name, x, y))
+    return out

@@ -163,6 +163,10 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         _save_reconstruction(recon, recon_path, stamp)
     else:
         report(1.0, "Reusing the reconstruction in the workspace")
+    # What the GCP marking dialog needs to predict a point's pixels from the saved reconstruction.
+    workspace.write_json(ws / "cameras.json", {
+        "frame": frame.to_dict() if frame is not None else None, "crs": crs,
+        "images": [{"name": p.name, "width": p.width, "height": p.height} for p in usable]})
     timings["reconstruct_s"] = time.perf_counter() - t
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
@@ -247,13 +251,13 @@ def _save_reconstruction(recon, path, stamp):
     workspace.write_npz(path, meta=np.array([json.dumps(meta, default=workspace.json_default)]), **arrays)
 
 
-def _load_reconstruction(path, stamp):
-    """The saved reconstruction when it was made from the same inputs, else None."""
+def _load_reconstruction(path, stamp=None):
+    """The saved reconstruction when it was made from the same inputs (any, when stamp is None), else None."""
     if not path.exists():
         return None
     data = workspace.read_npz(path)
     meta = json.loads(str(data.pop("meta")[0]))
-    if meta.pop("stamp") != stamp:
+    if meta.pop("stamp") != stamp and stamp is not None:
         return None
     return reconstruction.Reconstruction(**data, **meta)
 
