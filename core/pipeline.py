@@ -17,6 +17,7 @@ import numpy as np
 from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
+from .control import read_control
 from .control_report import run_control
 from .executor import make_executor
 from .geo import LocalFrame, utm_crs_for
@@ -72,7 +73,6 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         raise AlignmentError(f"focal_px must be positive (or 0 for the EXIF focal), got {config.focal_px}")
     _check_paths(config, paths)
     ws = paths["workspace"]
-    ws.mkdir(parents=True, exist_ok=True)
 
     # --- priors ---
     report.start("priors", "Reading EXIF/XMP priors")
@@ -113,8 +113,15 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
             "orientation), NOT georeferenced; the layers carry no CRS"
         )
         log.warning(warnings[-1])
+    if config.gcp_file:  # a bad control file fails now, not after the expensive stages
+        try:
+            read_control(config.gcp_file, {p.name: (p.width, p.height) for p in priors if p.width > 0},
+                         config.check_points)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
     timings["priors_s"] = time.perf_counter() - t
     check(is_canceled)
+    ws.mkdir(parents=True, exist_ok=True)  # after the checks: a run refused for bad input leaves nothing
 
     executor = make_executor(config.workers)
     try:
