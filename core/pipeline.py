@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, dem, export, features, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
 from .control import read_control
@@ -119,6 +119,11 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
                          config.check_points)
         except ValueError as exc:
             raise AlignmentError(str(exc)) from None
+    if config.reference_dem:
+        try:
+            dem.open_dem(config.reference_dem)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
     timings["priors_s"] = time.perf_counter() - t
     check(is_canceled)
     ws.mkdir(parents=True, exist_ok=True)  # after the checks: a run refused for bad input leaves nothing
@@ -190,6 +195,14 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
             raise AlignmentError(str(exc)) from None
         warnings.extend(control["warnings"])
         timings["control_s"] = time.perf_counter() - t
+    dem_fit = None
+    if config.reference_dem:  # vertical control from a raster; with control points only reported
+        try:
+            recon, dem_fit = dem.tie_to_dem(recon, frame, config.reference_dem, apply=control is None)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
+        if control:
+            warnings.append("reference DEM: fit reported only, the control points decide the heights")
 
     # --- export ---
     report.start("export", "Writing GeoPackage, PLY and summary")
@@ -202,6 +215,8 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         summary["control_rmse_m"], summary["check_rmse_m"] = control["control_rmse_m"], control["check_rmse_m"]
         summary["control_points"] = control["rows"]
         summary["control_focal_freed"] = control["control_focal_freed"]
+    if dem_fit:
+        summary["reference_dem_fit"] = dem_fit
     summary["pairs_candidate"] = len(candidates)
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
