@@ -377,6 +377,7 @@ class GcpDialog(QDialog):
         while self.tiles_layout.count():
             w = self.tiles_layout.takeAt(0).widget()
             if w is not None:
+                w.hide()  # at once: deleteLater waits for the event loop
                 w.deleteLater()
         self.tiles = {}
         photos = self.session.photos(name)

@@ -92,7 +92,8 @@ class PhotoView(QGraphicsView):
         self.setRenderHint(QPainter.Antialiasing, True)
         self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
         self.setBackgroundBrush(QBrush(QColor(40, 40, 40)))
-        self.setMouseTracking(False)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # drag pans, the wheel zooms
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.pixmap_item = None
         self.prediction, self._p_shadow = _with_shadow(self.scene(), _cross_path(), PREDICTION_COLOUR, z=10)
         self.measured, self._m_shadow = _with_shadow(self.scene(), _circle_path(), MEASUREMENT_COLOUR, z=20)
