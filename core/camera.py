@@ -46,6 +46,7 @@ FOCAL_35MM_DISAGREEMENT = 0.10  # report when the 35 mm equivalent and focal/sen
 PLAUSIBLE_SENSOR_WIDTH_MM = (1.0, 60.0)  # phone sensors (~4 mm) up to medium format (~54 mm)
 PLAUSIBLE_FOCAL_RATIO = (0.3, 10.0)  # focal_px / long side: ~150 deg fisheye to ~6 deg telephoto
 PLAUSIBLE_REL_ALT_M = (1.0, 1500.0)  # below 1 m the photo was taken on the ground; above is not a drone
+MAX_IMAGE_PIXELS = 1 << 30  # 1,074 Mpx (OpenCV's own decode limit); larger "photos" are unusable with this reason
 _HEAD_BYTES = 1 << 20  # header bytes read from non-JPEG files (PNG/TIFF metadata sits near the start)
 _RESOLUTION_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # EXIF FocalPlaneResolutionUnit
 
@@ -168,6 +169,10 @@ def _fill_prior(prior, path):
         prior.status = "unusable"
         return
     prior.width, prior.height = size
+    if size_problem(*size):
+        problems.append(size_problem(*size))
+        prior.status = "unusable"
+        return
 
     tags = _exif_tags(path, data, prior)
     if xmp_text is None:
@@ -190,6 +195,26 @@ def _fill_prior(prior, path):
 
 
 # --------------------------------------------------------------------------- pixel size
+
+
+def size_problem(width, height):
+    """Why an image of this pixel size is not used (None when it is fine)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"{width}x{height} is {width * height / 1e6:.0f} Mpx, beyond the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx "
+                "limit for a photo (decoding it would take GBs of memory)")
+    return None
+
+
+def header_size(path):
+    """(width, height) read from the image's own header without decoding it; None when unreadable."""
+    path = Path(path)
+    try:
+        data, tail = _read_head_and_tail(path)
+    except OSError:
+        return None
+    if not data:
+        return None
+    return _image_size(path, data, tail, [])[0]
 
 
 def _read_head_and_tail(path):

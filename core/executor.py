@@ -7,9 +7,12 @@ Results are yielded in completion order; put whatever identifies the item into t
 """
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 
 from .cancel import Canceled, check
 
@@ -100,11 +103,54 @@ class _SingleThreadedChildren:
                 os.environ[name] = value
 
 
-def _init_worker():
+PARENT_POLL_S = 0.5  # how often a worker's watchdog checks that the process that started it lives
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(parent_pid=None, death_signal=True):
     # One OpenCV thread per worker: the pool already keeps every core busy.
     import cv2
 
     cv2.setNumThreads(1)
+    if parent_pid is not None:
+        exit_with_parent(parent_pid, death_signal)
+
+
+def exit_with_parent(parent_pid, death_signal=True):
+    """Make this worker end when the process that started it dies (kill -9 of QGIS or qgis_process).
+
+    Orphaned workers would otherwise be re-parented to PID 1 and go on extracting and matching
+    queued items for nobody. Linux: the kernel sends SIGTERM when the parent dies (prctl
+    PR_SET_PDEATHSIG). Everywhere, and as a second line: a daemon thread that polls
+    multiprocessing's parent sentinel and the parent PID and exits the process when either says
+    the parent is gone.
+    """
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends the worker
+    if _parent_gone(parent_pid, multiprocessing.parent_process()):  # died before the signal was set
+        os._exit(1)
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=_watch_parent, args=(parent_pid, parent), name="alignkit-parent-watchdog",
+                     daemon=True).start()
+
+
+def _parent_gone(parent_pid, parent):
+    if parent is not None and not parent.is_alive():
+        return True
+    return os.name == "posix" and os.getppid() != parent_pid  # re-parented: the parent died
+
+
+def _watch_parent(parent_pid, parent):
+    while not _parent_gone(parent_pid, parent):
+        if parent is not None:
+            parent.join(PARENT_POLL_S)  # returns at once when the parent's sentinel closes
+        else:
+            threading.Event().wait(PARENT_POLL_S)
+    os._exit(1)  # no cleanup to do: every product is written atomically, a half-done item is redone
 
 
 class ProcessExecutor(Executor):
@@ -113,16 +159,20 @@ class ProcessExecutor(Executor):
     Spawn, not fork: the QGIS process is multi-threaded (Qt), and forking it can deadlock.
     """
 
-    def __init__(self, workers=0):
+    def __init__(self, workers=0, death_signal=True):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
+        self.death_signal = death_signal  # Linux's PR_SET_PDEATHSIG; False leaves the watchdog alone
         self._pool = None  # kept between map calls: starting a worker (imports) costs about a second
 
     def _get_pool(self):
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             context.set_executable(_python_executable())
+            # PR_SET_PDEATHSIG fires when the *thread* that started a worker ends: the pool starts its
+            # workers from the thread that first submits, which runs the whole map (a run's thread).
             self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=context, initializer=_init_worker
+                max_workers=self.workers, mp_context=context, initializer=_init_worker,
+                initargs=(os.getpid(), self.death_signal),
             )
         return self._pool
 

@@ -18,13 +18,21 @@ import time
 import cv2
 import numpy as np
 
-from . import workspace
+from . import camera, workspace
 from .cancel import check
 from .executor import SerialExecutor
 
 FEATURES_DIR = "features"
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 2  # bump when the stored meaning changes, so old workspaces are re-extracted
+
+# Photos above this size are decoded at 1/2, 1/4 or 1/8 of their size where the working size
+# allows (JPEG: libjpeg's DCT scaling; other formats: GDAL in strips, box-averaged), so a worker never
+# holds a full-size decode of them: a 32000 x 32000 PNG decoded whole in colour took 5.8 GB.
+# Below it the full-size decode is kept (a 20 Mpx photo in colour is 60 MB).
+REDUCED_DECODE_ABOVE_PIXELS = 40_000_000
+_REDUCED_JPEG_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_STRIP_BYTES = 32 << 20  # bytes of full-resolution rows read at a time by the strip decoder
 
 # OpenCV's SIFT keypoints sit +0.25 working pixels right of and below the pixel-centre convention
 # (measured: SIFT on an image and on its exact 180 degree rotation gives keypoints 0.5 px apart).
@@ -209,10 +217,14 @@ def extract_image(item):
             "seconds": 0.0,
         }
     start, cpu_start = time.perf_counter(), time.process_time()
-    # IGNORE_ORIENTATION: keypoints live in the stored pixel grid, whatever the EXIF orientation says.
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        error = f"{path}: OpenCV cannot decode this image (corrupt, truncated or unsupported format)"
+    try:
+        bgr, reduction, covered, original = decode_for_features(path, params["max_image_size"])
+    except (cv2.error, MemoryError, RuntimeError, ValueError) as exc:  # e.g. OpenCV's pixel limit
+        bgr, error = None, f"{path}: cannot decode this image: {str(exc).strip() or type(exc).__name__}"
+    else:
+        error = None if bgr is not None else (
+            f"{path}: OpenCV cannot decode this image (corrupt, truncated or unsupported format)")
+    if error is not None:
         workspace.write_json(
             files["meta"], {"identity": identity, "params": params, "error": error, "count": 0}
         )
@@ -223,10 +235,12 @@ def extract_image(item):
             "error": error,
             "seconds": time.perf_counter() - start,
         }
-    height, width = bgr.shape[:2]
+    # The decoded image covers width x height original pixels (a reduced decode drops the last
+    # reduction-1 rows/columns at most, so each decoded pixel is exactly one reduction x reduction block).
+    width, height = covered
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     ww, wh = working_size(width, height, params["max_image_size"])
-    if (ww, wh) != (width, height):
+    if (ww, wh) != gray.shape[1::-1]:
         gray = cv2.resize(gray, (ww, wh), interpolation=cv2.INTER_AREA)
     sx, sy = width / ww, height / wh
     if params["doubled_octave"]:
@@ -242,8 +256,8 @@ def extract_image(item):
     kp[:, 2] *= 0.5 * (sx + sy)
     if params["root_sift"] and len(desc):
         desc = root_sift(desc)
-    cols = np.clip(np.rint(kp[:, 0]).astype(np.intp), 0, width - 1)
-    rows = np.clip(np.rint(kp[:, 1]).astype(np.intp), 0, height - 1)
+    cols = np.clip(np.rint((kp[:, 0] + 0.5) / reduction - 0.5).astype(np.intp), 0, bgr.shape[1] - 1)
+    rows = np.clip(np.rint((kp[:, 1] + 0.5) / reduction - 0.5).astype(np.intp), 0, bgr.shape[0] - 1)
     rgb = np.ascontiguousarray(bgr[rows, cols, ::-1])
     del bgr
     workspace.write_npy(files["kp"], kp)
@@ -257,14 +271,86 @@ def extract_image(item):
             "params": params,
             "error": None,
             "count": int(len(kp)),
-            "width": width,
-            "height": height,
+            "width": original[0],
+            "height": original[1],
             "working_size": [ww, wh],
+            "decode_reduction": reduction,
             "seconds": seconds,
             "cpu_seconds": time.process_time() - cpu_start,
         },
     )
     return {"index": index, "skipped": False, "count": int(len(kp)), "error": None, "seconds": seconds}
+
+
+def reduction_for(width, height, max_image_size):
+    """1, 2, 4 or 8: the largest decode reduction that still leaves the working size's detail."""
+    if width * height <= REDUCED_DECODE_ABOVE_PIXELS:
+        return 1
+    for r in (8, 4, 2):
+        if max(width, height) // r >= max_image_size:
+            return r
+    return 1
+
+
+def decode_for_features(path, max_image_size):
+    """(bgr uint8 image or None, reduction r, (width, height) of original pixels it covers, the
+    image's own (width, height)).
+
+    The size comes from the header first: beyond camera.MAX_IMAGE_PIXELS the photo is refused with
+    its reason (ValueError). Large photos are decoded reduced (see REDUCED_DECODE_ABOVE_PIXELS);
+    pixel (i, j) of a reduced image is the mean of original rows i*r..i*r+r-1, columns j*r..j*r+r-1.
+    None: OpenCV cannot decode the file (the caller reports it).
+    """
+    size = camera.header_size(path)
+    if size is not None and camera.size_problem(*size):
+        raise ValueError(camera.size_problem(*size))
+    r = reduction_for(*size, max_image_size) if size is not None else 1
+    # IGNORE_ORIENTATION: keypoints live in the stored pixel grid, whatever the EXIF orientation says.
+    if r == 1:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        covered = None if bgr is None else bgr.shape[1::-1]
+        return bgr, 1, covered, covered
+    width, height = size
+    if _is_jpeg(path):
+        bgr = cv2.imread(path, _REDUCED_JPEG_FLAGS[r] | cv2.IMREAD_IGNORE_ORIENTATION)
+        if bgr is None:
+            return None, r, size, size
+        bgr = bgr[: height // r, : width // r]  # a partial last block: dropped, so every pixel is r x r
+    else:
+        bgr = _decode_reduced_in_strips(path, width, height, r)
+    return np.ascontiguousarray(bgr), r, (bgr.shape[1] * r, bgr.shape[0] * r), size
+
+
+def _is_jpeg(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\xff\xd8"
+
+
+def _decode_reduced_in_strips(path, width, height, r):
+    """BGR uint8 at 1/r of the size via GDAL, a strip of rows at a time: memory ~ one strip, not the image."""
+    ds = camera._gdal_open(path)
+    if ds is None:
+        raise ValueError("GDAL cannot open the image")
+    bands = [ds.GetRasterBand(k + 1) for k in range(min(ds.RasterCount, 3))]
+    if len(bands) == 2:
+        bands = bands[:1]  # grey + alpha
+    out_w, out_h = width // r, height // r
+    out = np.empty((out_h, out_w, len(bands)), np.uint8)
+    step = max(1, _STRIP_BYTES // (width * 2 * r)) * r  # rows per strip, a multiple of r
+    for y in range(0, out_h * r, step):
+        rows = min(step, out_h * r - y)
+        for k, band in enumerate(bands):
+            strip = band.ReadAsArray(0, y, out_w * r, rows)
+            if strip is None:
+                raise ValueError(f"GDAL cannot read rows {y}-{y + rows} of band {k + 1}")
+            if strip.dtype == np.uint16:
+                strip = (strip >> 8).astype(np.uint8)  # as OpenCV's IMREAD_COLOR does with 16-bit images
+            elif strip.dtype != np.uint8:
+                raise ValueError(f"{strip.dtype} samples are not supported for an image this large")
+            out[y // r: (y + rows) // r, :, k] = cv2.resize(strip, (out_w, rows // r), interpolation=cv2.INTER_AREA)
+            band.FlushCache()  # drop GDAL's cached blocks of this strip: memory stays one strip
+    ds = None
+    return cv2.cvtColor(out, cv2.COLOR_GRAY2BGR) if len(bands) == 1 else out[:, :, ::-1]
 
 
 def extract_features(image_paths, workspace_dir, config, executor=None, progress=None, is_canceled=None):

@@ -4,6 +4,7 @@ Stages run in order and keep their products in the workspace (features/, matches
 file stamped with the settings and input file it came from. A rerun reuses what is complete and
 still valid (a killed or cancelled run resumes); products of other settings are redone, never mixed in.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -64,14 +65,30 @@ class _Progress:
 
 
 def run(config: AlignConfig, progress=None, is_canceled=None):
-    """Align the photos of `config.images` and write the results; returns the summary dict."""
+    """Align the photos of `config.images` and write the results; returns the summary dict.
+
+    What can be checked before the work is checked first (an output that is a folder, an output
+    folder or workspace that cannot be written: AlignmentError naming the path). A run holds a lock
+    on its output and on its workspace: a second run on either is refused at once, with the path
+    and the other run's PID (it does not wait: a queued run would look like a hang). Temporaries
+    that a killed run left behind are removed under the lock.
+    """
+    if config.focal_px < 0:
+        raise AlignmentError(f"focal_px must be positive (or 0 for the EXIF focal), got {config.focal_px}")
+    paths = output_paths(config)
+    _check_paths(config, paths)
+    with _run_locks(paths):
+        try:
+            return _run(config, progress, is_canceled)
+        except OSError as exc:  # a file that could not be written after all: name it, no traceback
+            raise AlignmentError(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)) from exc
+
+
+def _run(config, progress, is_canceled):
     t_start = time.perf_counter()
     timings = {}
     report = _Progress(progress)
     paths = output_paths(config)
-    if config.focal_px < 0:
-        raise AlignmentError(f"focal_px must be positive (or 0 for the EXIF focal), got {config.focal_px}")
-    _check_paths(config, paths)
     ws = paths["workspace"]
 
     # --- priors ---
@@ -239,6 +256,36 @@ def _check_paths(config, paths):
         target = os.path.realpath(paths[key])
         if target == images_real or target.startswith(images_real + os.sep):
             raise AlignmentError(f"the {key} {paths[key]} is inside the image folder, which is never written to")
+    for key in ("gpkg", "summary", "ply", "report"):
+        if paths[key].is_dir():
+            raise AlignmentError(f"the output {paths[key]} is a folder; give a file name ending in .gpkg")
+    if paths["workspace"].exists() and not paths["workspace"].is_dir():
+        raise AlignmentError(f"the workspace {paths['workspace']} is a file, not a folder")
+
+
+@contextlib.contextmanager
+def _run_locks(paths):
+    """Create the output folder and the workspace, lock both (the lock files are the proof that both
+    can be written), and clear what interrupted runs left there."""
+    gpkg, ws = paths["gpkg"], paths["workspace"]
+    with contextlib.ExitStack() as stack:
+        for folder, lock, what in ((gpkg.parent, Path(f"{gpkg}{workspace.LOCK_SUFFIX}"), f"the output {gpkg}"),
+                                   (ws, ws / workspace.LOCK_SUFFIX, f"the workspace {ws}")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(workspace.exclusive_lock(lock, what))
+            except workspace.LockedError as exc:
+                raise AlignmentError(f"{exc}; wait for it to finish or choose another output") from exc
+            except OSError as exc:
+                name = "output folder" if folder == gpkg.parent else "workspace"
+                raise AlignmentError(f"cannot write in the {name} {folder}: {exc.strerror or exc}") from exc
+        removed = [name for key in ("gpkg", "summary", "ply", "report")
+                   for name in workspace.remove_temporaries(gpkg.parent, workspace.temporaries_of(paths[key]))]
+        for folder in [ws] + [p for p in ws.iterdir() if p.is_dir()]:
+            removed += workspace.remove_temporaries(folder)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
+        yield
 
 
 def _footprint_radius(priors):

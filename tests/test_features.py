@@ -186,3 +186,103 @@ def test_serial_executor_reports_progress_and_cancels():
 def test_store_without_index_names_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="extract_features"):
         FeatureStore(tmp_path)
+
+
+# ----------------------------------------------------------------------------- huge images (issue 15.4)
+def write_flat_png(path, width, height, value=0, rows_per_chunk=32, pixels=True):
+    """An 8-bit grey PNG of any size, every pixel `value`, written in well under a second: one deflate
+    block of `rows_per_chunk` rows after a full flush (so it refers to nothing before it) is repeated,
+    with the Adler-32 of the whole stream. pixels=False: a header and a stub of pixel data (a size only)."""
+    import struct
+    import zlib
+
+    def chunk(f, kind, data):
+        f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        if pixels:
+            assert height % rows_per_chunk == 0
+            rows = (b"\x00" + bytes([value]) * width) * rows_per_chunk
+            co = zlib.compressobj(9)
+            first = co.compress(rows) + co.flush(zlib.Z_FULL_FLUSH)
+            block = co.compress(rows) + co.flush(zlib.Z_FULL_FLUSH)
+            adler = 1
+            for _ in range(height // rows_per_chunk):
+                adler = zlib.adler32(rows, adler)
+            # b"\x03\x00": an empty final block, then the zlib trailer.
+            chunk(f, b"IDAT", first + block * (height // rows_per_chunk - 1) + b"\x03\x00" + struct.pack(">I", adler))
+        else:
+            chunk(f, b"IDAT", zlib.compress(b"\x00" * 64))
+        chunk(f, b"IEND", b"")
+    return path
+
+
+def test_a_photo_beyond_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    from alignkit.core.camera import read_prior
+
+    huge = write_flat_png(tmp_path / "huge.png", 50000, 50000, pixels=False)  # 2,500 Mpx in 90 bytes
+    assert huge.stat().st_size < 200
+    prior = read_prior(huge)
+    assert prior.status == "unusable" and (prior.width, prior.height) == (50000, 50000)
+    assert any("50000x50000 is 2500 Mpx, beyond the 1074 Mpx limit" in p for p in prior.problems)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), _texture(3))
+    store = extract_features([huge, good], tmp_path / "ws", _config(), SerialExecutor())
+    assert "huge.png" in store.errors[0] and "beyond the 1074 Mpx limit" in store.errors[0]
+    assert 1 not in store.errors and store.count(1) > 100
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_reduced_decode_keeps_the_pixel_centre_convention(tmp_path, monkeypatch, suffix):
+    """As test_keypoints_follow_pixel_centre_convention_after_scaling, with the photos decoded at 1/4
+    of their size (odd sizes, so the partial last blocks are dropped): the geometry must not move."""
+    from alignkit.core import features
+
+    monkeypatch.setattr(features, "REDUCED_DECODE_ABOVE_PIXELS", 0)
+    img = _texture(5, width=1603, height=1203)
+    height, width = img.shape[:2]
+    paths = [tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"]
+    cv2.imwrite(str(paths[0]), img, [cv2.IMWRITE_JPEG_QUALITY, 98])
+    cv2.imwrite(str(paths[1]), np.ascontiguousarray(img[::-1, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 98])
+    store = extract_features(paths, tmp_path / "ws", _config(), SerialExecutor())
+    assert [features.workspace.read_json(tmp_path / "ws" / "features" / f"0000{i}.json")["decode_reduction"]
+            for i in (0, 1)] == [4, 4]
+    assert store.image_size(0) == (width, height)
+    a, b = store.keypoints(0), store.keypoints(1)
+    b_back = np.column_stack([width - 1 - b[:, 0], height - 1 - b[:, 1]])
+    dist, idx = cKDTree(b_back).query(a)
+    close = dist < 2.0  # a working pixel is 4 original pixels here
+    assert close.sum() > 300
+    assert np.all(np.abs(np.median(a[close] - b_back[idx[close]], axis=0)) < 0.1)
+    # Colours are read from the reduced image at the keypoints: they agree with the full image's there.
+    cols, rows = np.rint(a[:, 0]).astype(int), np.rint(a[:, 1]).astype(int)
+    expected = cv2.blur(img, (4, 4))[rows, cols, ::-1].astype(int)
+    assert np.median(np.abs(store.colors(0).astype(int) - expected)) < 12
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from alignkit.core.config import AlignConfig
+from alignkit.core.executor import SerialExecutor
+from alignkit.core.features import extract_features
+store = extract_features([sys.argv[1]], sys.argv[2], AlignConfig(), SerialExecutor())
+print(store.errors.get(0), store.images[0]["working_size"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_a_32000_pixel_png_is_decoded_reduced_within_1_gb(tmp_path):
+    import subprocess
+    import sys
+
+    big = write_flat_png(tmp_path / "big.png", 32000, 32000, value=128)  # 1,024 Mpx, 1 MB on disk
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(big), str(tmp_path / "ws")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    error, max_rss_kb = out.stdout.split()[0], int(out.stdout.split()[-1])
+    assert error == "None", out.stdout
+    assert "[3200, 3200]" in out.stdout  # decoded, at the default working size
+    assert max_rss_kb < 1024 * 1024, f"peak memory {max_rss_kb / 1024:.0f} MB"  # the whole worker: SIFT included

@@ -3,13 +3,23 @@
 Layers are read from the GeoPackage itself (so they survive saving and reopening the project),
 styled from resources/styles/*.qml, and the style is also stored in the GeoPackage's
 `layer_styles` table as the default, so the file looks the same wherever it is opened.
-Everything runs in the main thread (it touches the project).
+
+Storing a style never goes through QgsVectorLayer.saveStyleToDatabase: over a file that already
+holds a style of that name, QGIS's OGR provider asks "overwrite?" in a modal dialog (a headless
+qgis_process then waits forever), and storing into the file that the just-opened layers read from
+left them empty on the map. Instead the style documents are exported from layers that are then
+dropped, written by core.gpkg.write_layer_styles (plain OGR, replace without asking), and the
+layers handed out are opened afresh, after the write.
+load_geopackage runs in the main thread (it touches the project); styled_layers touches none.
 """
 import os
 
 from osgeo import gdal, ogr
-from qgis.core import QgsAction, QgsProject, QgsVectorLayer
+from qgis.core import Qgis, QgsAction, QgsMessageLog, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import QUrl
+from qgis.PyQt.QtXml import QDomDocument
+
+from ..core.gpkg import Style, write_layer_styles
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -32,6 +42,10 @@ PRIORS_STYLES = {
 OPTIONAL_LAYERS = ("control_points",)  # absent from a GeoPackage without them, which is fine
 HIDDEN_BY_DEFAULT = ("pairs",)  # the pair graph clutters the map; one click shows it
 STYLE_NAME = "alignkit"
+# Where the "Open photo" action is offered: Identify results and the attribute table ("Feature"),
+# and the map canvas's Run Feature Action tool ("Canvas"). A QgsAction made without scopes is
+# offered nowhere.
+PHOTO_ACTION_SCOPES = {"Feature", "Canvas"}
 
 
 def style_path(file_name):
@@ -69,8 +83,16 @@ def open_layers(gpkg_path, styles, title_prefix=""):
 
 
 def apply_style(layer, qml_file):
-    """Apply a .qml file; raise RuntimeError with QGIS's message when it fails."""
-    message, ok = layer.loadNamedStyle(style_path(qml_file))
+    """Apply a .qml file; raise RuntimeError with QGIS's message when it fails.
+
+    Not loadNamedStyle(path): on a GeoPackage layer that applies the file's stored default style
+    instead whenever there is one ("Loaded from Provider"), whatever the path says.
+    """
+    path = style_path(qml_file)
+    doc = QDomDocument("qgis")
+    with open(path, encoding="utf-8") as f:
+        parsed = doc.setContent(f.read())
+    ok, message = layer.importNamedStyle(doc) if parsed[0] else (False, f"{path}: not a readable style document")
     if not ok:
         raise RuntimeError(f"style {qml_file} for layer {layer.name()}: {message}")
     layer.triggerRepaint()
@@ -111,41 +133,65 @@ def configure_camera_tips(layer, image_folder):
         for action in actions.actions():
             if action.name() == "Open photo":
                 actions.removeAction(action.id())
-        actions.addAction(QgsAction(QgsAction.OpenUrl, "Open photo", photo, False))
+        actions.addAction(
+            QgsAction(QgsAction.OpenUrl, "Open photo", photo, "", False, "Open photo", PHOTO_ACTION_SCOPES)
+        )
     layer.setMapTipTemplate(html)
 
 
-def store_style_in_geopackage(layer):
-    """Save the layer's current style as the GeoPackage's default; returns '' or the error text."""
-    return layer.saveStyleToDatabase(STYLE_NAME, "AlignKit default style", True, "")
+def style_documents(layer):
+    """(QML text, SLD text) of a layer's current style; RuntimeError with QGIS's message on failure."""
+    qml = QDomDocument()
+    error = layer.exportNamedStyle(qml)
+    if error:
+        raise RuntimeError(f"style of layer {layer.name()}: {error}")
+    sld = QDomDocument()
+    layer.exportSldStyle(sld, "")  # the error text is an out-parameter PyQt cannot return: check the result
+    return qml.toString(), sld.toString() if not sld.documentElement().isNull() else ""
 
 
-def styled_layers(gpkg_path, styles, image_folder=None, store_styles=True):
-    """Open the layers named in `styles`, style them, and store each style in the GeoPackage as its
-    default (so the file looks the same wherever it is opened). No project is touched: Processing
-    algorithms call this from their worker thread."""
+def _style_layers(gpkg_path, styles, image_folder):
     layers = open_layers(gpkg_path, styles)
     for name, layer in layers.items():
         apply_style(layer, styles[name])
         if name == "cameras":
             configure_camera_tips(layer, image_folder)
-        if store_styles:
-            error = store_style_in_geopackage(layer)
-            if error:
-                raise RuntimeError(f"{gpkg_path}: cannot store the style of '{name}': {error}")
     return layers
+
+
+def styled_layers(gpkg_path, styles, image_folder=None, store_styles=True):
+    """Open the layers named in `styles` and style them; with `store_styles`, first store each style
+    in the GeoPackage as its default (so the file looks the same wherever it is opened), replacing an
+    earlier one without asking. No project is touched: Processing algorithms call this from their
+    worker thread."""
+    if store_styles:
+        styled = _style_layers(gpkg_path, styles, image_folder)
+        documents = [Style(name, *style_documents(layer), STYLE_NAME, "AlignKit default style")
+                     for name, layer in styled.items()]
+        styled.clear()  # the last references: nothing of QGIS's holds the file while it is written
+        try:
+            write_layer_styles(gpkg_path, documents)
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeError(f"{gpkg_path}: cannot store the layer styles: {exc}") from exc
+    return _style_layers(gpkg_path, styles, image_folder)
 
 
 def load_geopackage(gpkg_path, group_name, styles=None, image_folder=None, project=None, store_styles=True):
     """Load a GeoPackage's layers into a new top-level group `group_name`; return (group, layers).
 
     A group of the same name (an earlier run of the same folder) is replaced. Layer order
-    follows `styles` (top first); the pairs layer starts hidden.
+    follows `styles` (top first); the pairs layer starts hidden. When the style cannot be stored in
+    the file (read-only), the layers are loaded styled all the same and the AlignKit log says why.
     """
     styles = RESULT_STYLES if styles is None else styles
     project = project or QgsProject.instance()
-    layers = styled_layers(gpkg_path, styles, image_folder, store_styles)
-    remove_group(group_name, project)
+    open_layers(gpkg_path, styles).clear()  # a bad file raises here and leaves the project as it was
+    remove_group(group_name, project)  # first: the replaced layers may read the same file
+    try:
+        layers = styled_layers(gpkg_path, styles, image_folder, store_styles)
+    except RuntimeError as exc:  # e.g. a read-only file: the layers still load, styled in the project
+        QgsMessageLog.logMessage(f"{exc}; the layers are loaded without it", "AlignKit", Qgis.Warning)
+        layers = styled_layers(gpkg_path, styles, image_folder, store_styles=False)
     root = project.layerTreeRoot()
     group = root.insertGroup(0, group_name)
     for name, layer in layers.items():
