@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, cloud, export, features, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
 from .executor import make_executor
@@ -166,6 +166,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
     problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
+    recon, n_stray = cloud.clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
 
     # --- export ---
     report.start("export", "Writing GeoPackage, PLY and summary")
@@ -174,6 +175,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings
     )
     summary["pairs_candidate"] = len(candidates)
+    summary["stray_points_removed"] = n_stray
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
