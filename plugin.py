@@ -1,5 +1,6 @@
 """QGIS glue: registers the Processing provider, the toolbar action and the dock."""
 import os
+from html import escape
 
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt.QtCore import Qt
@@ -10,6 +11,11 @@ from .core.dependencies import install_hint, missing_packages
 
 PLUGIN_DIR = os.path.dirname(__file__)
 MENU = "&AlignKit"
+
+
+def missing_message(missing):
+    """The missing-packages hint as the message bar's rich text: escaped, so `<4.11` stays text."""
+    return escape(install_hint(missing))
 
 
 class AlignKitPlugin:
@@ -42,15 +48,11 @@ class AlignKitPlugin:
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToMenu(MENU, self.action)
         if self.missing:
-            self.iface.messageBar().pushMessage(
-                "AlignKit", install_hint(self.missing), level=Qgis.Warning, duration=0
-            )
+            self.iface.messageBar().pushMessage("AlignKit", missing_message(self.missing), level=Qgis.Warning, duration=0)
 
     def toggle_dock(self, checked=True):
         if self.missing:
-            self.iface.messageBar().pushMessage(
-                "AlignKit", install_hint(self.missing), level=Qgis.Critical, duration=0
-            )
+            self.iface.messageBar().pushMessage("AlignKit", missing_message(self.missing), level=Qgis.Critical, duration=0)
             self.action.setChecked(False)
             return
         if self.dock is None:

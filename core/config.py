@@ -74,6 +74,7 @@ class AlignConfig:
 
 
 # Quality presets offered in the dock and Processing: (working size, feature count).
+DEFAULT_PRESET = "balanced"  # the dock's and Processing's default (the fields' defaults above are "accurate")
 PRESETS = {
     "fast": {"max_image_size": 1600, "max_features": 4000},
     "balanced": {"max_image_size": 2400, "max_features": 6000},

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, dem, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, cloud, dem, export, features, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
 from .control import read_control
@@ -200,6 +200,7 @@ def _run(config, progress, is_canceled):
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
     problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
+    recon, n_stray = cloud.clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
 
     # --- ground control: a final adjustment, always from the saved reconstruction (cheap to redo) ---
     control = None
@@ -235,6 +236,7 @@ def _run(config, progress, is_canceled):
     if dem_fit:
         summary["reference_dem_fit"] = dem_fit
     summary["pairs_candidate"] = len(candidates)
+    summary["stray_points_removed"] = n_stray
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)

@@ -4,6 +4,7 @@ import os
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
+    QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
@@ -16,9 +17,26 @@ from qgis.core import (
 
 from ..core import pipeline
 from ..core.cancel import Canceled
-from ..core.config import PRESETS, AlignConfig
+from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
 from ..ui.layers import RESULT_STYLES
 from .base import AlignKitAlgorithm, feedback_progress, publish_geopackage
+from .help import help_html
+
+
+def preset_name(value):
+    """A PRESET value as a preset name: a name (any case) or an index into PRESETS, as an int or a
+    string ("balanced", "1", 1); None when it is neither."""
+    names = list(PRESETS)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in PRESETS:
+            return text.lower()
+        value = int(text) if text.isdigit() else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+        return names[value]
+    return None
 
 
 class AlignPhotosAlgorithm(AlignKitAlgorithm):
@@ -31,17 +49,21 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
         return "Align drone photos"
 
     def shortHelpString(self):  # noqa: N802
-        return (
+        return help_html(
             "Aligns a folder of geotagged photos (structure from motion): SIFT features, GPS-guided pairs, "
             "RANSAC-verified matches, incremental reconstruction and bundle adjustment with GPS priors. "
             "Writes a GeoPackage with the layers cameras, footprints, sparse_points and pairs in the target "
-            "CRS (default: the UTM zone of the photos), a <name>_summary.json, a <name>_sparse.ply and a "
-            "resumable workspace folder beside it. The image folder is never written to.\n\n"
+            "CRS (default: the UTM zone of the photos) and, beside it, <name>_summary.json, "
+            "<name>_report.html (the quality report, verdict first), <name>_sparse.ply, the adjusted "
+            "cameras for other software (<name>_cameras.csv, <name>_bundle/ for Bundler, <name>_colmap/ "
+            "for COLMAP) and a resumable <name>_workspace folder. The image folder is never written to. "
             "Ground control: GCP_FILE (OpenDroneMap gcp_list.txt or OpenSfM ground_control_points.json) adds "
             "control points to a final adjustment (run again after editing it: only that step is redone); "
             "CHECK_POINTS names the points only checked; the layer control_points and the summary's "
-            "control_rmse_m / check_rmse_m give dX, dY, dZ and the RMSE per axis."
-        )
+            "control_rmse_m / check_rmse_m give dX, dY, dZ and the RMSE per axis.",
+            self.parameterDefinitions(), self.outputDefinitions(),
+            notes=["PRESET takes a name (" + ", ".join(f"{k}: {v['max_image_size']} px, {v['max_features']} "
+                   "features" for k, v in PRESETS.items()) + ") or its index (0, 1, 2)."])
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(
@@ -51,7 +73,7 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT", "Output GeoPackage", fileFilter="GeoPackage (*.gpkg)"))
         self.addParameter(QgsProcessingParameterEnum(
-            "PRESET", "Quality preset", options=self.PRESET_NAMES, defaultValue=self.PRESET_NAMES.index("accurate")))
+            "PRESET", "Quality preset", options=self.PRESET_NAMES, defaultValue=self.PRESET_NAMES.index(DEFAULT_PRESET)))
         self.addParameter(QgsProcessingParameterFile(
             "GCP_FILE", "Ground control points (gcp_list.txt or OpenSfM JSON)", optional=True,
             fileFilter="Control points (*.txt *.json)"))
@@ -78,7 +100,23 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             p.setFlags(p.flags() | p.FlagAdvanced)
             self.addParameter(p)
         self.addOutput(QgsProcessingOutputFile("SUMMARY", "Summary JSON"))
+        self.addOutput(QgsProcessingOutputFile("REPORT", "Quality report (HTML)"))
+        self.addOutput(QgsProcessingOutputFile("PLY", "Sparse point cloud (PLY)"))
+        self.addOutput(QgsProcessingOutputFile("CAMERAS_CSV", "Adjusted cameras (CSV)"))
+        self.addOutput(QgsProcessingOutputFolder("BUNDLE", "Bundler model folder"))
+        self.addOutput(QgsProcessingOutputFolder("COLMAP", "COLMAP text model folder"))
         self.addOutput(QgsProcessingOutputNumber("REGISTERED", "Registered photos"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """PRESET by name as well as by index: QGIS's enum parameter takes one or the other."""
+        value = parameters.get("PRESET")
+        if value is not None and not isinstance(value, int) and preset_name(value) is None:
+            return False, (f"PRESET: {value!r} is not a quality preset; use one of "
+                           f"{', '.join(self.PRESET_NAMES)} or its index 0-{len(self.PRESET_NAMES) - 1}")
+        if value is not None:
+            parameters = dict(parameters)
+            parameters["PRESET"] = self.PRESET_NAMES.index(preset_name(value)) if preset_name(value) else value
+        return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         config = self.config_from_parameters(parameters, context)
@@ -99,7 +137,10 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             f"{summary['registered']}/{summary['images']} photos registered, {summary['points']} points, "
             f"mean reprojection {summary['mean_reproj_px']:.2f} px, CRS {summary['crs']}, {summary['total_s']:.1f} s")
         publish_geopackage(config.output, RESULT_STYLES, config.images, context)
-        return {"OUTPUT": config.output, "SUMMARY": summary["outputs"]["summary"],
+        outputs = summary["outputs"]
+        return {"OUTPUT": config.output, "SUMMARY": outputs["summary"], "REPORT": outputs.get("report"),
+                "PLY": outputs.get("ply"), "CAMERAS_CSV": outputs.get("cameras_csv"),
+                "BUNDLE": outputs.get("bundle"), "COLMAP": outputs.get("colmap"),
                 "REGISTERED": summary["registered"]}
 
     def config_from_parameters(self, parameters, context):
@@ -107,7 +148,9 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
         if not output.lower().endswith(".gpkg"):
             output = os.path.splitext(output)[0] + ".gpkg"
         crs = self.parameterAsCrs(parameters, "TARGET_CRS", context)
-        preset = self.PRESET_NAMES[self.parameterAsEnum(parameters, "PRESET", context)]
+        preset = preset_name(parameters.get("PRESET"))
+        if preset is None:  # absent, or an expression / property: QGIS's reading of it
+            preset = self.PRESET_NAMES[self.parameterAsEnum(parameters, "PRESET", context)]
         config = AlignConfig(
             images=self.parameterAsFile(parameters, "IMAGES", context),
             output=output,

@@ -15,6 +15,7 @@ from ..core import priors
 from ..core.cancel import Canceled
 from ..ui.layers import PRIORS_STYLES
 from .base import AlignKitAlgorithm, feedback_progress, publish_geopackage
+from .help import help_html
 
 
 class PhotoPriorsAlgorithm(AlignKitAlgorithm):
@@ -25,14 +26,14 @@ class PhotoPriorsAlgorithm(AlignKitAlgorithm):
         return "Photo priors and predicted footprints"
 
     def shortHelpString(self):  # noqa: N802
-        return (
+        return help_html(
             "Reads each photo's EXIF and DJI XMP (no matching) and writes a GeoPackage with a 'cameras' point "
             "layer (position, altitudes, gimbal angles, focal length in pixels and its source, and every "
             "missing or implausible value in 'problem') and a 'footprints' layer: the ground each photo should "
             "cover on flat ground. The ground lies RelativeAltitude below the camera (DJI height above the "
             "take-off point), or at GROUND_HEIGHT when given (a height in the datum of the camera altitude, "
-            "EXIF GPSAltitude, roughly above mean sea level on DJI). The image folder is never written to."
-        )
+            "EXIF GPSAltitude, roughly above mean sea level on DJI). The image folder is never written to.",
+            self.parameterDefinitions(), self.outputDefinitions())
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(

@@ -66,6 +66,31 @@ def test_inconsistent_track_is_split_at_the_weakest_pair():
     assert not any((0, 1) in tr for tr in tracks)  # the wrong match's feature is left alone, a singleton
 
 
+class TwinStore(FakeStore):
+    """As FakeStore, but features 1 and 3 of every image sit where feature 0 / 2 sit (SIFT's second
+    orientation of one keypoint: same position and colour, another descriptor)."""
+
+    def keypoints(self, i):
+        xy = super().keypoints(i)
+        xy[1], xy[3] = xy[0], xy[2]
+        return xy
+
+    def colors(self, i):
+        rgb = super().colors(i)
+        rgb[1], rgb[3] = rgb[0], rgb[2]
+        return rgb
+
+
+def test_features_at_one_position_are_one_point():
+    # The twins (0, 1) of each image match pairwise: one ground point, not two tracks with the same
+    # observations; and twins that matched different photos join into one longer track.
+    t = build_tracks([_pm(0, 1, [(0, 0), (1, 1)]), _pm(1, 2, [(1, 1)]), _pm(0, 2, [(2, 2)]), _pm(1, 2, [(3, 3)])],
+                     TwinStore())
+    assert _tracks_as_sets(t) == [((0, 0), (1, 0), (2, 0)), ((0, 2), (1, 2), (2, 2))]
+    positions = {tuple(map(tuple, t.obs_xy[t.obs_track == k])) for k in range(t.n_tracks)}
+    assert len(positions) == t.n_tracks
+
+
 def test_save_and_load_round_trip(tmp_path):
     t = build_tracks([_pm(0, 1, [(0, 1), (2, 3)]), _pm(1, 2, [(1, 2)])], FakeStore())
     t.save(tmp_path / "tracks.npz")
@@ -108,4 +133,7 @@ def test_tracks_of_a_synthetic_survey_triangulate_consistently(tmp_path):
             p = P[i] @ X
             errors.append(np.linalg.norm(p[:2] / p[2] - xy))
     errors = np.array(errors)
+    # One image point is one node: no track shares an observation's (image, position) with another.
+    keys = np.column_stack([t.obs_image, t.obs_xy])
+    assert len(np.unique(keys, axis=0)) == len(keys)
     assert np.median(errors) < 0.5 and np.mean(errors < 2.0) > 0.97

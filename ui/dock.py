@@ -45,7 +45,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.config import PRESETS, AlignConfig
+from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
 from . import layers as layer_loader
 from .task import CoreTask
 
@@ -133,7 +133,7 @@ class AlignKitDock(QgsDockWidget):
         last = self.settings.value(SETTINGS_PREFIX + "last_folder", "", type=str)
         if last and os.path.isdir(last):
             self.folder_widget.setFilePath(last)
-        preset = self.settings.value(SETTINGS_PREFIX + "preset", "balanced", type=str)
+        preset = self.settings.value(SETTINGS_PREFIX + "preset", DEFAULT_PRESET, type=str)
         if preset in PRESETS:
             self.preset_combo.setCurrentText(preset)
         self._apply_preset(self.preset_combo.currentText())
@@ -169,7 +169,7 @@ class AlignKitDock(QgsDockWidget):
 
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(list(PRESETS))
-        self.preset_combo.setCurrentText("balanced")
+        self.preset_combo.setCurrentText(DEFAULT_PRESET)
         self.preset_combo.currentTextChanged.connect(self._apply_preset)
         form.addRow("Quality", self.preset_combo)
 

@@ -1,0 +1,118 @@
+"""The final sparse cloud: no stray points far outside the block's depth range, no duplicate points."""
+import json
+
+import numpy as np
+import pytest
+from osgeo import ogr
+
+from alignkit.core import pipeline, workspace
+from alignkit.core.cloud import clean_cloud, stray_points
+from alignkit.core.config import AlignConfig
+from alignkit.core.geo import LocalFrame
+from alignkit.core.reconstruction import Reconstruction
+from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth, terrain_height
+
+NADIR = np.diag([1.0, -1.0, -1.0])  # ENU -> camera looking straight down (x east, y south, z down)
+
+
+def _reconstruction(centres, points, seen_by):
+    """A registered block of nadir cameras; seen_by[k]: the cameras observing point k."""
+    n = len(centres)
+    obs_point = np.array([k for k, cams in enumerate(seen_by) for _ in cams])
+    obs_image = np.array([i for cams in seen_by for i in cams])
+    return Reconstruction(
+        registered=np.ones(n, bool), component=np.zeros(n, int), R=np.repeat(NADIR[None], n, axis=0),
+        C=np.asarray(centres, float), focal=np.full(n, 1000.0), k1=np.zeros(n), k2=np.zeros(n),
+        points=np.asarray(points, float), point_track=np.arange(len(points)),
+        point_rgb=np.zeros((len(points), 3), np.uint8), point_error_px=np.full(len(points), 0.3),
+        point_component=np.zeros(len(points), int), n_obs=np.bincount(obs_image, minlength=n),
+        reproj_rmse_px=np.full(n, 0.3), gps_residual=np.zeros((n, 3)), gps_sigma_h_m=1.0, gps_sigma_v_m=1.0,
+        mean_reproj_px=0.3, obs_point=obs_point, obs_image=obs_image,
+        obs_xy=np.column_stack([obs_point, obs_image]).astype(float), georeferenced=True,
+    )
+
+
+def test_a_point_far_below_the_ground_is_removed_and_roofs_stay():
+    """Cameras 40 m above a ground with 3 m of relief and 12 m roofs; one 2-view point at z = -356 m."""
+    rng = np.random.default_rng(3)
+    centres = [(x, y, 40.0) for x in (0.0, 15.0, 30.0) for y in (0.0, 20.0)]
+    ground = np.column_stack([rng.uniform(-10, 40, 300), rng.uniform(-10, 30, 300), rng.uniform(-1.5, 1.5, 300)])
+    ground[:12, 2] += 12.0  # roofs: 28 m from the cameras where the ground is 40 m
+    ground[12:15, 2] = 30.0  # a mast top 10 m below the cameras
+    points = np.vstack([ground, [[12.0, 8.0, -356.0]]])
+    seen_by = [sorted(rng.choice(6, size=rng.integers(2, 6), replace=False).tolist()) for _ in range(300)]
+    seen_by.append([1, 3])
+    recon = _reconstruction(centres, points, seen_by)
+
+    stray = stray_points(recon)
+    assert np.flatnonzero(stray).tolist() == [300]
+    cleaned, n = clean_cloud(recon)
+    assert n == 1 and len(cleaned.points) == 300 and "stray" in cleaned.log[-1]
+    np.testing.assert_array_equal(cleaned.points, ground)  # the rest unchanged, in order
+    # observations follow their points: obs_xy was made (point, image) above
+    np.testing.assert_array_equal(cleaned.obs_xy[:, 0], cleaned.obs_point)
+    np.testing.assert_array_equal(cleaned.obs_xy[:, 1], cleaned.obs_image)
+    assert cleaned.n_obs.sum() == len(cleaned.obs_point) == recon.n_obs.sum() - 2
+    assert clean_cloud(cleaned)[1] == 0  # nothing else to remove
+
+
+def test_points_behind_a_camera_are_stray():
+    centres = [(0.0, 0.0, 40.0), (20.0, 0.0, 40.0)]
+    rng = np.random.default_rng(4)
+    ground = np.column_stack([rng.uniform(-5, 25, 50), rng.uniform(-5, 5, 50), np.zeros(50)])
+    recon = _reconstruction(centres, np.vstack([ground, [[10.0, 0.0, 60.0]]]), [[0, 1]] * 51)
+    assert np.flatnonzero(stray_points(recon)).tolist() == [50]
+
+
+SMALL = dict(rows=3, cols=4, width=960, height=720)
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cloud")
+    survey = generate_survey(root / "survey", SurveySpec(**SMALL, gps_noise_h_m=1.0, gps_noise_v_m=2.0, seed=11))
+    out = root / "result.gpkg"
+    summary = pipeline.run(AlignConfig(images=str(survey / "images"), output=str(out), max_features=4000, workers=2))
+    return survey, out, summary
+
+
+@pytest.mark.slow
+def test_generated_survey_has_no_duplicate_or_stray_points(aligned):
+    survey, out, summary = aligned
+    ds = ogr.Open(str(out))
+    xyz = np.array([f.GetGeometryRef().GetPoint() for f in ds.GetLayerByName("sparse_points")])
+    ds = None
+    assert len(xyz) == summary["points"] > 2000
+    assert len(np.unique(xyz, axis=0)) == len(xyz)  # SIFT's orientation twins once made 6 % duplicates
+    # Every point lies on the known terrain (after the block's height offset, which the noisy GPS
+    # leaves): none is far outside the block (a few weakly determined points sit ~2-3 m off).
+    gt = load_ground_truth(survey)
+    enu = LocalFrame(**gt["origin"]).from_crs(xyz, summary["crs"])
+    dz = enu[:, 2] - terrain_height(gt, enu[:, 0], enu[:, 1])
+    assert np.abs(dz - np.median(dz)).max() < 0.1 * gt["spec"]["altitude_m"]
+    assert np.percentile(np.abs(dz - np.median(dz)), 99) < 1.0
+
+
+@pytest.mark.slow
+def test_a_stray_point_injected_into_a_generated_survey_is_removed(aligned):
+    survey, out, _ = aligned
+    data = workspace.read_npz(out.parent / "result_workspace" / "reconstruction.npz")
+    meta = json.loads(str(data.pop("meta")[0]))
+    meta.pop("stamp")
+    recon = Reconstruction(**data, **meta)
+    # A 2-view track of two neighbouring photos, 500 m below the ground on the first one's axis.
+    a, b = 0, int(np.argsort(np.linalg.norm(recon.C - recon.C[0], axis=1))[1])
+    deep = recon.C[a] + recon.R[a][2] * 540.0
+    n = len(recon.points)
+    recon.points = np.vstack([recon.points, deep])
+    recon.point_track = np.append(recon.point_track, -1)
+    recon.point_rgb = np.vstack([recon.point_rgb, [[0, 0, 0]]]).astype(np.uint8)
+    recon.point_error_px = np.append(recon.point_error_px, 0.2)
+    recon.point_component = np.append(recon.point_component, 0)
+    recon.obs_point = np.append(recon.obs_point, [n, n])
+    recon.obs_image = np.append(recon.obs_image, [a, b])
+    recon.obs_xy = np.vstack([recon.obs_xy, np.zeros((2, 2))])
+
+    stray = stray_points(recon)
+    assert stray[n]
+    assert stray[:n].sum() <= 0.002 * n  # the genuine points stay
