@@ -406,7 +406,9 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
 
     progress(0.85, "writing aligned images")
     output_folder.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_outputs(output_folder)  # read before this run's transforms.json replaces it
     georef = _georeference(paths[ref_index])
+    written = []
     for k in [ref_index] + accepted:
         check(is_canceled)
         image = read_image(paths[k])
@@ -414,12 +416,43 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
             image, results[k].matrix, (ref_w, ref_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         warped = warped[crop["y"]:crop["y"] + crop["height"], crop["x"]:crop["x"] + crop["width"]]
         _write_output(paths[k], output_folder / names[k], warped, georef, crop, config)
+        written.append(names[k])
+    document["removed_earlier_outputs"] = _remove_earlier_outputs(output_folder, earlier, written, progress)
     timings["total_s"] = time.perf_counter() - t0
     document["timings"] = {key: round(v, 3) for key, v in timings.items()}
     document["config"] = asdict(config)
     workspace.write_json(output_folder / "transforms.json", document)
     progress(1.0, f"{len(accepted)} of {len(paths) - 1} images aligned to {names[ref_index]}")
     return document
+
+
+def _earlier_outputs(output_folder):
+    """File names an earlier run of this job wrote into output_folder, as its transforms.json records them
+    (aligned frames, the reference, a fused image); nothing else there is ever touched."""
+    path = output_folder / "transforms.json"
+    if not path.is_file():
+        return []
+    try:
+        earlier = workspace.read_json(path)
+        entries = [e for e in earlier.get("images", []) if isinstance(e, dict)]
+        names = [e.get("image") for e in entries if e.get("status") in ("aligned", "reference")]
+        names += [earlier.get(key) for key in ("fused", "fused_depth")]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []  # not a transforms.json of ours: it names nothing we may remove
+    # plain file names only: a record can never reach outside the output folder
+    return [n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")]
+
+
+def _remove_earlier_outputs(output_folder, earlier, written, progress):
+    """Remove what an earlier run wrote and this run did not (a frame rejected now, a fused image not
+    asked for now), so the folder holds exactly what the new transforms.json describes. Returns the names."""
+    stale = sorted({n for n in earlier if n not in written and (output_folder / n).is_file()})
+    for name in stale:
+        (output_folder / name).unlink()
+    if stale:
+        progress(0.97, f"removed {len(stale)} output(s) of an earlier run that this run did not write: "
+                       f"{', '.join(stale)}")
+    return stale
 
 
 def _try_chain(k, ref_index, results, grays, features, config, rng, is_canceled, chains):

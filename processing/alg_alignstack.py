@@ -82,6 +82,10 @@ class AlignStackAlgorithm(AlignKitAlgorithm):
             elif entry["status"] == "rejected":
                 rejected += 1
                 feedback.pushWarning(f"{entry['image']} rejected: {entry['reason']}")
+        removed = document.get("removed_earlier_outputs") or []
+        if removed:
+            feedback.pushWarning(f"removed {len(removed)} output(s) an earlier run wrote into {output} that this "
+                                 f"run did not: {', '.join(removed)}")
         crop = document["crop"]
         feedback.pushInfo(
             f"{aligned} images aligned to {document['reference']} ({document['model']}), {rejected} rejected; "
