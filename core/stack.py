@@ -103,6 +103,8 @@ class StackConfig:
     exposure_ratio: float = 1.4  # median-brightness ratio above which two frames count as an exposure bracket
     affine_views: bool = True  # no consistent match: retry on simulated oblique views of the moving image (ASIFT)
     max_ecc_shift_px: float = 8.0  # ECC may move a corner this far (finest-level px) from the feature estimate
+    refine_rms_margin: float = 0.1  # ECC may raise the feature inliers' RMS residual by this share ...
+    refine_rms_margin_px: float = 0.05  # ... plus this (px): beyond, it left the matched plane and is not kept
     chain_below_overlap: float = 0.3  # direct overlap (share of the image) below this: go through a neighbour
     max_scale: float = 4.0  # zoom beyond this factor (or below its inverse) is degenerate
     max_anisotropy: float = 8.0  # ratio of singular values of the linear part above this: a collapse
@@ -125,6 +127,8 @@ class PairResult:
     inliers: int = 0
     method: str = ""  # "features", "oblique-view features", "...+ecc(intensity|gradient)", "phase_correlation"
     ecc_correlation: float | None = None
+    support: tuple | None = None  # (moving xy, reference xy) of the feature inliers, full-res (not written out)
+    refinement: str | None = None  # why the intensity refinement was kept or not
 
 
 def _needs_gradient(moving, reference, config):
@@ -138,7 +142,8 @@ def _needs_gradient(moving, reference, config):
 
 
 def _feature_estimate(moving, moving_features, reference_features, config, rng, iterations=10000):
-    """Ratio-test matches and a robust fit of config.model: (matrix or None, inliers, matches)."""
+    """Ratio-test matches and a robust fit of config.model: (matrix or None, inliers, matches, support),
+    support = (moving xy, reference xy) of the inliers."""
     matches = ratio_matches(moving_features, reference_features, config.lowe_ratio)
     src = moving_features.points[matches[:, 0]]
     dst = reference_features.points[matches[:, 1]]
@@ -155,7 +160,7 @@ def _feature_estimate(moving, moving_features, reference_features, config, rng, 
         if reverse is not None:
             matrix, inliers = np.linalg.inv(reverse), reverse_inliers
             matrix /= matrix[2, 2]
-    return matrix, int(inliers.sum()), len(matches)
+    return matrix, int(inliers.sum()), len(matches), (src[inliers], dst[inliers])
 
 
 def _consistent(matrix, n_inliers, n_matches, config):
@@ -170,39 +175,42 @@ def _oblique_estimate(moving, reference, reference_features, config, rng, is_can
     reference directly, by the same rules as any pair (graf 6: 240 of 470; unrelated: 0 of 11).
     The re-match also refines it."""
     simulated = detect_affine_views(moving, config, is_canceled)
-    tilted, n_in, n_matches = _feature_estimate(moving, simulated, reference_features, config, rng,
-                                                AFFINE_RANSAC_ITERATIONS)
+    tilted, n_in, n_matches, _ = _feature_estimate(moving, simulated, reference_features, config, rng,
+                                                   AFFINE_RANSAC_ITERATIONS)
     if tilted is None:
-        return None, n_in, n_matches, f"no estimate from simulated oblique views ({n_matches} matches)"
+        return None, n_in, n_matches, None, f"no estimate from simulated oblique views ({n_matches} matches)"
     why = degeneracy(tilted, moving.shape[1], moving.shape[0], config, OBLIQUE_MAX_ANISOTROPY)
     if why:
-        return None, n_in, n_matches, f"simulated oblique views ({n_in} of {n_matches}): {why}"
+        return None, n_in, n_matches, None, f"simulated oblique views ({n_in} of {n_matches}): {why}"
     h, w = reference.shape[:2]
     rectified, _ = warp_with_mask(moving, tilted, w, h)
     rectified_features, _ = detect(rectified, config)
-    residual, r_in, r_matches = _feature_estimate(rectified, rectified_features, reference_features, config, rng)
+    residual, r_in, r_matches, (src, dst) = _feature_estimate(rectified, rectified_features, reference_features,
+                                                              config, rng)
     if not _consistent(residual, r_in, r_matches, config):
-        return None, r_in, r_matches, (f"simulated oblique views ({n_in} of {n_matches}) not confirmed "
-                                       f"after rectifying ({r_in} of {r_matches})")
+        return None, r_in, r_matches, None, (f"simulated oblique views ({n_in} of {n_matches}) not confirmed "
+                                             f"after rectifying ({r_in} of {r_matches})")
     matrix = residual @ tilted
-    return matrix / matrix[2, 2], r_in, r_matches, None
+    # the confirming inliers, taken back from the rectified image into the moving one
+    return matrix / matrix[2, 2], r_in, r_matches, (_apply(np.linalg.inv(tilted), src), dst), None
 
 
 def align_pair(moving, reference, moving_features, reference_features, config, rng, is_canceled=None):
     """Estimate moving -> reference (grey float32 images) for config.model."""
-    matrix, n_in, n_matches = _feature_estimate(moving, moving_features, reference_features, config, rng)
+    matrix, n_in, n_matches, support = _feature_estimate(moving, moving_features, reference_features, config, rng)
     method = "features"
     if not _consistent(matrix, n_in, n_matches, config):
         reason = f"no consistent matches ({n_in} inliers of {n_matches})"
         matrix = None
         if config.affine_views and config.model in ("affine", "homography"):  # a strong change of viewpoint?
-            oblique, o_in, o_matches, why = _oblique_estimate(moving, reference, reference_features, config, rng,
-                                                              is_canceled)
+            oblique, o_in, o_matches, o_support, why = _oblique_estimate(moving, reference, reference_features,
+                                                                         config, rng, is_canceled)
             if oblique is not None:
-                matrix, n_in, n_matches, method = oblique, o_in, o_matches, "oblique-view features"
+                matrix, n_in, n_matches, support = oblique, o_in, o_matches, o_support
+                method = "oblique-view features"
             else:
                 reason += f"; {why}"
-    result = PairResult(None, None, matches=n_matches, inliers=n_in, method=method)
+    result = PairResult(None, None, matches=n_matches, inliers=n_in, method=method, support=support)
     if matrix is None:
         result.reason = reason
         if config.model == "translation":
@@ -222,18 +230,55 @@ def align_pair(moving, reference, moving_features, reference_features, config, r
     if _needs_gradient(moving, reference, config):
         return _refine_exposure(moving, reference, result, config, is_canceled)
     refined, info = ecc_refine(moving, reference, matrix, config.model, config, is_canceled)
-    if refined is None or degeneracy(refined, moving.shape[1], moving.shape[0], config, stretch):
-        return result  # features alone
-    # ECC maximises the overall correlation; keep it only when the fine local structure (SSIM) agrees.
-    # Where moving water, people or depth pull ECC off, NCC still rises a little but SSIM falls
-    # (Oxford boat 2-4: ECC 0.07-0.7 px further off than the features, SSIM -0.001 to -0.03; graf 2-4: ECC
-    # 0.7-3.6 px better, SSIM +0.013 to +0.10)
-    before = _fine_scores(moving, reference, matrix, config.ecc_max_side)
+    if refined is None:
+        result.refinement = f"features alone: {info}"
+        return result
+    why = degeneracy(refined, moving.shape[1], moving.shape[0], config, stretch)
+    if why:
+        result.refinement = f"features alone: the ECC result is {why}"
+        return result
+    return _judge_refinement(moving, reference, result, refined, info, config)
+
+
+def inlier_rms(matrix, support):
+    """RMS distance (reference pixels) between where `matrix` takes the feature inliers and where they
+    were matched; None without support."""
+    if support is None or len(support[0]) == 0:
+        return None
+    src, dst = support
+    return float(np.sqrt(np.mean(np.sum((_apply(matrix, src) - dst) ** 2, axis=1))))
+
+
+def _judge_refinement(moving, reference, result, refined, correlation, config):
+    """Keep the ECC result only when it earns its place, on two kinds of evidence.
+
+    1. Fine local structure: NCC and SSIM must both rise. Where moving water, people or depth pull ECC
+       off, NCC still rises a little but SSIM falls (Oxford boat 2-4: ECC 0.07-0.7 px further off than the
+       features, SSIM -0.001 to -0.03; graf 2-4: ECC 0.7-3.6 px better, SSIM +0.013 to +0.10).
+    2. Geometry ECC was not fitted to: the feature inliers (the dominant plane's matches) must not fit
+       the refined model worse than the feature model, beyond a small margin. Whole-frame correlation
+       is no judge of geometry when the scene is not one plane: ECC can follow an off-plane object, NCC
+       rises, and the plane is left pixels off (issue 13).
+    """
+    before = _fine_scores(moving, reference, result.matrix, config.ecc_max_side)
     after = _fine_scores(moving, reference, refined, config.ecc_max_side)
-    if after[0] > before[0] and after[1] > before[1]:
-        result.matrix = refined
-        result.method = f"{method}+ecc(intensity)"
-        result.ecc_correlation = info
+    scores = f"NCC {before[0]:.4f} -> {after[0]:.4f}, SSIM {before[1]:.4f} -> {after[1]:.4f}"
+    if not (after[0] > before[0] and after[1] > before[1]):
+        result.refinement = f"features alone: ECC did not improve both NCC and SSIM ({scores})"
+        return result
+    rms_features, rms_refined = inlier_rms(result.matrix, result.support), inlier_rms(refined, result.support)
+    if rms_features is not None:
+        allowed = rms_features * (1.0 + config.refine_rms_margin) + config.refine_rms_margin_px
+        residuals = f"feature inliers' RMS residual {rms_features:.3f} -> {rms_refined:.3f} px"
+        if rms_refined > allowed:
+            result.refinement = (f"features alone: ECC raised the {residuals} (allowed {allowed:.3f}) although "
+                                 f"{scores}: the scene is not one plane, or ECC followed something else")
+            return result
+        scores += f"; {residuals}"
+    result.refinement = f"ECC kept: {scores}"
+    result.matrix = refined
+    result.method = f"{result.method}+ecc(intensity)"
+    result.ecc_correlation = correlation
     return result
 
 
@@ -265,6 +310,8 @@ def _refine_exposure(moving, reference, result, config, is_canceled):
         best = 1  # the richer model must earn its extra parameters
     result.matrix, result.method = candidates[best]
     result.ecc_correlation = round(float(scores[best]), 5)
+    result.refinement = ("exposure bracket: the best of " + ", ".join(
+        f"{name} ({score:.4f})" for (_, name), score in zip(candidates, scores)) + " by gradient correlation")
     return result
 
 
@@ -353,8 +400,10 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
             continue
         entry = {"image": name, "status": "rejected", "reason": result.reason, "matrix": None, "metrics": None,
                  "method": result.method or None, "matches": result.matches, "inliers": result.inliers,
-                 "via": names[chains[k]] if k in chains else None}
+                 "via": names[chains[k]] if k in chains else None, "refinement": result.refinement}
         if result.matrix is not None:
+            rms = inlier_rms(result.matrix, result.support)
+            entry["inlier_rms_px"] = None if rms is None else round(rms, 4)
             h, w = grays[k].shape[:2]
             before = _metrics(grays[k], reference, np.eye(3), config)  # as taken, laid on top of each other
             after = _metrics(grays[k], reference, result.matrix, config)
@@ -471,6 +520,8 @@ def _try_chain(k, ref_index, results, grays, features, config, rng, is_canceled,
             continue
         link.matrix = composed
         link.method = "chained+" + link.method
+        if link.support is not None:  # the neighbour's matches, carried on into the reference
+            link.support = (link.support[0], _apply(results[j].matrix, link.support[1]))
         chains[k] = j
         return link
     return None
