@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import image_quality, stack_crop, workspace
+from . import fusion, image_quality, stack_crop, workspace
 from .cancel import check
 from .stack_checks import (
     _apply,
@@ -60,13 +60,15 @@ from .stack_io import (
     IMAGE_EXTENSIONS,
     StackError,
     _georeference,
-    _write_output,
+    earlier_outputs,
     gradient_magnitude,
     level_matrix,
     list_stack_images,
     read_image,
+    remove_earlier_outputs,
     resize_to,
     to_gray,
+    write_output,
 )
 
 # the public face of the stack stage (its parts live in the stack_* modules)
@@ -115,6 +117,7 @@ class StackConfig:
     phase_min_response: float = 0.1  # phase-correlation peak strength needed for the translation fallback
     metrics_max_side: int = 1024  # long side at which MSE / NCC / SSIM are measured (speed)
     jpeg_quality: int = 95  # quality of re-encoded JPEG outputs
+    fuse: str = "none"  # none | focus | exposure: also fuse the aligned, cropped frames into one image (core.fusion)
     seed: int = 42  # RNG seed (USAC sampling, translation voting)
 
 
@@ -375,6 +378,8 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
     progress = progress or (lambda fraction, message: None)
     if config.model not in MODELS:
         raise StackError(f"unknown model {config.model!r}; use one of {', '.join(MODELS)}")
+    if config.fuse not in fusion.FUSE_MODES:
+        raise StackError(f"unknown fusion {config.fuse!r}; use one of {', '.join(fusion.FUSE_MODES)}")
     input_folder = Path(input_folder)
     paths = [Path(p) for p in images] if images is not None else list_stack_images(input_folder)
     if len(paths) == 0:
@@ -494,53 +499,81 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
 
     progress(0.85, "writing aligned images")
     output_folder.mkdir(parents=True, exist_ok=True)
-    earlier = _earlier_outputs(output_folder)  # read before this run's transforms.json replaces it
+    earlier = earlier_outputs(output_folder)  # read before this run's transforms.json replaces it
     georef = _georeference(paths[ref_index])
-    written = []
-    for k in [ref_index] + accepted:
+    written, fused = [], _Fuser(config, names, ref_index)
+    for k in sorted([ref_index] + accepted):
         check(is_canceled)
         image = read_image(paths[k])
         warped = image if k == ref_index else cv2.warpPerspective(
             image, results[k].matrix, (ref_w, ref_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         warped = warped[crop["y"]:crop["y"] + crop["height"], crop["x"]:crop["x"] + crop["width"]]
-        _write_output(paths[k], output_folder / names[k], warped, georef, crop, config)
+        write_output(paths[k], output_folder / names[k], warped, georef, crop, config.jpeg_quality)
         written.append(names[k])
-    document["removed_earlier_outputs"] = _remove_earlier_outputs(output_folder, earlier, written, progress)
+        fused.add(k, warped)  # the frame as warped, before any JPEG re-encoding
+    if config.fuse != "none":
+        check(is_canceled)
+        progress(0.93, f"fusing the aligned frames ({config.fuse})")
+        t_fuse = time.perf_counter()
+        document.update(fused.write(output_folder, paths[ref_index], georef, crop, written))
+        written += [n for n in (document.get("fused"), document.get("fused_depth")) if n]
+        timings["fuse_s"] = time.perf_counter() - t_fuse + fused.seconds
+    document["removed_earlier_outputs"] = remove_earlier_outputs(output_folder, earlier, written, progress)
     timings["total_s"] = time.perf_counter() - t0
     document["timings"] = {key: round(v, 3) for key, v in timings.items()}
     document["config"] = asdict(config)
     workspace.write_json(output_folder / "transforms.json", document)
-    progress(1.0, f"{len(accepted)} of {len(paths) - 1} images aligned to {names[ref_index]}")
+    done = f"{len(accepted)} of {len(paths) - 1} images aligned to {names[ref_index]}"
+    if document.get("fused"):
+        done += f"; fused ({config.fuse}) into {document['fused']}"
+    progress(1.0, done if not document.get("fused_note") else f"{done}; {document['fused_note']}")
     return document
 
 
-def _earlier_outputs(output_folder):
-    """File names an earlier run of this job wrote into output_folder, as its transforms.json records them
-    (aligned frames, the reference, a fused image); nothing else there is ever touched."""
-    path = output_folder / "transforms.json"
-    if not path.is_file():
-        return []
-    try:
-        earlier = workspace.read_json(path)
-        entries = [e for e in earlier.get("images", []) if isinstance(e, dict)]
-        names = [e.get("image") for e in entries if e.get("status") in ("aligned", "reference")]
-        names += [earlier.get(key) for key in ("fused", "fused_depth")]
-    except (OSError, ValueError, AttributeError, TypeError):
-        return []  # not a transforms.json of ours: it names nothing we may remove
-    # plain file names only: a record can never reach outside the output folder
-    return [n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")]
+class _Fuser:
+    """Collects the aligned, cropped frames for core.fusion while they are written (focus: streamed)."""
 
+    def __init__(self, config, names, ref_index):
+        self.config, self.names, self.ref_index = config, names, ref_index
+        self.focus = fusion.FocusFusion() if config.fuse == "focus" else None
+        self.frames, self.used = [], []
+        self.seconds = 0.0
 
-def _remove_earlier_outputs(output_folder, earlier, written, progress):
-    """Remove what an earlier run wrote and this run did not (a frame rejected now, a fused image not
-    asked for now), so the folder holds exactly what the new transforms.json describes. Returns the names."""
-    stale = sorted({n for n in earlier if n not in written and (output_folder / n).is_file()})
-    for name in stale:
-        (output_folder / name).unlink()
-    if stale:
-        progress(0.97, f"removed {len(stale)} output(s) of an earlier run that this run did not write: "
-                       f"{', '.join(stale)}")
-    return stale
+    def add(self, k, frame):
+        if self.config.fuse == "none":
+            return
+        t0 = time.perf_counter()
+        self.used.append(k)
+        if self.focus is not None:
+            self.focus.add(frame, self.names[k])
+        else:
+            self.frames.append(frame)
+        self.seconds += time.perf_counter() - t0
+
+    def write(self, output_folder, reference_path, georef, crop, taken):
+        """Write the fused image (and the focus depth map); the transforms.json keys that describe them."""
+        info = {"fuse": self.config.fuse, "fused": None, "fused_from": [self.names[k] for k in self.used]}
+        left_out = [n for k, n in enumerate(self.names) if k not in self.used]
+        if left_out:
+            info["fused_without"] = left_out  # rejected or unreadable: not part of the fused image
+        if len(self.used) < 2:
+            info["fused_note"] = (f"nothing fused: {len(self.used)} aligned frame(s) (the reference "
+                                  f"{self.names[self.ref_index]}); fusion needs two or more")
+            return info
+        if self.focus is not None:
+            image, depth = self.focus.result()
+        else:
+            image, depth = fusion.exposure_fusion(self.frames, [self.names[k] for k in self.used]), None
+        info["fused"] = fusion.fused_name(self.config.fuse, reference_path.suffix, taken)
+        write_output(reference_path, output_folder / info["fused"], image, georef, crop, self.config.jpeg_quality)
+        if depth is not None:
+            # the index into fused_from of the sharpest frame at each pixel, lossless
+            info["fused_depth"] = fusion.fused_name("depth", ".png", taken)
+            write_output(reference_path, output_folder / info["fused_depth"], depth, None, crop,
+                         self.config.jpeg_quality)
+        if left_out:
+            info["fused_note"] = f"fused from {len(self.used)} aligned frames; left out: {', '.join(left_out)}"
+        return info
 
 
 def _try_chain(k, ref_index, results, grays, features, config, rng, is_canceled, chains):

@@ -54,7 +54,8 @@ def read_image(path):
     return image
 
 
-def _data_range(image):
+def data_range(image):
+    """Full-scale value of the image's dtype (65535 for 16 bit, 1.0 for float, else 255)."""
     return 65535.0 if image.dtype == np.uint16 else (1.0 if image.dtype.kind == "f" else 255.0)
 
 
@@ -67,7 +68,7 @@ def to_gray(image):
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if channels >= 3 else image[:, :, 0]
     gray = image.astype(np.float32)
     if image.dtype != np.uint8:
-        gray *= np.float32(255.0 / _data_range(image))
+        gray *= np.float32(255.0 / data_range(image))
     return gray
 
 
@@ -112,13 +113,45 @@ def _georeference(path):
     return tuple(transform), projection
 
 
-def _write_output(source, target, image, georef, crop, config):
+def earlier_outputs(output_folder):
+    """File names an earlier run of this job wrote into output_folder, as its transforms.json records them
+    (aligned frames, the reference, a fused image); nothing else there is ever touched."""
+    path = output_folder / "transforms.json"
+    if not path.is_file():
+        return []
+    try:
+        earlier = workspace.read_json(path)
+        entries = [e for e in earlier.get("images", []) if isinstance(e, dict)]
+        names = [e.get("image") for e in entries if e.get("status") in ("aligned", "reference")]
+        names += [earlier.get(key) for key in ("fused", "fused_depth")]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []  # not a transforms.json of ours: it names nothing we may remove
+    # plain file names only: a record can never reach outside the output folder
+    return [n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")]
+
+
+def remove_earlier_outputs(output_folder, earlier, written, progress):
+    """Remove what an earlier run wrote and this run did not (a frame rejected now, a fused image not
+    asked for now), so the folder holds exactly what the new transforms.json describes. Returns the names."""
+    stale = sorted({n for n in earlier if n not in written and (output_folder / n).is_file()})
+    for name in stale:
+        (output_folder / name).unlink()
+    if stale:
+        progress(0.97, f"removed {len(stale)} output(s) of an earlier run that this run did not write: "
+                       f"{', '.join(stale)}")
+    return stale
+
+
+def write_output(source, target, image, georef, crop, jpeg_quality):
+    """Write `image` atomically at `target` in the format its suffix names: JPEG with `source`'s EXIF / XMP
+    segments, GeoTIFF with `georef` (geotransform, WKT) shifted by the `crop` offset, else what OpenCV writes."""
+    target = Path(target)
     suffix = target.suffix.lower()
     if georef is not None and suffix in (".tif", ".tiff"):
         workspace.atomic_output(target, lambda tmp: _write_geotiff(tmp, image, georef, crop))
         return
     if suffix in (".jpg", ".jpeg"):
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         if not ok:
             raise StackError(f"cannot encode {target}")
         data = _with_app1(encoded.tobytes(), source)
@@ -165,7 +198,7 @@ def _write_geotiff(tmp, image, georef, crop):
     from osgeo import gdal
 
     transform, projection = georef
-    x0, y0 = crop["x"], crop["y"]
+    x0, y0 = (crop["x"], crop["y"]) if crop else (0, 0)
     # GDAL's geotransform addresses pixel corners; a whole-pixel crop offset shifts it exactly
     shifted = (transform[0] + x0 * transform[1] + y0 * transform[2], transform[1], transform[2],
                transform[3] + x0 * transform[4] + y0 * transform[5], transform[4], transform[5])
