@@ -269,11 +269,18 @@ def _squared_residuals(matrix, src, dst, moving_size):
     return np.sum((_apply(matrix, src) - dst) ** 2, axis=1)
 
 
-def inlier_rms(matrix, support, moving_size):
-    """RMS transfer error (px of the coarser view) of the feature inliers under `matrix`; None without them."""
-    if support is None or not support.inliers.any():
+def inlier_rms(matrix, support, moving_size, own=False):
+    """RMS transfer error (px of the coarser view) under `matrix` of the robust fit's inliers, or (own=True)
+    of the matches within the fit's threshold of `matrix` itself: its own inliers, as a refined model has
+    them. None without any."""
+    if support is None:
         return None
-    return float(np.sqrt(np.mean(_squared_residuals(matrix, *support.inlier_pairs(), moving_size))))
+    if own:
+        r2 = _squared_residuals(matrix, support.src, support.dst, moving_size)
+        r2 = r2[r2 < support.threshold ** 2]
+    else:
+        r2 = _squared_residuals(matrix, *support.inlier_pairs(), moving_size)
+    return float(np.sqrt(np.mean(r2))) if len(r2) else None
 
 
 def match_cost(matrix, support, moving_size):
@@ -446,7 +453,7 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
                  "method": result.method or None, "matches": result.matches, "inliers": result.inliers,
                  "via": names[chains[k]] if k in chains else None, "refinement": result.refinement}
         if result.matrix is not None:
-            rms = inlier_rms(result.matrix, result.support, (grays[k].shape[1], grays[k].shape[0]))
+            rms = inlier_rms(result.matrix, result.support, (grays[k].shape[1], grays[k].shape[0]), own=True)
             entry["inlier_rms_px"] = None if rms is None else round(rms, 4)
             h, w = grays[k].shape[:2]
             before = _metrics(grays[k], reference, np.eye(3), config)  # as taken, laid on top of each other

@@ -40,8 +40,9 @@ def test_boat_zoom_within_five_percent_of_the_baseline_and_inliers_fit(shared, t
     """Issue 13's target for boat 5 and 6. The published H1to5p / H1to6p misfit the left third of the scene
     (the matched features sit a median 10.8 px off H1to6p there) while one homography fits every inlier to
     ~1 px, so no absolute target against them is meaningful: within 5 % of the plain baseline's corner
-    error computed in the same run, the inliers' RMS residual <= 1 px (in the coarser view's pixels).
-    Measured: boat 5 1.378 px (baseline 1.325, ratio 1.04), RMS 0.91 px; boat 6 9.899 px (baseline 9.913),
+    error computed in the same run, the inliers' RMS residual <= 1 px (the matches within the fit's threshold
+    of the final homography, in the coarser view's pixels).
+    Measured: boat 5 1.378 px (baseline 1.325, ratio 1.04), RMS 0.94 px; boat 6 9.899 px (baseline 9.913),
     RMS 0.87 px."""
     entry, truth, base, w, h = align_oxford_pair(shared, tmp_path, "oxford_boat", n)
     assert entry["status"] == "aligned", entry["reason"]
@@ -63,11 +64,28 @@ def test_graf_extreme_viewpoints_align_through_simulated_oblique_views(shared, t
     assert (tmp_path / "out" / f"img{n}.png").exists()
 
 
+def _tiles(shape, size=64):
+    return [(y, x) for y in range(0, shape[0] - size + 1, size) for x in range(0, shape[1] - size + 1, size)]
+
+
+def _grey(path):
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+
+
+def _ncc(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+
+
+def _varlap(a):
+    return float(cv2.Laplacian(a, cv2.CV_64F).var())
+
+
 def test_pcb_focus_stack(shared, tmp_path):
     folder = shared("focus_stack_pcb", "pcb")
     images = sorted(folder.glob("pcb_*.jpg"))
     assert len(images) == 7
-    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(), images=images)
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(fuse="focus"), images=images)
     crop = doc["crop"]
     xs = np.arange(crop["x"], crop["x"] + crop["width"])
     ys = np.arange(crop["y"], crop["y"] + crop["height"])
@@ -88,12 +106,40 @@ def test_pcb_focus_stack(shared, tmp_path):
         assert 0.9 < np.sqrt(abs(np.linalg.det(linear))) < 1.1
     # no more cut than needed: the crop covers most of the 2048 x 1536 frame
     assert crop["width"] * crop["height"] > 0.8 * 2048 * 1536
+    _check_focus_fusion(doc, tmp_path / "out", folder / "expected.jpg", tmp_path / "expected")
+
+
+def _check_focus_fusion(doc, out, expected, scratch):
+    """Issue 13's acceptance: in 64 x 64 tiles the fused image is as sharp as the sharpest aligned frame
+    (median variance-of-Laplacian ratio >= 0.9; measured 1.10) and shows the same thing (median tile NCC
+    with that frame >= 0.9; measured 0.996); it is close to focus-stack's own result, expected.jpg
+    (aligned onto ours: NCC 0.99, median tile NCC 0.98, median sharpness ratio ours / theirs 0.89).
+    Fusion adds <= 50 % to the alignment (measured 2.6 s to 19-22 s)."""
+    assert doc["fused"] == "fused_focus.jpg" and len(doc["fused_from"]) == 7
+    fused = _grey(out / doc["fused"])
+    frames = [_grey(out / name) for name in doc["fused_from"]]
+    ratios, nccs = [], []
+    for y, x in _tiles(fused.shape):
+        tile = fused[y:y + 64, x:x + 64]
+        sharpness = [_varlap(f[y:y + 64, x:x + 64]) for f in frames]
+        best = int(np.argmax(sharpness))
+        ratios.append(_varlap(tile) / max(sharpness[best], 1e-9))
+        nccs.append(_ncc(tile, frames[best][y:y + 64, x:x + 64]))
+    assert np.median(ratios) >= 0.9 and np.median(nccs) >= 0.9, (np.median(ratios), np.median(nccs))
+    timings = doc["timings"]
+    assert timings["fuse_s"] <= 0.5 * (timings["features_s"] + timings["align_s"])
+    (scratch / "in").mkdir(parents=True)
+    (scratch / "in" / "a_fused.jpg").write_bytes((out / doc["fused"]).read_bytes())
+    (scratch / "in" / "b_expected.jpg").write_bytes(expected.read_bytes())
+    pair = stack.align_stack(scratch / "in", scratch / "out", stack.StackConfig(reference="a_fused.jpg"))
+    assert pair["images"][1]["status"] == "aligned"
+    assert pair["images"][1]["metrics"]["after"]["ncc"] > 0.95
 
 
 def test_exposure_bracket(shared, tmp_path):
     folder = shared("exposure_house")
     images = sorted(folder.glob("*.jpg"))
-    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(), images=images)
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(fuse="exposure"), images=images)
     for entry in doc["images"]:
         if entry["status"] == "reference":
             continue
@@ -105,6 +151,21 @@ def test_exposure_bracket(shared, tmp_path):
             assert np.allclose(matrix, np.eye(3)) or stack.overlap_shift(matrix, np.eye(3), (500, 752),
                                                                          (500, 752)) <= 0.5
     assert doc["crop"]["width"] >= 740 and doc["crop"]["height"] >= 490
+    # exposure fusion (issue 13): fewer clipped pixels than any frame (measured 9,753 against 37,742-230,755),
+    # and in 64 x 64 tiles at least 90 % of the best frame's local contrast, median (measured 0.909)
+    out = tmp_path / "out"
+    fused = cv2.imread(str(out / doc["fused"]))
+    frames = [cv2.imread(str(out / name)) for name in doc["fused_from"]]
+    assert len(frames) == 4 and fused.shape == frames[0].shape
+
+    def clipped(image):
+        return int(((image <= 2).all(axis=2) | (image >= 253).all(axis=2)).sum())
+
+    assert clipped(fused) < min(clipped(f) for f in frames)
+    grey, greys = _grey(out / doc["fused"]), [_grey(out / name) for name in doc["fused_from"]]
+    ratios = [grey[y:y + 64, x:x + 64].std() / max(max(g[y:y + 64, x:x + 64].std() for g in greys), 1e-9)
+              for y, x in _tiles(grey.shape)]
+    assert np.median(ratios) >= 0.9, np.median(ratios)
 
 
 def test_unrelated_real_image_is_rejected_with_reason(shared, tmp_path):
