@@ -17,7 +17,7 @@ help:
 	@echo "make demo                          generate a synthetic survey and align it through qgis_process"
 	@echo "make priors IMAGES=dir OUT=f.gpkg [CRS=EPSG:n]   camera priors and predicted footprints"
 	@echo "make align IMAGES=dir OUT=f.gpkg [CRS=EPSG:n] [FOCAL=px]   drone photo alignment"
-	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m]   image stack registration"
+	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m] [FUSE=none|focus|exposure]   image stack registration"
 	@echo "make bench                         benchmarks, figures as JSON under bench/"
 	@echo "make lint | package | install | screenshot"
 
@@ -67,9 +67,9 @@ align: setup
 	  $(if $(GCP),GCP_FILE="$(GCP)") $(if $(CHECK),CHECK_POINTS="$(CHECK)") $(if $(DEM),REFERENCE_DEM="$(DEM)")
 
 align-stack: setup
-	@[ -n "$(INPUT)" ] || { echo "usage: make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m]"; exit 2; }
+	@[ -n "$(INPUT)" ] || { echo "usage: make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m] [FUSE=mode]"; exit 2; }
 	$(QGIS_PROCESS) run alignkit:alignstack -- INPUT="$(INPUT)" OUTPUT_FOLDER="$(OUT)" \
-	  $(if $(REFERENCE),REFERENCE="$(REFERENCE)") $(if $(MODEL),MODEL="$(MODEL)")
+	  $(if $(REFERENCE),REFERENCE="$(REFERENCE)") $(if $(MODEL),MODEL="$(MODEL)") $(if $(FUSE),FUSE="$(FUSE)")
 
 bench: setup
 	$(PY) -m alignkit.tools.bench --out bench

@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core import stack
+from ..core import fusion, stack
 from ..core.cancel import Canceled
 from .base import AlignKitAlgorithm, feedback_progress
 
@@ -34,7 +34,11 @@ class AlignStackAlgorithm(AlignKitAlgorithm):
             "largest rectangle every aligned image covers. Writes the aligned images (same format and bit "
             "depth) and transforms.json (matrix of each image to the reference, status and reason, MSE / NCC "
             "/ SSIM before and after, crop rectangle) into OUTPUT_FOLDER. Frames that cannot be aligned are "
-            "rejected with their reason, not written. The input folder is never written to."
+            "rejected with their reason, not written. The input folder is never written to. "
+            "FUSE also fuses the aligned, cropped frames into one image beside them (focus: sharp everywhere, "
+            "with the depth map; exposure: detail in shadows and highlights), named in transforms.json as "
+            "\"fused\"; frames that could not be aligned are left out and named. Outputs an earlier run wrote "
+            "into OUTPUT_FOLDER that this run does not are removed, and listed."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -49,10 +53,15 @@ class AlignStackAlgorithm(AlignKitAlgorithm):
             usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterBoolean(
             "CROP", "Crop to the area common to all aligned images", defaultValue=True))
+        # static strings: `make align-stack FUSE=focus` passes the mode's name
+        self.addParameter(QgsProcessingParameterEnum(
+            "FUSE", "Fuse the aligned frames into one image", options=list(fusion.FUSE_MODES), defaultValue="none",
+            usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
         self.addOutput(QgsProcessingOutputFile("TRANSFORMS", "transforms.json"))
         self.addOutput(QgsProcessingOutputNumber("ALIGNED", "Images aligned (reference excluded)"))
         self.addOutput(QgsProcessingOutputNumber("REJECTED", "Images rejected"))
+        self.addOutput(QgsProcessingOutputFile("FUSED", "Fused image (when FUSE is not none)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         folder = self.parameterAsFile(parameters, "INPUT", context)
@@ -62,6 +71,7 @@ class AlignStackAlgorithm(AlignKitAlgorithm):
             model=model_name,
             reference=(self.parameterAsString(parameters, "REFERENCE", context) or "").strip(),
             crop=self.parameterAsBool(parameters, "CROP", context),
+            fuse=self.parameterAsEnumString(parameters, "FUSE", context) or "none",
         )
         if not folder:
             raise QgsProcessingException("no image folder given (INPUT)")
@@ -82,9 +92,19 @@ class AlignStackAlgorithm(AlignKitAlgorithm):
             elif entry["status"] == "rejected":
                 rejected += 1
                 feedback.pushWarning(f"{entry['image']} rejected: {entry['reason']}")
+        removed = document.get("removed_earlier_outputs") or []
+        if removed:
+            feedback.pushWarning(f"removed {len(removed)} output(s) an earlier run wrote into {output} that this "
+                                 f"run did not: {', '.join(removed)}")
+        if document.get("fused_note"):
+            feedback.pushWarning(document["fused_note"])
+        fused = os.path.join(output, document["fused"]) if document.get("fused") else None
+        if fused:
+            feedback.pushInfo(f"fused ({config.fuse}) into {fused}")
         crop = document["crop"]
         feedback.pushInfo(
             f"{aligned} images aligned to {document['reference']} ({document['model']}), {rejected} rejected; "
             f"crop {crop['width']} x {crop['height']} at ({crop['x']}, {crop['y']}); written to {output}")
         return {"OUTPUT_FOLDER": output,
-                "TRANSFORMS": os.path.join(output, "transforms.json"), "ALIGNED": aligned, "REJECTED": rejected}
+                "TRANSFORMS": os.path.join(output, "transforms.json"), "ALIGNED": aligned, "REJECTED": rejected,
+                "FUSED": fused}

@@ -23,21 +23,9 @@ def align_oxford_pair(shared, tmp_path, sequence, n):
     return entry, truth, base, w, h
 
 
-# (sequence, n, target px). Known misses are strict xfails: they fail the suite once they pass.
-BOAT_5 = pytest.mark.xfail(strict=True, reason=(
-    "measured 1.37 px (ECC; features alone 1.5), baseline 1.33; every variant measured lands at 1.26-2.1 px. "
-    "No homography fits this pair everywhere: img1's top-left ninth sits 1.8-1.9 px off both H1to5p and ours "
-    "(median SIFT-inlier residual), and H1to5p leaves 1.3 px along the whole left third where ours leaves 0.5-0.8"))
-BOAT_6 = pytest.mark.xfail(strict=True, reason=(
-    "measured 9.9 px like every method (baseline 9.9): H1to6p misaligns the left half of the scene (SIFT-inlier "
-    "residuals up to 17 px median per cell, the boat visibly doubled) where our estimate aligns it"))
-
-
 @pytest.mark.parametrize("sequence,n,target", [
     ("oxford_graf", 2, 1.0), ("oxford_graf", 3, 1.0), ("oxford_graf", 4, 1.0),
     ("oxford_boat", 2, 1.0), ("oxford_boat", 3, 1.0), ("oxford_boat", 4, 1.0),
-    pytest.param("oxford_boat", 5, 1.0, marks=BOAT_5),
-    pytest.param("oxford_boat", 6, 3.0, marks=BOAT_6),
 ])
 def test_oxford_pair_within_target_and_beats_baseline(shared, tmp_path, sequence, n, target):
     entry, truth, base, w, h = align_oxford_pair(shared, tmp_path, sequence, n)
@@ -45,6 +33,22 @@ def test_oxford_pair_within_target_and_beats_baseline(shared, tmp_path, sequence
     error = hpatches_error(np.array(entry["matrix"]), truth, w, h)
     assert error <= target, f"{sequence} {n}: {error:.3f} px (baseline {base:.3f})"
     assert error < base, f"{sequence} {n}: {error:.3f} px, baseline {base:.3f}"
+
+
+@pytest.mark.parametrize("n", [5, 6])
+def test_boat_zoom_within_five_percent_of_the_baseline_and_inliers_fit(shared, tmp_path, n):
+    """Issue 13's target for boat 5 and 6. The published H1to5p / H1to6p misfit the left third of the scene
+    (the matched features sit a median 10.8 px off H1to6p there) while one homography fits every inlier to
+    ~1 px, so no absolute target against them is meaningful: within 5 % of the plain baseline's corner
+    error computed in the same run, the inliers' RMS residual <= 1 px (the matches within the fit's threshold
+    of the final homography, in the coarser view's pixels).
+    Measured: boat 5 1.378 px (baseline 1.325, ratio 1.04), RMS 0.94 px; boat 6 9.899 px (baseline 9.913),
+    RMS 0.87 px."""
+    entry, truth, base, w, h = align_oxford_pair(shared, tmp_path, "oxford_boat", n)
+    assert entry["status"] == "aligned", entry["reason"]
+    error = hpatches_error(np.array(entry["matrix"]), truth, w, h)
+    assert error <= 1.05 * base, f"boat {n}: {error:.3f} px, baseline {base:.3f}"
+    assert entry["inlier_rms_px"] <= 1.0
 
 
 @pytest.mark.parametrize("n", [5, 6])
@@ -60,11 +64,28 @@ def test_graf_extreme_viewpoints_align_through_simulated_oblique_views(shared, t
     assert (tmp_path / "out" / f"img{n}.png").exists()
 
 
+def _tiles(shape, size=64):
+    return [(y, x) for y in range(0, shape[0] - size + 1, size) for x in range(0, shape[1] - size + 1, size)]
+
+
+def _grey(path):
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+
+
+def _ncc(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+
+
+def _varlap(a):
+    return float(cv2.Laplacian(a, cv2.CV_64F).var())
+
+
 def test_pcb_focus_stack(shared, tmp_path):
     folder = shared("focus_stack_pcb", "pcb")
     images = sorted(folder.glob("pcb_*.jpg"))
     assert len(images) == 7
-    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(), images=images)
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(fuse="focus"), images=images)
     crop = doc["crop"]
     xs = np.arange(crop["x"], crop["x"] + crop["width"])
     ys = np.arange(crop["y"], crop["y"] + crop["height"])
@@ -85,12 +106,40 @@ def test_pcb_focus_stack(shared, tmp_path):
         assert 0.9 < np.sqrt(abs(np.linalg.det(linear))) < 1.1
     # no more cut than needed: the crop covers most of the 2048 x 1536 frame
     assert crop["width"] * crop["height"] > 0.8 * 2048 * 1536
+    _check_focus_fusion(doc, tmp_path / "out", folder / "expected.jpg", tmp_path / "expected")
+
+
+def _check_focus_fusion(doc, out, expected, scratch):
+    """Issue 13's acceptance: in 64 x 64 tiles the fused image is as sharp as the sharpest aligned frame
+    (median variance-of-Laplacian ratio >= 0.9; measured 1.10) and shows the same thing (median tile NCC
+    with that frame >= 0.9; measured 0.996); it is close to focus-stack's own result, expected.jpg
+    (aligned onto ours: NCC 0.99, median tile NCC 0.98, median sharpness ratio ours / theirs 0.89).
+    Fusion adds <= 50 % to the alignment (measured 2.6 s to 19-22 s)."""
+    assert doc["fused"] == "fused_focus.jpg" and len(doc["fused_from"]) == 7
+    fused = _grey(out / doc["fused"])
+    frames = [_grey(out / name) for name in doc["fused_from"]]
+    ratios, nccs = [], []
+    for y, x in _tiles(fused.shape):
+        tile = fused[y:y + 64, x:x + 64]
+        sharpness = [_varlap(f[y:y + 64, x:x + 64]) for f in frames]
+        best = int(np.argmax(sharpness))
+        ratios.append(_varlap(tile) / max(sharpness[best], 1e-9))
+        nccs.append(_ncc(tile, frames[best][y:y + 64, x:x + 64]))
+    assert np.median(ratios) >= 0.9 and np.median(nccs) >= 0.9, (np.median(ratios), np.median(nccs))
+    timings = doc["timings"]
+    assert timings["fuse_s"] <= 0.5 * (timings["features_s"] + timings["align_s"])
+    (scratch / "in").mkdir(parents=True)
+    (scratch / "in" / "a_fused.jpg").write_bytes((out / doc["fused"]).read_bytes())
+    (scratch / "in" / "b_expected.jpg").write_bytes(expected.read_bytes())
+    pair = stack.align_stack(scratch / "in", scratch / "out", stack.StackConfig(reference="a_fused.jpg"))
+    assert pair["images"][1]["status"] == "aligned"
+    assert pair["images"][1]["metrics"]["after"]["ncc"] > 0.95
 
 
 def test_exposure_bracket(shared, tmp_path):
     folder = shared("exposure_house")
     images = sorted(folder.glob("*.jpg"))
-    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(), images=images)
+    doc = stack.align_stack(folder, tmp_path / "out", stack.StackConfig(fuse="exposure"), images=images)
     for entry in doc["images"]:
         if entry["status"] == "reference":
             continue
@@ -102,6 +151,21 @@ def test_exposure_bracket(shared, tmp_path):
             assert np.allclose(matrix, np.eye(3)) or stack.overlap_shift(matrix, np.eye(3), (500, 752),
                                                                          (500, 752)) <= 0.5
     assert doc["crop"]["width"] >= 740 and doc["crop"]["height"] >= 490
+    # exposure fusion (issue 13): fewer clipped pixels than any frame (measured 9,753 against 37,742-230,755),
+    # and in 64 x 64 tiles at least 90 % of the best frame's local contrast, median (measured 0.909)
+    out = tmp_path / "out"
+    fused = cv2.imread(str(out / doc["fused"]))
+    frames = [cv2.imread(str(out / name)) for name in doc["fused_from"]]
+    assert len(frames) == 4 and fused.shape == frames[0].shape
+
+    def clipped(image):
+        return int(((image <= 2).all(axis=2) | (image >= 253).all(axis=2)).sum())
+
+    assert clipped(fused) < min(clipped(f) for f in frames)
+    grey, greys = _grey(out / doc["fused"]), [_grey(out / name) for name in doc["fused_from"]]
+    ratios = [grey[y:y + 64, x:x + 64].std() / max(max(g[y:y + 64, x:x + 64].std() for g in greys), 1e-9)
+              for y, x in _tiles(grey.shape)]
+    assert np.median(ratios) >= 0.9, np.median(ratios)
 
 
 def test_unrelated_real_image_is_rejected_with_reason(shared, tmp_path):

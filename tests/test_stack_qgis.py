@@ -59,3 +59,25 @@ def test_alignstack_single_image_is_a_clear_error(registered, tmp_path):
     with pytest.raises(QgsProcessingException, match="lonely.png"):
         processing.run("alignkit:alignstack", {"INPUT": str(tmp_path / "in"),
                                                "OUTPUT_FOLDER": str(tmp_path / "out")})
+
+
+def test_alignstack_fuse_parameter(registered, tmp_path):
+    import processing
+
+    _frames(tmp_path / "in")
+    feedback = QgsProcessingFeedback()
+    result = processing.run("alignkit:alignstack", {
+        "INPUT": str(tmp_path / "in"), "MODEL": "similarity", "FUSE": "focus",
+        "OUTPUT_FOLDER": str(tmp_path / "out")}, feedback=feedback)
+    doc = json.loads(Path(result["TRANSFORMS"]).read_text())
+    assert doc["fused"] == "fused_focus.png" and result["FUSED"] == str(tmp_path / "out" / "fused_focus.png")
+    fused = cv2.imread(result["FUSED"], cv2.IMREAD_UNCHANGED)
+    assert fused.shape == (doc["crop"]["height"], doc["crop"]["width"]) and fused.dtype == np.uint8
+    # a rerun without fusion removes the earlier run's fused image and depth map, and says so
+    result = processing.run("alignkit:alignstack", {
+        "INPUT": str(tmp_path / "in"), "MODEL": "similarity", "OUTPUT_FOLDER": str(tmp_path / "out")},
+        feedback=feedback)
+    assert not result["FUSED"] and not (tmp_path / "out" / "fused_focus.png").exists()
+    doc = json.loads(Path(result["TRANSFORMS"]).read_text())
+    assert sorted(doc["removed_earlier_outputs"]) == ["fused_depth.png", "fused_focus.png"]
+    assert "removed 2 output(s)" in feedback.textLog()
