@@ -59,6 +59,7 @@ class PhotoCameras:
     description: str  # for the user: where the cameras came from
     ground_up_m: float = float("nan")  # ENU height of the ground (median), for points without a surveyed height
     workspace: Path = None  # where the session is saved (an alignment's workspace), if known
+    other_sizes: dict = None  # {photo: (width, height)} of the folder's photos without a pose (not registered)
 
     @property
     def posed(self):
@@ -68,7 +69,10 @@ class PhotoCameras:
         return self.names.index(name)
 
     def image_sizes(self):
-        return {n: (int(w), int(h)) for n, (w, h) in zip(self.names, self.sizes)}
+        """Every photo a control file may name: the posed ones and the folder's others."""
+        out = dict(self.other_sizes or {})
+        out.update({n: (int(w), int(h)) for n, (w, h) in zip(self.names, self.sizes)})
+        return out
 
 
 def cameras_from_alignment(gpkg_path, summary_path=None, image_folder=None):
@@ -118,6 +122,13 @@ def cameras_from_alignment(gpkg_path, summary_path=None, image_folder=None):
         })
     ds = None
     folder = image_folder or (summary.get("config") or {}).get("images")
+    others = {}
+    for r in rows:  # photos of the folder that were not registered: a control file may still name them
+        if r["ypr"] is None:
+            try:
+                others[r["image"]] = _image_size(_photo_path(r["path"], r["image"], folder, gpkg_path))
+            except ControlError:
+                pass
     rows = [r for r in rows if r["ypr"] is not None]
     if not rows:
         raise ControlError(f"{gpkg_path}: no registered camera in the cameras layer")
@@ -134,13 +145,15 @@ def cameras_from_alignment(gpkg_path, summary_path=None, image_folder=None):
         sizes=sizes, frame=frame, source="alignment",
         description=f"alignment {gpkg_path.name}: {len(rows)} registered photos (adjusted cameras)",
         ground_up_m=float(np.median(C[:, 2]) - height) if height is not None else float("nan"),
-        workspace=ws)
+        workspace=ws, other_sizes=others)
 
 
 def cameras_from_priors(folder):
     """Cameras from the photos' EXIF GPS and gimbal angles alone (no alignment yet). Predictions are
     then only as good as the GPS (metres) and the gimbal yaw: search wider."""
-    priors = [p for p in camera.read_priors(folder) if p.status == "ok" and p.focal_px and p.width > 0]
+    everything = camera.read_priors(folder)
+    priors = [p for p in everything if p.status == "ok" and p.focal_px and p.width > 0]
+    others = {p.name: (p.width, p.height) for p in everything if p not in priors and p.width > 0}
     if len(priors) < 1:
         raise ControlError(f"{folder}: no photo with GPS and a focal length: nothing to predict with")
     lat = np.array([p.lat for p in priors], np.float64)
@@ -158,7 +171,7 @@ def cameras_from_priors(folder):
         sizes=np.array([(p.width, p.height) for p in priors], np.float64), frame=frame, source="priors",
         description=f"photo priors of {Path(folder).name}: {n} photos (EXIF GPS and gimbal angles; "
                     "predictions are metres off)",
-        ground_up_m=ground)
+        ground_up_m=ground, other_sizes=others)
 
 
 def _crs_text(srs):
@@ -241,6 +254,7 @@ def merge_measurements(cs, saved):
                 p.measurements.append(Measurement(m.image, m.x, m.y, 0, m.source))
                 n += 1
         p.role = old.role
+        reflag(p)
     return n
 
 
@@ -304,9 +318,15 @@ class MarkingSession:
         [{"image", "predicted": (x, y) or None, "measurement": Measurement or None}]"""
         p = self.point(name)
         pred = {n: (x, y) for n, x, y in self.predictions(name)}
-        meas = {m.image: m for m in p.measurements}
+        posed = set(self.cameras.names)
+        meas = {m.image: m for m in p.measurements if m.image in posed}  # see unposed()
         return [{"image": n, "predicted": pred.get(n), "measurement": meas.get(n)}
                 for n in sorted(set(pred) | set(meas))]
+
+    def unposed(self, name):
+        """The point's measurements in photos without a pose (kept, exported, not shown)."""
+        posed = set(self.cameras.names)
+        return [m for m in self.point(name).measurements if m.image not in posed]
 
     def counts(self, name):
         """(photos marked, photos predicted) for a point."""

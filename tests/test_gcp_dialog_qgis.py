@@ -263,3 +263,31 @@ def test_prior_cameras_predict_within_the_gps_error(survey):
         # GPS error 2 m horizontal (1 sigma) on a 0.15 m pixel: tens of pixels, far from hundreds.
         off = [np.hypot(pred[n][0] - truth[n][0], pred[n][1] - truth[n][1]) * gsd for n in common]
         assert max(off) < 4 * np.hypot(SPEC.gps_noise_h_m, SPEC.gps_noise_h_m)
+
+
+def test_a_geographic_layer_with_a_height_field_predicts_the_same_pixels(survey, qgis_iface, qgis_new_project):
+    """Any CRS, transformed explicitly: the targets as lon/lat points (EPSG:4326) with the height in a field."""
+    out, gt, gpkg = survey
+    layer = QgsVectorLayer("Point?crs=EPSG:4326", "targets lon lat", "memory")
+    layer.dataProvider().addAttributes([QgsField("id", QVariant.String), QgsField("h", QVariant.Double)])
+    layer.updateFields()
+    lat, lon, h = LocalFrame(**gt["origin"]).to_geodetic(np.array([t["enu"] for t in gt["targets"]["points"]]))
+    feats = []
+    for t, la, lo, hh in zip(gt["targets"]["points"], lat, lon, h):
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry(QgsPoint(float(lo), float(la))))
+        f["id"], f["h"] = t["name"], float(hh)
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    d = GcpDialog(iface=qgis_iface, alignment=str(gpkg))
+    d.use_layer(layer, "id", "h")
+    for t, tgt in enumerate(gt["targets"]["points"]):
+        truth = true_views(gt, t)
+        got = {ph["image"]: ph["predicted"] for ph in d.session.photos(tgt["name"])}
+        assert set(got) == set(truth)
+        for image, xy in got.items():
+            np.testing.assert_allclose(xy, truth[image], atol=1e-3)
+    # A layer without Z and without a height field is refused with the layer's name.
+    with pytest.raises(ValueError, match="targets lon lat.*no Z"):
+        d.use_layer(layer, "id", "")
+    d.deleteLater()

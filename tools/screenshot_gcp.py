@@ -27,20 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREEN = (1600, 1000)
 IMAGES = ROOT.parent / "shared" / "data" / "brighton_beach" / "images"
 # (name, photo, x, y, radius): where to look for a flat, distinctive ground feature (an asphalt crack
-# junction, a kerb corner) in full-resolution pixels; the best-matching corner within radius is used.
+# junction, a kerb corner) in full-resolution pixels; the best-matching corner within radius is used
+# (radius 0: exactly that pixel).
 REGIONS = [
-    ("GCP-1", "DJI_0026.JPG", 2870.0, 940.0, 60),  # crack junction at the lawn edge, by a boulder (shown)
-    ("GCP-2", "DJI_0026.JPG", 2200.0, 1000.0, 150),  # road junction
-    ("GCP-3", "DJI_0026.JPG", 1500.0, 1600.0, 150),  # road, west side
-    ("GCP-4", "DJI_0031.JPG", 1800.0, 1665.0, 200),  # road by the car park
-    ("GCP-5", "DJI_0020.JPG", 3133.0, 1665.0, 200),  # road, north end
+    ("GCP-1", "DJI_0026.JPG", 2868.0, 949.0, 0),  # crack junction at the lawn edge, by a boulder
+    ("GCP-2", "DJI_0026.JPG", 2400.0, 1080.0, 250),  # road junction (the one shown)
+    ("GCP-3", "DJI_0026.JPG", 1500.0, 1600.0, 250),  # road, west side
+    ("GCP-4", "DJI_0031.JPG", 1800.0, 1665.0, 250),  # road by the car park
+    ("GCP-5", "DJI_0020.JPG", 3133.0, 1665.0, 250),  # road, north end
 ]
-SHOWN = "GCP-1"
+SHOWN = "GCP-2"
 CHECK = "GCP-3"
-LEFT_UNMARKED = 1  # photos of the shown point left for the user (prediction only)
+LEFT_UNMARKED = 1  # photos of the shown point left for the user besides those not matched (prediction only)
 PATCH = 24  # template half-size, pixels
 SEARCH = 50  # search half-size around the first prediction, pixels
-VIEW_HALF_PX = 90  # photo pixels each side of the prediction in the picture
+VIEW_HALF_PX = 60  # photo pixels each side of the prediction in the picture
 MIN_SCORE = 0.8  # normalised cross-correlation of an accepted match
 
 
@@ -158,6 +159,18 @@ def _feature(cams, r, x, y):
     return X, dict(sorted(clicks.items())), float(np.mean(list(scores.values())))
 
 
+def _sunlit_ground(path, x0, y0, side):
+    """Where a natural control point can be: sunlit asphalt or concrete (grey, bright) and its edges,
+    away from shadows (they move with the sun) and vegetation (it moves with the wind)."""
+    hsv = cv2.cvtColor(cv2.imread(str(path))[y0:y0 + side, x0:x0 + side], cv2.COLOR_BGR2HSV)
+    grey_bright = ((hsv[..., 1] < 45) & (hsv[..., 2] > 120)).astype(np.uint8)
+    h, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    # shadows on asphalt are blue (sky light): hue 95-135 (OpenCV's 0-180 scale), saturated; or dark
+    shadow = (((h >= 95) & (h <= 135) & (sat > 50)) | (val < 100)).astype(np.uint8)
+    near_shadow = cv2.dilate(shadow, np.ones((2 * PATCH + 21, 2 * PATCH + 21), np.uint8))
+    return (cv2.dilate(grey_bright, np.ones((7, 7), np.uint8)) & (1 - near_shadow)).astype(np.uint8) * 255
+
+
 def demo_points(cams):
     """[(name, ENU point, {photo: (x, y)})]: in each region, the corner seen in most photos."""
     out = []
@@ -165,7 +178,11 @@ def demo_points(cams):
         r = cams.index(photo)
         grey = _grey(cams.paths[r])
         x0, y0 = int(cx - radius), int(cy - radius)
-        corners = cv2.goodFeaturesToTrack(grey[y0:y0 + 2 * radius, x0:x0 + 2 * radius], 12, 0.05, 15)
+        if radius:
+            corners = cv2.goodFeaturesToTrack(grey[y0:y0 + 2 * radius, x0:x0 + 2 * radius], 12, 0.05, 15,
+                                              mask=_sunlit_ground(cams.paths[r], x0, y0, 2 * radius))
+        else:
+            corners = np.zeros((1, 1, 2), np.float32)
         best = None
         for (u, v), in ([] if corners is None else corners):
             X, clicks, score = _feature(cams, r, x0 + float(u), y0 + float(v))
@@ -228,7 +245,7 @@ def grab_dialog(gpkg, layer_path, points, png):
             dialog.select_point(name)
             _settle(app)
             marked = list(clicks.items())
-            if name == SHOWN:
+            if name == SHOWN and LEFT_UNMARKED:
                 marked = marked[:-LEFT_UNMARKED]
             for image, (x, y) in marked:
                 if image in dialog.tiles:

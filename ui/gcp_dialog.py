@@ -153,6 +153,9 @@ class GcpDialog(QDialog):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         lv.addWidget(self.table, 1)
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        lv.addWidget(self.summary_label)
         self.point_label = QLabel("")
         self.point_label.setWordWrap(True)
         self.point_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -333,6 +336,17 @@ class GcpDialog(QDialog):
                 self.table.setItem(r, c, QTableWidgetItem(""))
             self._update_row(r, p.name)
         self._filling = False
+        self._update_summary()
+
+    def _update_summary(self):
+        pts = self.session.control.points if self.session else []
+        n_meas = sum(len(p.measurements) for p in pts)
+        roles = [p.role for p in pts]
+        usable = sum(1 for p in pts if not p.problems)
+        where = f"<br>Saved in {self.session.path}" if self.session and self.session.path else ""
+        self.summary_label.setText(
+            f"{len(pts)} points: {roles.count('control')} control, {roles.count('check')} check; "
+            f"{n_meas} measurements; {usable} of {len(pts)} usable (2+ photos){where}")
 
     def _row_of(self, name):
         return next(r for r in range(self.table.rowCount()) if self.table.item(r, 0).text() == name)
@@ -372,8 +386,11 @@ class GcpDialog(QDialog):
         self.current = name
         p = self.session.point(name)
         xyz = ", ".join("–" if v != v else f"{v:.3f}" for v in p.xyz)
+        unposed = ", ".join(m.image for m in self.session.unposed(name))
         self.point_label.setText(f"<b>{name}</b> ({p.role}) surveyed at {xyz} ({self.session.control.crs[:40]})"
-                                 + ("".join(f"<br><span style='color:#c86e00'>{t}</span>" for t in p.problems)))
+                                 + ("".join(f"<br><span style='color:#c86e00'>{t}</span>" for t in p.problems))
+                                 + (f"<br>Also measured in {unposed} (no camera pose there: kept, not shown)"
+                                    if unposed else ""))
         while self.tiles_layout.count():
             w = self.tiles_layout.takeAt(0).widget()
             if w is not None:
@@ -391,8 +408,8 @@ class GcpDialog(QDialog):
             QApplication.restoreOverrideCursor()
         if not photos:
             self.tiles_layout.addWidget(QLabel(f"{name} is predicted in none of the photos."), 0, 0)
-        self._status(f"{name}: predicted in {len([p for p in photos if p['predicted']])} photos, "
-                     f"marked in {len(p.measurements)}")
+        n_pred = sum(1 for ph in photos if ph["predicted"])
+        self._status(f"{name}: predicted in {n_pred} photos, marked in {len(p.measurements)}")
 
     def _make_tile(self, name, ph):
         image = ph["image"]
@@ -488,6 +505,7 @@ class GcpDialog(QDialog):
     def _changed(self, name):
         """After any edit: the table row, and the session saved at once (atomically)."""
         self._update_row(self._row_of(name), name)
+        self._update_summary()
         if self.session.path is not None:
             try:
                 path = self.session.save()
