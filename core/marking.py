@@ -328,6 +328,13 @@ class MarkingSession:
         posed = set(self.cameras.names)
         return [m for m in self.point(name).measurements if m.image not in posed]
 
+    def offsets(self, name):
+        """{photo: pixels between the measurement and the prediction} of a point's marked photos: with
+        adjusted cameras, a few pixels or more flags a click on the wrong spot."""
+        return {ph["image"]: float(np.hypot(ph["measurement"].x - ph["predicted"][0],
+                                            ph["measurement"].y - ph["predicted"][1]))
+                for ph in self.photos(name) if ph["measurement"] is not None and ph["predicted"] is not None}
+
     def counts(self, name):
         """(photos marked, photos predicted) for a point."""
         return len(self.point(name).measurements), len(self.predictions(name))

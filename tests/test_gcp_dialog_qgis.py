@@ -182,7 +182,8 @@ def test_drag_moves_remove_removes_and_roles_and_counts_follow(dialog, survey):
         view = dialog.tiles[image].view
         click(view, view.to_view(*truth[image]))
     row = dialog._row_of(name)
-    assert dialog.table.item(row, 2).text() == "2" and dialog.table.item(row, 4).text() == "ok"
+    assert dialog.table.item(row, 2).text() == "2" and dialog.table.item(row, 5).text() == "ok"
+    assert dialog.table.item(row, 4).text() == "0.0"  # clicked on the truth: the prediction of the true cameras
     # Drag the first measurement 5 px to the right, in screen terms at the current zoom.
     view = dialog.tiles[images[0]].view
     start = view.to_view(*truth[images[0]])
@@ -194,6 +195,8 @@ def test_drag_moves_remove_removes_and_roles_and_counts_follow(dialog, survey):
     QApplication.sendEvent(vp, QMouseEvent(QEvent.MouseButtonRelease, end, Qt.LeftButton, Qt.NoButton, Qt.NoModifier))
     m = dialog.session.measurement(name, images[0])
     np.testing.assert_allclose((m.x, m.y), (truth[images[0]][0] + 5.0, truth[images[0]][1]), atol=1e-6)
+    # 5 px off the prediction of adjusted cameras: flagged in the table with the photo's name.
+    assert dialog.table.item(row, 4).text() == "5.0" and images[0] in dialog.table.item(row, 5).text()
     # A drag away from the marker pans and places nothing.
     before = len(dialog.session.point(name).measurements)
     far = dialog.tiles[images[2]].view
@@ -205,7 +208,7 @@ def test_drag_moves_remove_removes_and_roles_and_counts_follow(dialog, survey):
     # Remove, role, and the workspace file follow each edit.
     dialog.tiles[images[1]].remove_button.click()
     assert dialog.session.measurement(name, images[1]) is None
-    assert dialog.table.item(row, 2).text() == "1" and "2+" in dialog.table.item(row, 4).text()
+    assert dialog.table.item(row, 2).text() == "1" and "2+" in dialog.table.item(row, 5).text()
     dialog.set_role(name, "check")
     saved = load_measurements(gpkg.parent / "survey_alignkit_workspace" / MEASUREMENTS_FILE).by_name()[name]
     assert saved.role == "check" and [(m.image, m.x, m.y) for m in saved.measurements] == [
@@ -291,3 +294,19 @@ def test_a_geographic_layer_with_a_height_field_predicts_the_same_pixels(survey,
     with pytest.raises(ValueError, match="targets lon lat.*no Z"):
         d.use_layer(layer, "id", "")
     d.deleteLater()
+
+
+def test_the_dock_opens_the_dialog_on_its_alignment(survey, qgis_iface, qgis_new_project):
+    from alignkit.ui.dock import AlignKitDock
+
+    out, gt, gpkg = survey
+    dock = AlignKitDock(qgis_iface)
+    try:
+        dock.set_output(str(gpkg))
+        dock.gcp_button.click()
+        d = dock.gcp_dialog
+        assert d.cameras.source == "alignment" and d.cameras.names == [c["image"] for c in gt["cameras"]]
+        d.close()
+    finally:
+        dock.shutdown()
+        dock.deleteLater()

@@ -60,7 +60,8 @@ from .gcp_photo_view import PhotoTile
 TILE_COLUMNS = 3
 CROP_HALF_PX = 200  # photo pixels each side of the prediction kept in a tile (zoom out to see them)
 VIEW_HALF_ALIGNED_PX = 40  # a tile first shows this many photo pixels each side of the prediction
-COLUMNS = ("Point", "Role", "Marked", "In photos", "Status")
+COLUMNS = ("Point", "Role", "Marked", "In photos", "Off (px)", "Status")
+OFF_WARN_PX = 3.0  # a measurement this far from the adjusted cameras' prediction is flagged in the table
 
 
 class GcpDialog(QDialog):
@@ -332,7 +333,7 @@ class GcpDialog(QDialog):
             role.setCurrentText(p.role)
             role.currentTextChanged.connect(lambda text, name=p.name: self.set_role(name, text))
             self.table.setCellWidget(r, 1, role)
-            for c in (2, 3, 4):
+            for c in (2, 3, 4, 5):
                 self.table.setItem(r, c, QTableWidgetItem(""))
             self._update_row(r, p.name)
         self._filling = False
@@ -356,11 +357,24 @@ class GcpDialog(QDialog):
         marked, predicted = self.session.counts(name)
         self.table.item(r, 2).setText(str(marked))
         self.table.item(r, 3).setText(str(predicted))
-        status = "; ".join(p.problems) if p.problems else "ok"
+        off = self.session.offsets(name)
+        worst = max(off, key=off.get) if off else None
         item = self.table.item(r, 4)
-        item.setText("ok" if not p.problems else ("needs 2+ photos" if marked < 2 else status))
+        item.setText(f"{max(off.values()):.1f}" if off else "")
+        item.setToolTip(f"largest distance from the prediction: {worst}" if worst else "")
+        far = bool(off) and off[worst] > OFF_WARN_PX and self.cameras.source == "alignment"
+        item.setForeground(QColor(200, 110, 0) if far else QColor(60, 60, 60))
+        status = "; ".join(p.problems) if p.problems else "ok"
+        item = self.table.item(r, 5)
+        if p.problems:
+            item.setText("needs 2+ photos" if marked < 2 else status)
+        elif far:
+            item.setText(f"{worst}: {off[worst]:.1f} px off")
+            status = f"{worst}: marked {off[worst]:.1f} px from where the adjusted cameras put the point: wrong spot?"
+        else:
+            item.setText("ok")
         item.setToolTip(status)
-        item.setForeground(QColor(30, 140, 60) if not p.problems else QColor(200, 110, 0))
+        item.setForeground(QColor(30, 140, 60) if item.text() == "ok" else QColor(200, 110, 0))
 
     def _selection_changed(self):
         if self._filling:
