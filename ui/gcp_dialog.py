@@ -414,6 +414,7 @@ class GcpDialog(QDialog):
         photos = self.session.photos(name)
         QApplication.setOverrideCursor(Qt.WaitCursor)
         try:
+            self._read_crops(name, photos)
             for k, ph in enumerate(photos):
                 tile = self._make_tile(name, ph)
                 self.tiles[ph["image"]] = tile
@@ -425,14 +426,19 @@ class GcpDialog(QDialog):
         n_pred = sum(1 for ph in photos if ph["predicted"])
         self._status(f"{name}: predicted in {n_pred} photos, marked in {len(p.measurements)}")
 
+    def _read_crops(self, name, photos):
+        """The crops of a point's photos not read yet, centred on the prediction (else the measurement)."""
+        half = int(max(CROP_HALF_PX, 2 * self.radius_spin.value()))
+        todo = [ph for ph in photos if (name, ph["image"]) not in self._crops]
+        requests = [(self.cameras.paths[self.cameras.index(ph["image"])],
+                     *(ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)), half) for ph in todo]
+        for ph, request in zip(todo, requests):  # threads gained nothing on 2 busy cores: kept serial
+            self._crops[(name, ph["image"])] = read_crop(*request)
+
     def _make_tile(self, name, ph):
         image = ph["image"]
         centre = ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)
-        key = (name, image)
-        if key not in self._crops:
-            half = int(max(CROP_HALF_PX, 2 * self.radius_spin.value()))
-            self._crops[key] = read_crop(self.cameras.paths[self.cameras.index(image)], centre[0], centre[1], half)
-        rgb, x0, y0 = self._crops[key]
+        rgb, x0, y0 = self._crops[(name, image)]
         tile = PhotoTile(image)
         tile.view.set_photo(rgb, x0, y0)
         tile.placed.connect(self.place)
