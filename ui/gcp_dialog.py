@@ -428,7 +428,7 @@ class GcpDialog(QDialog):
 
     def _read_crops(self, name, photos):
         """The crops of a point's photos not read yet, centred on the prediction (else the measurement)."""
-        half = int(max(CROP_HALF_PX, 2 * self.radius_spin.value()))
+        half = int(max(CROP_HALF_PX, 4 * self.radius_spin.value()))  # priors: metres of GPS error around
         todo = [ph for ph in photos if (name, ph["image"]) not in self._crops]
         requests = [(self.cameras.paths[self.cameras.index(ph["image"])],
                      *(ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)), half) for ph in todo]
@@ -446,9 +446,11 @@ class GcpDialog(QDialog):
         tile.find_requested.connect(self.find)
         tile.accept_requested.connect(self.accept_proposal)
         self._refresh_tile(tile, ph)
-        view_half = VIEW_HALF_ALIGNED_PX if self.cameras.source == "alignment" else self.radius_spin.value()
-        tile.view.show_around(centre[0], centre[1], view_half)
+        tile.view.show_around(centre[0], centre[1], self._view_half())
         return tile
+
+    def _view_half(self):
+        return VIEW_HALF_ALIGNED_PX if self.cameras.source == "alignment" else 1.5 * self.radius_spin.value()
 
     def _refresh_tile(self, tile, ph=None):
         if ph is None:
@@ -466,8 +468,7 @@ class GcpDialog(QDialog):
             if ph is None:
                 continue
             centre = ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)
-            view_half = VIEW_HALF_ALIGNED_PX if self.cameras.source == "alignment" else self.radius_spin.value()
-            tile.view.show_around(centre[0], centre[1], view_half)
+            tile.view.show_around(centre[0], centre[1], self._view_half())
 
     # ------------------------------------------------------------------ editing
     def place(self, image, x, y):
