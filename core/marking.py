@@ -153,7 +153,7 @@ def cameras_from_priors(folder):
     then only as good as the GPS (metres) and the gimbal yaw: search wider. Measured on brighton_beach:
     six photos report a gimbal yaw 180 degrees from the truth (DESIGN.md), which puts their
     predictions hundreds of pixels off (median 450 px over 28 measurements, 0.7 px with the
-    adjusted cameras); the photos listed are still the right ones."""
+    adjusted cameras); the photos listed were the same for 4 of 5 points (one photo missed on one)."""
     everything = camera.read_priors(folder)
     priors = [p for p in everything if p.status == "ok" and p.focal_px and p.width > 0]
     others = {p.name: (p.width, p.height) for p in everything if p not in priors and p.width > 0}

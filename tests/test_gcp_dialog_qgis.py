@@ -310,3 +310,33 @@ def test_the_dock_opens_the_dialog_on_its_alignment(survey, qgis_iface, qgis_new
     finally:
         dock.shutdown()
         dock.deleteLater()
+
+
+def test_before_aligning_the_priors_predict_and_find_target_lands_on_the_truth(survey, qgis_iface, qgis_new_project):
+    """Prior cameras only (GPS 2 m / 3 m noise): predictions tens of pixels off, the targets still found
+    near them (the dialog's default search radius for priors) within 0.5 px."""
+    out, gt, _ = survey
+    d = GcpDialog(iface=qgis_iface, image_folder=str(out / "images"))
+    assert d.cameras.source == "priors" and d.radius_spin.value() >= 60
+    d.use_layer(target_layer(gt), "label", "")
+    errors, offsets = [], []
+    for t, tgt in enumerate(gt["targets"]["points"]):
+        d.select_point(tgt["name"])
+        d.side_spin.setValue(tgt["size_m"])
+        d.find_all()
+        d.accept_all()
+        for o in gt["targets"]["observations"]:
+            if o["target"] != t:
+                continue
+            ph = next((p for p in d.session.photos(tgt["name"]) if p["image"] == o["image"]), None)
+            assert ph is not None and ph["predicted"] is not None  # listed from the priors
+            offsets.append(np.hypot(ph["predicted"][0] - o["x"], ph["predicted"][1] - o["y"]))
+            m = ph["measurement"]
+            errors.append(np.hypot(m.x - o["x"], m.y - o["y"]) if m is not None else np.inf)
+    errors = np.array(errors)
+    print(f"priors: predictions {np.median(offsets):.1f} px off (median, max {max(offsets):.1f}); found "
+          f"{100 * np.mean(errors < 0.5):.0f}% of {len(errors)} within 0.5 px")
+    assert np.median(offsets) > 5  # the priors really are off: the finder did the work
+    assert len(errors) >= 40 and np.mean(errors < 0.5) >= 0.9
+    assert "Not saved" in d.status_label.text()  # no alignment workspace: Save as… is the way
+    d.deleteLater()

@@ -46,6 +46,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core.control import ControlError, load_measurements
 from ..core.marking import (
     DEFAULT_TARGET_SIDE_M,
+    MEASUREMENTS_FILE,
     SEARCH_RADIUS_ALIGNED_PX,
     SEARCH_RADIUS_PRIORS_PX,
     MarkingSession,
@@ -128,8 +129,8 @@ class GcpDialog(QDialog):
         self.layer_combo.layerChanged.connect(self.name_field.setLayer)
         self.layer_combo.layerChanged.connect(self.height_field.setLayer)
         use_layer = QPushButton("Use layer")
-        use_layer.clicked.connect(lambda: self.use_layer(self.layer_combo.currentLayer(), self.name_field.currentField(),
-                                                         self.height_field.currentField()))
+        use_layer.clicked.connect(lambda: self._try(self.use_layer, self.layer_combo.currentLayer(),
+                                                    self.name_field.currentField(), self.height_field.currentField()))
         grid.addWidget(QLabel("or layer:"), 2, 0)
         grid.addWidget(self.layer_combo, 2, 1, 1, 2)
         grid.addWidget(QLabel("name"), 2, 3)
@@ -255,9 +256,10 @@ class GcpDialog(QDialog):
         self.cameras_label.setText(cameras.description)
         self.radius_spin.setValue(SEARCH_RADIUS_ALIGNED_PX if cameras.source == "alignment" else SEARCH_RADIUS_PRIORS_PX)
         self._crops.clear()
-        if self.session is not None:
-            self._set_session(MarkingSession(cameras, self.session.control, self.session.path))
-        elif cameras.workspace is not None and (cameras.workspace / "control_measurements.json").is_file():
+        if self.session is not None:  # the same points, re-predicted; saved with the new cameras' result
+            path = cameras.workspace / MEASUREMENTS_FILE if cameras.workspace else self.session.path
+            self._set_session(MarkingSession(cameras, self.session.control, path))
+        elif cameras.workspace is not None and (cameras.workspace / MEASUREMENTS_FILE).is_file():
             self._set_session(MarkingSession.open(cameras))  # resume the saved session
         else:
             self._show_points()
@@ -299,7 +301,7 @@ class GcpDialog(QDialog):
         crs_text = crs.authid() if crs.authid().split(":")[0] in ("EPSG", "ESRI", "IGNF") else crs.toProj()
         cs = control_from_rows(f"layer {layer.name()}", crs_text, rows)
         path = self.session.path if self.session else (
-            self.cameras.workspace / "control_measurements.json" if self.cameras.workspace else None)
+            self.cameras.workspace / MEASUREMENTS_FILE if self.cameras.workspace else None)
         if path is not None and Path(path).is_file():
             merge_measurements(cs, load_measurements(path))
         self._set_session(MarkingSession(self.cameras, cs, path))
@@ -567,10 +569,10 @@ class GcpDialog(QDialog):
     def _status(self, text, warn=False):
         self.status_label.setText(text)
         self.status_label.setStyleSheet("color: #c86e00;" if warn else "")
-        if self.iface is not None and warn:
-            self.iface.messageBar().pushMessage("AlignKit", text, Qgis.Warning, 6)
 
     def _error(self, text):
         self._status(text, warn=True)
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage("AlignKit", text, Qgis.Warning, 6)
         if self.isVisible():
             QMessageBox.warning(self, "AlignKit", text)
