@@ -11,7 +11,9 @@
    They are NOT surveyed: the picture shows the tool, not an accuracy;
 3. the dialog opens the alignment and the layer (the same code a user drives), the features are
    marked with real mouse clicks on the photo views, one point is made a check point, and the
-   dialog is grabbed as docs/alignkit_gcp_marking.png.
+   dialog is grabbed as docs/alignkit_gcp_marking.png;
+4. docs/alignkit_gcp_targets.png: the dialog before any alignment (prior cameras) on a generated
+   survey with painted ArUco and checker targets, after "Find target in all photos".
 """
 import argparse
 import os
@@ -41,6 +43,10 @@ CHECK = "GCP-3"
 LEFT_UNMARKED = 1  # photos of the shown point left for the user besides those not matched (prediction only)
 PATCH = 24  # template half-size, pixels
 SEARCH = 50  # search half-size around the first prediction, pixels
+# The targets picture: a generated survey (GPS noise of a consumer drone), before any alignment.
+TARGETS_SPEC = {"rows": 3, "cols": 4, "width": 800, "height": 600, "gps_noise_h_m": 2.0, "gps_noise_v_m": 3.0,
+                "seed": 5}
+TARGETS_SHOWN = 0  # an ArUco target
 VIEW_HALF_PX = 60  # photo pixels each side of the prediction in the picture
 MIN_SCORE = 0.8  # normalised cross-correlation of an accepted match
 
@@ -67,8 +73,16 @@ def main(argv=None):
     cams = cameras_from_alignment(gpkg)
     points = demo_points(cams)
     layer_path = write_demo_layer(work / "brighton_demo_control.gpkg", cams, points)
-    shot = grab_dialog(gpkg, layer_path, points, Path(args.out).resolve() / "alignkit_gcp_marking.png")
-    print("wrote", shot)
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], True)
+    app.initQgis()
+    app.setStyle("Fusion")
+    try:
+        print("wrote", grab_dialog(app, gpkg, layer_path, points, Path(args.out).resolve() / "alignkit_gcp_marking.png"))
+        print("wrote", grab_targets(app, work, Path(args.out).resolve() / "alignkit_gcp_targets.png"))
+    finally:
+        app.exitQgis()
 
 
 def ensure_alignment(images, gpkg):
@@ -208,16 +222,13 @@ def write_demo_layer(path, cams, points):
 
 
 # ------------------------------------------------------------------------ the dialog
-def grab_dialog(gpkg, layer_path, points, png):
-    from qgis.core import QgsApplication, QgsProject, QgsVectorLayer
+def grab_dialog(app, gpkg, layer_path, points, png):
+    from qgis.core import QgsProject, QgsVectorLayer
     from qgis.PyQt.QtCore import QEvent, Qt
     from qgis.PyQt.QtGui import QMouseEvent
 
     from alignkit.core.marking import MEASUREMENTS_FILE
 
-    app = QgsApplication([], True)
-    app.initQgis()
-    app.setStyle("Fusion")
     try:
         from alignkit.ui.gcp_dialog import GcpDialog
 
@@ -263,7 +274,56 @@ def grab_dialog(gpkg, layer_path, points, png):
         dialog.close()
     finally:
         QgsProject.instance().clear()
-        app.exitQgis()
+    return png
+
+
+def grab_targets(app, work, png):
+    """The dialog before any alignment (prior cameras) on a generated survey with painted targets:
+    Find target in all photos, two finds accepted, the others still proposals (cyan)."""
+    from qgis.core import QgsProject, QgsVectorLayer
+
+    from alignkit.core.gpkg import Layer, write_geopackage
+    from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
+    from alignkit.core.synthetic_targets import SurveyTargets
+    from alignkit.ui.gcp_dialog import GcpDialog
+
+    survey = work / "targets_survey"
+    if not (survey / "ground_truth.json").is_file():
+        print(f"generating a survey with targets in {survey}")
+        generate_survey(survey, SurveySpec(**TARGETS_SPEC),
+                        decorate=SurveyTargets(count=6, kinds=["aruco", "checker"] * 3, size_px=36.0))
+    gt = load_ground_truth(survey)
+    pts = gt["targets"]["points"]
+    layer_path = work / "targets_control.gpkg"
+    write_geopackage(layer_path, gt["targets"]["crs"], [Layer("control", "PointZ", [("name", "str")],
+                                                              [(tuple(t["crs_xyz"]), {"name": t["name"]}) for t in pts])])
+    try:
+        layer = QgsVectorLayer(f"{layer_path}|layername=control", "targets (surveyed)", "ogr")
+        QgsProject.instance().addMapLayer(layer)
+        dialog = GcpDialog(image_folder=str(survey / "images"))
+        dialog.resize(SCREEN[0] - 40, SCREEN[1] - 50)
+        dialog.layer_combo.setLayer(layer)
+        dialog.name_field.setField("name")
+        dialog.use_layer(layer, "name", "")
+        dialog.show()
+        shown = pts[TARGETS_SHOWN]
+        dialog.select_point(shown["name"])
+        dialog.side_spin.setValue(round(shown["size_m"], 2))
+        _settle(app)
+        dialog.find_all()
+        for image in sorted(dialog.tiles)[:2]:
+            dialog.tiles[image].accept_button.click()
+        for image, tile in dialog.tiles.items():
+            ph = next(p for p in dialog.session.photos(shown["name"]) if p["image"] == image)
+            m = ph["measurement"] or dialog.session.proposals.get((shown["name"], image))
+            x, y = (m.x, m.y) if m is not None else ph["predicted"]
+            tile.view.show_around(x, y, 2.2 * dialog.session.target_size_px(shown["name"], image, shown["size_m"]))
+        _settle(app)
+        if not dialog.grab().save(str(png)):
+            raise RuntimeError(f"could not write {png}")
+        dialog.close()
+    finally:
+        QgsProject.instance().clear()
     return png
 
 

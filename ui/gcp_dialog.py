@@ -179,7 +179,7 @@ class GcpDialog(QDialog):
         split.addWidget(self.scroll)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([390, 1100])
+        split.setSizes([470, 1030])
         outer.addWidget(split, 1)
 
         bottom = QHBoxLayout()
@@ -346,7 +346,9 @@ class GcpDialog(QDialog):
         n_meas = sum(len(p.measurements) for p in pts)
         roles = [p.role for p in pts]
         usable = sum(1 for p in pts if not p.problems)
-        where = f"<br>Saved in {self.session.path}" if self.session and self.session.path else ""
+        path = self.session.path if self.session else None
+        where = f"<br>Saved in {path.parent.name}/{path.name} (the alignment's workspace)" if path else ""
+        self.summary_label.setToolTip(str(path) if path else "")
         self.summary_label.setText(
             f"{len(pts)} points: {roles.count('control')} control, {roles.count('check')} check; "
             f"{n_meas} measurements; {usable} of {len(pts)} usable (2+ photos){where}")
@@ -400,13 +402,7 @@ class GcpDialog(QDialog):
     # ------------------------------------------------------------------ the photos of a point
     def _show_point(self, name):
         self.current = name
-        p = self.session.point(name)
-        xyz = ", ".join("–" if v != v else f"{v:.3f}" for v in p.xyz)
-        unposed = ", ".join(m.image for m in self.session.unposed(name))
-        self.point_label.setText(f"<b>{name}</b> ({p.role}) surveyed at {xyz} ({self.session.control.crs[:40]})"
-                                 + ("".join(f"<br><span style='color:#c86e00'>{t}</span>" for t in p.problems))
-                                 + (f"<br>Also measured in {unposed} (no camera pose there: kept, not shown)"
-                                    if unposed else ""))
+        self._update_point_label(name)
         while self.tiles_layout.count():
             w = self.tiles_layout.takeAt(0).widget()
             if w is not None:
@@ -426,7 +422,7 @@ class GcpDialog(QDialog):
         if not photos:
             self.tiles_layout.addWidget(QLabel(f"{name} is predicted in none of the photos."), 0, 0)
         n_pred = sum(1 for ph in photos if ph["predicted"])
-        self._status(f"{name}: predicted in {n_pred} photos, marked in {len(p.measurements)}")
+        self._status(f"{name}: predicted in {n_pred} photos, marked in {len(self.session.point(name).measurements)}")
 
     def _read_crops(self, name, photos):
         """The crops of a point's photos not read yet, centred on the prediction (else the measurement)."""
@@ -436,6 +432,15 @@ class GcpDialog(QDialog):
                      *(ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)), half) for ph in todo]
         for ph, request in zip(todo, requests):  # threads gained nothing on 2 busy cores: kept serial
             self._crops[(name, ph["image"])] = read_crop(*request)
+
+    def _update_point_label(self, name):
+        p = self.session.point(name)
+        xyz = ", ".join("–" if v != v else f"{v:.3f}" for v in p.xyz)
+        unposed = ", ".join(m.image for m in self.session.unposed(name))
+        self.point_label.setText(f"<b>{name}</b> ({p.role}) surveyed at {xyz} ({self.session.control.crs[:40]})"
+                                 + ("".join(f"<br><span style='color:#c86e00'>{t}</span>" for t in p.problems))
+                                 + (f"<br>Also measured in {unposed} (no camera pose there: kept, not shown)"
+                                    if unposed else ""))
 
     def _make_tile(self, name, ph):
         image = ph["image"]
@@ -529,6 +534,8 @@ class GcpDialog(QDialog):
         """After any edit: the table row, and the session saved at once (atomically)."""
         self._update_row(self._row_of(name), name)
         self._update_summary()
+        if name == self.current:
+            self._update_point_label(name)
         if self.session.path is not None:
             try:
                 path = self.session.save()
