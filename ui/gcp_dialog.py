@@ -347,7 +347,8 @@ class GcpDialog(QDialog):
         roles = [p.role for p in pts]
         usable = sum(1 for p in pts if not p.problems)
         path = self.session.path if self.session else None
-        where = f"<br>Saved in {path.parent.name}/{path.name} (the alignment's workspace)" if path else ""
+        in_ws = path is not None and self.cameras is not None and path.parent == self.cameras.workspace
+        where = f"<br>Saved in {path.parent.name}/{path.name}{' (the alignment workspace)' if in_ws else ''}" if path else ""
         self.summary_label.setToolTip(str(path) if path else "")
         self.summary_label.setText(
             f"{len(pts)} points: {roles.count('control')} control, {roles.count('check')} check; "
