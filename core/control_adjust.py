@@ -25,6 +25,7 @@ FREED_FOCAL_SIGMA = 0.25  # relative focal prior once control settles the focal 
 TIE_POINTS_PER_IMAGE = 400  # tie points per image in the control adjustment (the rest follow the cameras)
 MIN_SPREAD_RATIO = 0.25  # control spans the block when its smaller horizontal extent is this share of the block's
 MAX_ITERATIONS = 60
+FTOL = 1e-6  # relative cost decrease that ends the adjustment, as the reconstruction's final ones
 MIN_SIGMA_PX = 0.05
 
 
@@ -170,7 +171,7 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
         blocks=[PointPrior(n_tie + np.arange(len(used)), surveyed, np.array([u[2] for u in used]).reshape(-1, 3))],
         loss=config.robust_loss, loss_scale_px=config.robust_scale_px, obs_sigma_px=sigma_px)
     x, nfev, status = levenberg_marquardt(x0, residuals, jacobian, n_obs_res, n_point_cols, config.robust_loss,
-                                          config.robust_scale_px / sigma_px, MAX_ITERATIONS, 1e-8, is_canceled)
+                                          config.robust_scale_px / sigma_px, MAX_ITERATIONS, FTOL, is_canceled)
     Rn, Cn, _, fn, k1n, k2n, Pn = unpack(x)
     adjusted = {u[0]: Pn[n_tie + k] for k, u in enumerate(used)}
     # Every point follows the adjusted cameras (the subset's start from their adjusted position).

@@ -120,3 +120,78 @@ def run_control(config, priors, usable, recon, cams, gps_enu, frame, crs, is_can
         "layer": Layer("control_points", "PointZ", CONTROL_FIELDS, feats),
     }
     return recon, result
+
+
+def predict_from_workspace(workspace_dir, cs, margin_px=0.0):
+    """Where each point of a ControlSet should appear, from the alignment saved in a workspace (the
+    reconstruction before control): [(point name, photo name, x, y)]. For the marking dialog and
+    for finding targets (core.targets.locate)."""
+    from pathlib import Path
+
+    from .control import predict_pixels
+    from .geo import LocalFrame
+    from .pipeline import _load_reconstruction
+    from .workspace import read_json
+
+    ws = Path(workspace_dir)
+    cams = read_json(ws / "cameras.json")
+    recon = _load_reconstruction(ws / "reconstruction.npz")
+    if recon is None or cams["frame"] is None:
+        raise ValueError(f"{ws}: no georeferenced alignment saved in this workspace")
+    to_local(cs, LocalFrame(**cams["frame"]))
+    names = [c["name"] for c in cams["images"]]
+    sizes = [(c["width"], c["height"]) for c in cams["images"]]
+    out = []
+    for p in cs.points:
+        if np.isfinite(p.enu).all():
+            for name, x, y in predict_pixels(p.enu, recon.R, recon.C, recon.focal, recon.k1, recon.k2, sizes,
+                                             names, margin_px):
+                out.append((p.name, name, x, y))
+    return out
+
+
+def control_section_html(summary):
+    """The HTML report's ground-control section: RMSE per axis (control and check separately), one row
+    per point, and the error vectors over the block. Empty when the run had no control."""
+    from .report import _figure_html, _fmt, _new_figure, _table
+
+    rows = summary.get("control_points") or []
+    if not rows:
+        return ""
+    out = ["<h2>Ground control and check points</h2>"]
+    if summary.get("control_focal_freed"):
+        out.append("<p>Three or more control points span the block: the focal length was freed and the "
+                   "control settles the focal/height trade-off.</p>")
+    rm = []
+    for label, key in (("control (in the adjustment)", "control_rmse_m"), ("check (independent)", "check_rmse_m")):
+        r = summary.get(key) or {}
+        rm.append([label, r.get("n", 0)] + [_fmt(r.get(k), 3) for k in ("x", "y", "z", "horizontal", "vertical")])
+    out.append(_table(["points", "n", "RMSE X (m)", "RMSE Y (m)", "RMSE Z (m)", "horizontal (m)", "vertical (m)"], rm))
+    out.append(_table(["name", "role", "photos", "dX (m)", "dY (m)", "dZ (m)", "reprojection (px)", "problems"],
+                      [[r["name"], r["role"], r["n_images"], _fmt(r["dx"], 3), _fmt(r["dy"], 3), _fmt(r["dz"], 3),
+                        _fmt(r["reproj_px"]), "; ".join(r.get("problems") or [])] for r in rows]))
+    pts = [r for r in rows if r.get("dx") is not None and r.get("xyz")]
+    fig, ax = _new_figure(5.6, 5.0)
+    ax.set_title("Estimated minus surveyed (arrows), colour = dZ")
+    if pts:
+        xy = np.array([r["xyz"][:2] for r in pts])
+        d = np.array([(r["dx"], r["dy"], r["dz"]) for r in pts])
+        xy0 = xy.mean(0)
+        rel = xy - xy0
+        extent = max(float(np.ptp(rel[:, 0])), float(np.ptp(rel[:, 1])), 1.0)
+        gain = 0.15 * extent / max(float(np.hypot(d[:, 0], d[:, 1]).max()), 1e-9)
+        vmax = max(float(np.abs(d[:, 2]).max()), 1e-9)
+        q = ax.quiver(rel[:, 0], rel[:, 1], d[:, 0] * gain, d[:, 1] * gain, d[:, 2], cmap="coolwarm",
+                      clim=(-vmax, vmax), angles="xy", scale_units="xy", scale=1, width=0.008)
+        for r, (x, y) in zip(pts, rel):
+            ax.scatter([x], [y], marker="^" if r["role"] == "control" else "D", s=40,
+                       color="#d7191c" if r["role"] == "control" else "#2c7bb6", zorder=3)
+            ax.annotate(r["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fig.colorbar(q, ax=ax, label="dZ (m)", shrink=0.8)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel(f"easting - {xy0[0]:.1f} (m)")
+        ax.set_ylabel(f"northing - {xy0[1]:.1f} (m)")
+        ax.text(0.01, 0.01, f"arrows x{gain:.0f}; triangles control, diamonds check", transform=ax.transAxes,
+                fontsize=8, color="0.3")
+    out.append("<div class='plots'>" + _figure_html(fig, "Control and check point errors over the block") + "</div>")
+    return "\n".join(out)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, dem, export, features, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
+from .control import read_control
 from .control_report import run_control
 from .executor import make_executor
 from .geo import LocalFrame, utm_crs_for
@@ -72,7 +73,6 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         raise AlignmentError(f"focal_px must be positive (or 0 for the EXIF focal), got {config.focal_px}")
     _check_paths(config, paths)
     ws = paths["workspace"]
-    ws.mkdir(parents=True, exist_ok=True)
 
     # --- priors ---
     report.start("priors", "Reading EXIF/XMP priors")
@@ -113,8 +113,20 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
             "orientation), NOT georeferenced; the layers carry no CRS"
         )
         log.warning(warnings[-1])
+    if config.gcp_file:  # a bad control file fails now, not after the expensive stages
+        try:
+            read_control(config.gcp_file, {p.name: (p.width, p.height) for p in priors if p.width > 0},
+                         config.check_points)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
+    if config.reference_dem:
+        try:
+            dem.open_dem(config.reference_dem)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
     timings["priors_s"] = time.perf_counter() - t
     check(is_canceled)
+    ws.mkdir(parents=True, exist_ok=True)  # after the checks: a run refused for bad input leaves nothing
 
     executor = make_executor(config.workers)
     try:
@@ -163,6 +175,10 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         _save_reconstruction(recon, recon_path, stamp)
     else:
         report(1.0, "Reusing the reconstruction in the workspace")
+    # What the GCP marking dialog needs to predict a point's pixels from the saved reconstruction.
+    workspace.write_json(ws / "cameras.json", {
+        "frame": frame.to_dict() if frame is not None else None, "crs": crs,
+        "images": [{"name": p.name, "width": p.width, "height": p.height} for p in usable]})
     timings["reconstruct_s"] = time.perf_counter() - t
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
@@ -179,6 +195,14 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
             raise AlignmentError(str(exc)) from None
         warnings.extend(control["warnings"])
         timings["control_s"] = time.perf_counter() - t
+    dem_fit = None
+    if config.reference_dem:  # vertical control from a raster; with control points only reported
+        try:
+            recon, dem_fit = dem.tie_to_dem(recon, frame, config.reference_dem, apply=control is None)
+        except ValueError as exc:
+            raise AlignmentError(str(exc)) from None
+        if control:
+            warnings.append("reference DEM: fit reported only, the control points decide the heights")
 
     # --- export ---
     report.start("export", "Writing GeoPackage, PLY and summary")
@@ -191,6 +215,8 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
         summary["control_rmse_m"], summary["check_rmse_m"] = control["control_rmse_m"], control["check_rmse_m"]
         summary["control_points"] = control["rows"]
         summary["control_focal_freed"] = control["control_focal_freed"]
+    if dem_fit:
+        summary["reference_dem_fit"] = dem_fit
     summary["pairs_candidate"] = len(candidates)
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -247,13 +273,13 @@ def _save_reconstruction(recon, path, stamp):
     workspace.write_npz(path, meta=np.array([json.dumps(meta, default=workspace.json_default)]), **arrays)
 
 
-def _load_reconstruction(path, stamp):
-    """The saved reconstruction when it was made from the same inputs, else None."""
+def _load_reconstruction(path, stamp=None):
+    """The saved reconstruction when it was made from the same inputs (any, when stamp is None), else None."""
     if not path.exists():
         return None
     data = workspace.read_npz(path)
     meta = json.loads(str(data.pop("meta")[0]))
-    if meta.pop("stamp") != stamp:
+    if meta.pop("stamp") != stamp and stamp is not None:
         return None
     return reconstruction.Reconstruction(**data, **meta)
 

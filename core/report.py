@@ -174,6 +174,10 @@ def build_report_html(gpkg_path, summary):
                  _fmt(m.get("k1"), 4), _fmt(m.get("k2"), 4)] for m in models]
         parts.append("<h2>Camera calibration</h2>" + _table(
             ["camera", "images", "prior focal (px)", "from", "focal (px)", "change (%)", "focal", "k1", "k2"], rows))
+    if summary.get("control_points"):
+        from .control_report import control_section_html
+
+        parts.append(control_section_html(summary))
     if summary.get("log"):
         items = "".join(f"<li>{html.escape(str(line))}</li>" for line in summary["log"])
         parts.append(f"<h2>Reconstruction log</h2><ul>{items}</ul>")

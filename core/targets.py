@@ -182,17 +182,33 @@ def find_target(image, predicted_xy, size_px, kind="auto", search_radius_px=20.0
     raise ValueError(f"unknown target kind {kind!r} (checker, aruco or auto)")
 
 
-def locate(image_paths, predictions, size_px, kind="auto", search_radius_px=20.0):
-    """Find targets in photos: predictions [(key, image index, x, y)] -> {key: Detection or None}.
-    Each photo is read once (the dialog's "find for me" and the batch both go through here)."""
-    out = {}
+def locate(image_paths, predictions, size_px, kind="auto", search_radius_px=20.0, refine_radius_px=None):
+    """Find targets in photos: predictions [(key, image index, x, y[, kind])] -> {key: Detection or None}.
+    Each photo is read once (the marking dialog's "find" and the batch both go through here).
+
+    refine_radius_px: when predictions are poor (a GPS-placed block can be metres off), search widely
+    first, then take each photo's median offset between predictions and detections (most targets in a
+    photo share it) and search again within refine_radius_px of the shifted predictions: a wide window
+    no longer lets a neighbouring target stand in for the one predicted.
+    """
     by_image = {}
-    for key, i, x, y in predictions:
-        by_image.setdefault(i, []).append((key, x, y))
+    for item in predictions:
+        key, i, x, y = item[:4]
+        by_image.setdefault(i, []).append((key, x, y, item[4] if len(item) > 4 else kind))
+    out = {}
     for i, items in sorted(by_image.items()):
         img = cv2.imread(str(image_paths[i]), cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise ValueError(f"{image_paths[i]}: cannot read the image")
-        for key, x, y in items:
-            out[key] = find_target(img, (x, y), size_px, kind, search_radius_px)
+        first = {key: find_target(img, (x, y), size_px, k, search_radius_px) for key, x, y, k in items}
+        if refine_radius_px is None:
+            out.update(first)
+            continue
+        shifts = np.array([(first[key].x - x, first[key].y - y) for key, x, y, _ in items if first[key] is not None])
+        if not len(shifts):
+            out.update(first)
+            continue
+        dx, dy = np.median(shifts, axis=0)
+        for key, x, y, k in items:
+            out[key] = find_target(img, (x + dx, y + dy), size_px, k, refine_radius_px)
     return out

@@ -10,6 +10,8 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
 )
 
 from ..core import pipeline
@@ -34,7 +36,11 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             "RANSAC-verified matches, incremental reconstruction and bundle adjustment with GPS priors. "
             "Writes a GeoPackage with the layers cameras, footprints, sparse_points and pairs in the target "
             "CRS (default: the UTM zone of the photos), a <name>_summary.json, a <name>_sparse.ply and a "
-            "resumable workspace folder beside it. The image folder is never written to."
+            "resumable workspace folder beside it. The image folder is never written to.\n\n"
+            "Ground control: GCP_FILE (OpenDroneMap gcp_list.txt or OpenSfM ground_control_points.json) adds "
+            "control points to a final adjustment (run again after editing it: only that step is redone); "
+            "CHECK_POINTS names the points only checked; the layer control_points and the summary's "
+            "control_rmse_m / check_rmse_m give dX, dY, dZ and the RMSE per axis."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -46,6 +52,13 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             "OUTPUT", "Output GeoPackage", fileFilter="GeoPackage (*.gpkg)"))
         self.addParameter(QgsProcessingParameterEnum(
             "PRESET", "Quality preset", options=self.PRESET_NAMES, defaultValue=self.PRESET_NAMES.index("accurate")))
+        self.addParameter(QgsProcessingParameterFile(
+            "GCP_FILE", "Ground control points (gcp_list.txt or OpenSfM JSON)", optional=True,
+            fileFilter="Control points (*.txt *.json)"))
+        self.addParameter(QgsProcessingParameterString(
+            "CHECK_POINTS", "Check points (comma-separated names, kept out of the adjustment)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "REFERENCE_DEM", "Reference DEM (vertical control when there are no control points)", optional=True))
         defaults = AlignConfig()
         advanced = [
             QgsProcessingParameterNumber("MAX_IMAGE_SIZE", "Working image size (long side, px; 0 = preset)",
@@ -103,8 +116,13 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             pair_neighbors=self.parameterAsInt(parameters, "PAIR_NEIGHBORS", context),
             workers=self.parameterAsInt(parameters, "WORKERS", context),
             focal_px=self.parameterAsDouble(parameters, "FOCAL_PX", context),
+            gcp_file=self.parameterAsFile(parameters, "GCP_FILE", context) or "",
+            check_points=self.parameterAsString(parameters, "CHECK_POINTS", context) or "",
             **PRESETS[preset],
         )
+        dem = self.parameterAsRasterLayer(parameters, "REFERENCE_DEM", context)
+        if dem is not None:
+            config.reference_dem = dem.source()
         if crs.isValid() and not crs.authid():
             config.target_crs = crs.toWkt(crs.WKT_PREFERRED)
         size = self.parameterAsInt(parameters, "MAX_IMAGE_SIZE", context)

@@ -120,3 +120,42 @@ def test_spans_block():
     assert not spans_block(np.array([[5, 5], [95, 5], [50, 8]]), cams)  # along one edge
     assert not spans_block(np.array([[40, 25], [45, 30], [50, 28]]), cams)  # in the middle
     assert not spans_block(np.array([[5, 5], [95, 55]]), cams)
+
+
+def test_run_control_reports_rmse_layer_and_warnings(block, tmp_path):
+    """Through the pipeline's control stage: roles, RMSE per role, the layer, and the warnings for a
+    point in one photo and for a measurement clicked 20 px off (named by photo)."""
+    from types import SimpleNamespace
+
+    from alignkit.core.control_report import control_section_html, run_control
+    from alignkit.core.geo import LocalFrame
+
+    C, R, gps, cams, gcp, meas, rec = block
+    frame, crs = LocalFrame(46.5, 6.6, 400.0), "EPSG:32632"
+    names = [f"img_{i:02d}.jpg" for i in range(len(C))]
+    xyz = frame.to_crs(gcp, crs)
+    lines = [crs]
+    for k, (im, xy) in enumerate(meas):
+        for n, (i, (x, y)) in enumerate(zip(im, xy)):
+            if k == 1 and n == 0:
+                x += 20.0  # clicked wrong
+            lines.append(f"{xyz[k, 0]:.4f} {xyz[k, 1]:.4f} {xyz[k, 2]:.4f} {x:.3f} {y:.3f} {names[i]} p{k}")
+    lines.append(f"{xyz[0, 0] + 5:.4f} {xyz[0, 1]:.4f} {xyz[0, 2]:.4f} 10 10 {names[0]} lonely")
+    (tmp_path / "gcp_list.txt").write_text("\n".join(lines) + "\n")
+    priors = [SimpleNamespace(name=n, width=W, height=H) for n in names]
+    cfg = AlignConfig(gcp_file=str(tmp_path / "gcp_list.txt"), check_points="p5,p6,p7", refine_distortion=False)
+    out, result = run_control(cfg, priors, priors, rec, cams, gps, frame, crs)
+    by = {r["name"]: r for r in result["rows"]}
+    assert [by[f"p{k}"]["role"] for k in range(8)] == ["control"] * 5 + ["check"] * 3
+    assert result["control_rmse_m"]["n"] == 5 and result["check_rmse_m"]["n"] == 3
+    assert result["check_rmse_m"]["horizontal"] < 0.03 and result["check_rmse_m"]["vertical"] < 0.05
+    assert by["lonely"]["dx"] is None and by["lonely"]["n_images"] == 1
+    bad = names[meas[1][0][0]]
+    assert by["p1"]["reproj_by_image"][bad] > 15
+    text = "\n".join(result["warnings"])
+    assert f"control point 'p1' in photo {bad}: measured" in text and "probably clicked wrong" in text
+    assert "'lonely': measured in 1 photo" in text
+    assert len(result["layer"].features) == 9 and result["layer"].name == "control_points"
+    html = control_section_html({"control_points": result["rows"], "control_rmse_m": result["control_rmse_m"],
+                                 "check_rmse_m": result["check_rmse_m"], "control_focal_freed": True})
+    assert "RMSE X (m)" in html and "check (independent)" in html and "data:image/png;base64" in html

@@ -18,6 +18,7 @@ STYLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 # Alignment result: layer name -> style file, in drawing order from top to bottom.
 RESULT_STYLES = {
+    "control_points": "control_points.qml",  # only when the run had ground control (OPTIONAL_LAYERS)
     "cameras": "cameras.qml",
     "sparse_points": "sparse_points.qml",
     "pairs": "pairs.qml",
@@ -28,6 +29,7 @@ PRIORS_STYLES = {
     "cameras": "priors_cameras.qml",
     "footprints": "footprints.qml",
 }
+OPTIONAL_LAYERS = ("control_points",)  # absent from a GeoPackage without them, which is fine
 HIDDEN_BY_DEFAULT = ("pairs",)  # the pair graph clutters the map; one click shows it
 STYLE_NAME = "alignkit"
 
@@ -55,6 +57,8 @@ def open_layers(gpkg_path, styles, title_prefix=""):
     present = set(geopackage_layer_names(gpkg_path))
     layers = {}
     for name in styles:
+        if name not in present and name in OPTIONAL_LAYERS:
+            continue
         if name not in present:
             raise ValueError(f"{gpkg_path}: layer '{name}' is missing (found: {', '.join(sorted(present))})")
         layer = QgsVectorLayer(f"{gpkg_path}|layername={name}", f"{title_prefix}{name}", "ogr")
@@ -170,6 +174,9 @@ def reproject_geopackage(src, dst, crs, layer_names=None):
     GDAL's VectorTranslate, so no QGIS object is involved: safe in a background task.
     Heights are kept as they are (only the horizontal CRS changes).
     """
+    if layer_names:  # optional layers (control_points) may be absent
+        present = set(geopackage_layer_names(src))
+        layer_names = [n for n in layer_names if n in present]
     tmp = os.path.splitext(str(dst))[0] + ".partial.gpkg"  # the GPKG driver wants the extension
     if os.path.exists(tmp):
         os.remove(tmp)
