@@ -182,7 +182,8 @@ def test_drag_moves_remove_removes_and_roles_and_counts_follow(dialog, survey):
         view = dialog.tiles[image].view
         click(view, view.to_view(*truth[image]))
     row = dialog._row_of(name)
-    assert dialog.table.item(row, 2).text() == "2" and dialog.table.item(row, 4).text() == "ok"
+    assert dialog.table.item(row, 2).text() == "2" and dialog.table.item(row, 5).text() == "ok"
+    assert dialog.table.item(row, 4).text() == "0.0"  # clicked on the truth: the prediction of the true cameras
     # Drag the first measurement 5 px to the right, in screen terms at the current zoom.
     view = dialog.tiles[images[0]].view
     start = view.to_view(*truth[images[0]])
@@ -194,6 +195,8 @@ def test_drag_moves_remove_removes_and_roles_and_counts_follow(dialog, survey):
     QApplication.sendEvent(vp, QMouseEvent(QEvent.MouseButtonRelease, end, Qt.LeftButton, Qt.NoButton, Qt.NoModifier))
     m = dialog.session.measurement(name, images[0])
     np.testing.assert_allclose((m.x, m.y), (truth[images[0]][0] + 5.0, truth[images[0]][1]), atol=1e-6)
+    # 5 px off the prediction of adjusted cameras: flagged in the table with the photo's name.
+    assert dialog.table.item(row, 4).text() == "5.0" and images[0] in dialog.table.item(row, 5).text()
     # A drag away from the marker pans and places nothing.
     before = len(dialog.session.point(name).measurements)
     far = dialog.tiles[images[2]].view
@@ -205,7 +208,7 @@ def test_drag_moves_remove_removes_and_roles_and_counts_follow(dialog, survey):
     # Remove, role, and the workspace file follow each edit.
     dialog.tiles[images[1]].remove_button.click()
     assert dialog.session.measurement(name, images[1]) is None
-    assert dialog.table.item(row, 2).text() == "1" and "2+" in dialog.table.item(row, 4).text()
+    assert dialog.table.item(row, 2).text() == "1" and "2+" in dialog.table.item(row, 5).text()
     dialog.set_role(name, "check")
     saved = load_measurements(gpkg.parent / "survey_alignkit_workspace" / MEASUREMENTS_FILE).by_name()[name]
     assert saved.role == "check" and [(m.image, m.x, m.y) for m in saved.measurements] == [
@@ -263,3 +266,77 @@ def test_prior_cameras_predict_within_the_gps_error(survey):
         # GPS error 2 m horizontal (1 sigma) on a 0.15 m pixel: tens of pixels, far from hundreds.
         off = [np.hypot(pred[n][0] - truth[n][0], pred[n][1] - truth[n][1]) * gsd for n in common]
         assert max(off) < 4 * np.hypot(SPEC.gps_noise_h_m, SPEC.gps_noise_h_m)
+
+
+def test_a_geographic_layer_with_a_height_field_predicts_the_same_pixels(survey, qgis_iface, qgis_new_project):
+    """Any CRS, transformed explicitly: the targets as lon/lat points (EPSG:4326) with the height in a field."""
+    out, gt, gpkg = survey
+    layer = QgsVectorLayer("Point?crs=EPSG:4326", "targets lon lat", "memory")
+    layer.dataProvider().addAttributes([QgsField("id", QVariant.String), QgsField("h", QVariant.Double)])
+    layer.updateFields()
+    lat, lon, h = LocalFrame(**gt["origin"]).to_geodetic(np.array([t["enu"] for t in gt["targets"]["points"]]))
+    feats = []
+    for t, la, lo, hh in zip(gt["targets"]["points"], lat, lon, h):
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry(QgsPoint(float(lo), float(la))))
+        f["id"], f["h"] = t["name"], float(hh)
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    d = GcpDialog(iface=qgis_iface, alignment=str(gpkg))
+    d.use_layer(layer, "id", "h")
+    for t, tgt in enumerate(gt["targets"]["points"]):
+        truth = true_views(gt, t)
+        got = {ph["image"]: ph["predicted"] for ph in d.session.photos(tgt["name"])}
+        assert set(got) == set(truth)
+        for image, xy in got.items():
+            np.testing.assert_allclose(xy, truth[image], atol=1e-3)
+    # A layer without Z and without a height field is refused with the layer's name.
+    with pytest.raises(ValueError, match="targets lon lat.*no Z"):
+        d.use_layer(layer, "id", "")
+    d.deleteLater()
+
+
+def test_the_dock_opens_the_dialog_on_its_alignment(survey, qgis_iface, qgis_new_project):
+    from alignkit.ui.dock import AlignKitDock
+
+    out, gt, gpkg = survey
+    dock = AlignKitDock(qgis_iface)
+    try:
+        dock.set_output(str(gpkg))
+        dock.gcp_button.click()
+        d = dock.gcp_dialog
+        assert d.cameras.source == "alignment" and d.cameras.names == [c["image"] for c in gt["cameras"]]
+        d.close()
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
+
+
+def test_before_aligning_the_priors_predict_and_find_target_lands_on_the_truth(survey, qgis_iface, qgis_new_project):
+    """Prior cameras only (GPS 2 m / 3 m noise): predictions tens of pixels off, the targets still found
+    near them (the dialog's default search radius for priors) within 0.5 px."""
+    out, gt, _ = survey
+    d = GcpDialog(iface=qgis_iface, image_folder=str(out / "images"))
+    assert d.cameras.source == "priors" and d.radius_spin.value() >= 60
+    d.use_layer(target_layer(gt), "label", "")
+    errors, offsets = [], []
+    for t, tgt in enumerate(gt["targets"]["points"]):
+        d.select_point(tgt["name"])
+        d.side_spin.setValue(tgt["size_m"])
+        d.find_all()
+        d.accept_all()
+        for o in gt["targets"]["observations"]:
+            if o["target"] != t:
+                continue
+            ph = next((p for p in d.session.photos(tgt["name"]) if p["image"] == o["image"]), None)
+            assert ph is not None and ph["predicted"] is not None  # listed from the priors
+            offsets.append(np.hypot(ph["predicted"][0] - o["x"], ph["predicted"][1] - o["y"]))
+            m = ph["measurement"]
+            errors.append(np.hypot(m.x - o["x"], m.y - o["y"]) if m is not None else np.inf)
+    errors = np.array(errors)
+    print(f"priors: predictions {np.median(offsets):.1f} px off (median, max {max(offsets):.1f}); found "
+          f"{100 * np.mean(errors < 0.5):.0f}% of {len(errors)} within 0.5 px")
+    assert np.median(offsets) > 5  # the priors really are off: the finder did the work
+    assert len(errors) >= 40 and np.mean(errors < 0.5) >= 0.9
+    assert "Not saved" in d.status_label.text()  # no alignment workspace: Save as… is the way
+    d.deleteLater()

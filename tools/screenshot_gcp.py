@@ -11,7 +11,9 @@
    They are NOT surveyed: the picture shows the tool, not an accuracy;
 3. the dialog opens the alignment and the layer (the same code a user drives), the features are
    marked with real mouse clicks on the photo views, one point is made a check point, and the
-   dialog is grabbed as docs/alignkit_gcp_marking.png.
+   dialog is grabbed as docs/alignkit_gcp_marking.png;
+4. docs/alignkit_gcp_targets.png: the dialog before any alignment (prior cameras) on a generated
+   survey with painted ArUco and checker targets, after "Find target in all photos".
 """
 import argparse
 import os
@@ -27,20 +29,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREEN = (1600, 1000)
 IMAGES = ROOT.parent / "shared" / "data" / "brighton_beach" / "images"
 # (name, photo, x, y, radius): where to look for a flat, distinctive ground feature (an asphalt crack
-# junction, a kerb corner) in full-resolution pixels; the best-matching corner within radius is used.
+# junction, a kerb corner) in full-resolution pixels; the best-matching corner within radius is used
+# (radius 0: exactly that pixel).
 REGIONS = [
-    ("GCP-1", "DJI_0026.JPG", 2870.0, 940.0, 60),  # crack junction at the lawn edge, by a boulder (shown)
-    ("GCP-2", "DJI_0026.JPG", 2200.0, 1000.0, 150),  # road junction
-    ("GCP-3", "DJI_0026.JPG", 1500.0, 1600.0, 150),  # road, west side
-    ("GCP-4", "DJI_0031.JPG", 1800.0, 1665.0, 200),  # road by the car park
-    ("GCP-5", "DJI_0020.JPG", 3133.0, 1665.0, 200),  # road, north end
+    ("GCP-1", "DJI_0026.JPG", 2868.0, 949.0, 0),  # crack junction at the lawn edge, by a boulder
+    ("GCP-2", "DJI_0026.JPG", 2400.0, 1080.0, 250),  # road junction (the one shown)
+    ("GCP-3", "DJI_0026.JPG", 1500.0, 1600.0, 250),  # road, west side
+    ("GCP-4", "DJI_0031.JPG", 1800.0, 1665.0, 250),  # road by the car park
+    ("GCP-5", "DJI_0020.JPG", 3133.0, 1665.0, 250),  # road, north end
 ]
-SHOWN = "GCP-1"
+SHOWN = "GCP-2"
 CHECK = "GCP-3"
-LEFT_UNMARKED = 1  # photos of the shown point left for the user (prediction only)
+LEFT_UNMARKED = 1  # photos of the shown point left for the user besides those not matched (prediction only)
 PATCH = 24  # template half-size, pixels
 SEARCH = 50  # search half-size around the first prediction, pixels
-VIEW_HALF_PX = 90  # photo pixels each side of the prediction in the picture
+# The targets picture: a generated survey (GPS noise of a consumer drone), before any alignment.
+TARGETS_SPEC = {"rows": 3, "cols": 4, "width": 800, "height": 600, "gps_noise_h_m": 2.0, "gps_noise_v_m": 3.0,
+                "seed": 5}
+TARGETS_SHOWN = 0  # an ArUco target
+VIEW_HALF_PX = 60  # photo pixels each side of the prediction in the picture
 MIN_SCORE = 0.8  # normalised cross-correlation of an accepted match
 
 
@@ -66,8 +73,16 @@ def main(argv=None):
     cams = cameras_from_alignment(gpkg)
     points = demo_points(cams)
     layer_path = write_demo_layer(work / "brighton_demo_control.gpkg", cams, points)
-    shot = grab_dialog(gpkg, layer_path, points, Path(args.out).resolve() / "alignkit_gcp_marking.png")
-    print("wrote", shot)
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], True)
+    app.initQgis()
+    app.setStyle("Fusion")
+    try:
+        print("wrote", grab_dialog(app, gpkg, layer_path, points, Path(args.out).resolve() / "alignkit_gcp_marking.png"))
+        print("wrote", grab_targets(app, work, Path(args.out).resolve() / "alignkit_gcp_targets.png"))
+    finally:
+        app.exitQgis()
 
 
 def ensure_alignment(images, gpkg):
@@ -158,6 +173,18 @@ def _feature(cams, r, x, y):
     return X, dict(sorted(clicks.items())), float(np.mean(list(scores.values())))
 
 
+def _sunlit_ground(path, x0, y0, side):
+    """Where a natural control point can be: sunlit asphalt or concrete (grey, bright) and its edges,
+    away from shadows (they move with the sun) and vegetation (it moves with the wind)."""
+    hsv = cv2.cvtColor(cv2.imread(str(path))[y0:y0 + side, x0:x0 + side], cv2.COLOR_BGR2HSV)
+    grey_bright = ((hsv[..., 1] < 45) & (hsv[..., 2] > 120)).astype(np.uint8)
+    h, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    # shadows on asphalt are blue (sky light): hue 95-135 (OpenCV's 0-180 scale), saturated; or dark
+    shadow = (((h >= 95) & (h <= 135) & (sat > 50)) | (val < 100)).astype(np.uint8)
+    near_shadow = cv2.dilate(shadow, np.ones((2 * PATCH + 21, 2 * PATCH + 21), np.uint8))
+    return (cv2.dilate(grey_bright, np.ones((7, 7), np.uint8)) & (1 - near_shadow)).astype(np.uint8) * 255
+
+
 def demo_points(cams):
     """[(name, ENU point, {photo: (x, y)})]: in each region, the corner seen in most photos."""
     out = []
@@ -165,7 +192,11 @@ def demo_points(cams):
         r = cams.index(photo)
         grey = _grey(cams.paths[r])
         x0, y0 = int(cx - radius), int(cy - radius)
-        corners = cv2.goodFeaturesToTrack(grey[y0:y0 + 2 * radius, x0:x0 + 2 * radius], 12, 0.05, 15)
+        if radius:
+            corners = cv2.goodFeaturesToTrack(grey[y0:y0 + 2 * radius, x0:x0 + 2 * radius], 12, 0.05, 15,
+                                              mask=_sunlit_ground(cams.paths[r], x0, y0, 2 * radius))
+        else:
+            corners = np.zeros((1, 1, 2), np.float32)
         best = None
         for (u, v), in ([] if corners is None else corners):
             X, clicks, score = _feature(cams, r, x0 + float(u), y0 + float(v))
@@ -191,16 +222,13 @@ def write_demo_layer(path, cams, points):
 
 
 # ------------------------------------------------------------------------ the dialog
-def grab_dialog(gpkg, layer_path, points, png):
-    from qgis.core import QgsApplication, QgsProject, QgsVectorLayer
+def grab_dialog(app, gpkg, layer_path, points, png):
+    from qgis.core import QgsProject, QgsVectorLayer
     from qgis.PyQt.QtCore import QEvent, Qt
     from qgis.PyQt.QtGui import QMouseEvent
 
     from alignkit.core.marking import MEASUREMENTS_FILE
 
-    app = QgsApplication([], True)
-    app.initQgis()
-    app.setStyle("Fusion")
     try:
         from alignkit.ui.gcp_dialog import GcpDialog
 
@@ -228,7 +256,7 @@ def grab_dialog(gpkg, layer_path, points, png):
             dialog.select_point(name)
             _settle(app)
             marked = list(clicks.items())
-            if name == SHOWN:
+            if name == SHOWN and LEFT_UNMARKED:
                 marked = marked[:-LEFT_UNMARKED]
             for image, (x, y) in marked:
                 if image in dialog.tiles:
@@ -246,7 +274,56 @@ def grab_dialog(gpkg, layer_path, points, png):
         dialog.close()
     finally:
         QgsProject.instance().clear()
-        app.exitQgis()
+    return png
+
+
+def grab_targets(app, work, png):
+    """The dialog before any alignment (prior cameras) on a generated survey with painted targets:
+    Find target in all photos, two finds accepted, the others still proposals (cyan)."""
+    from qgis.core import QgsProject, QgsVectorLayer
+
+    from alignkit.core.gpkg import Layer, write_geopackage
+    from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth
+    from alignkit.core.synthetic_targets import SurveyTargets
+    from alignkit.ui.gcp_dialog import GcpDialog
+
+    survey = work / "targets_survey"
+    if not (survey / "ground_truth.json").is_file():
+        print(f"generating a survey with targets in {survey}")
+        generate_survey(survey, SurveySpec(**TARGETS_SPEC),
+                        decorate=SurveyTargets(count=6, kinds=["aruco", "checker"] * 3, size_px=36.0))
+    gt = load_ground_truth(survey)
+    pts = gt["targets"]["points"]
+    layer_path = work / "targets_control.gpkg"
+    write_geopackage(layer_path, gt["targets"]["crs"], [Layer("control", "PointZ", [("name", "str")],
+                                                              [(tuple(t["crs_xyz"]), {"name": t["name"]}) for t in pts])])
+    try:
+        layer = QgsVectorLayer(f"{layer_path}|layername=control", "targets (surveyed)", "ogr")
+        QgsProject.instance().addMapLayer(layer)
+        dialog = GcpDialog(image_folder=str(survey / "images"))
+        dialog.resize(SCREEN[0] - 40, SCREEN[1] - 50)
+        dialog.layer_combo.setLayer(layer)
+        dialog.name_field.setField("name")
+        dialog.use_layer(layer, "name", "")
+        dialog.show()
+        shown = pts[TARGETS_SHOWN]
+        dialog.select_point(shown["name"])
+        dialog.side_spin.setValue(round(shown["size_m"], 2))
+        _settle(app)
+        dialog.find_all()
+        for image in sorted(dialog.tiles)[:2]:
+            dialog.tiles[image].accept_button.click()
+        for image, tile in dialog.tiles.items():
+            ph = next(p for p in dialog.session.photos(shown["name"]) if p["image"] == image)
+            m = ph["measurement"] or dialog.session.proposals.get((shown["name"], image))
+            x, y = (m.x, m.y) if m is not None else ph["predicted"]
+            tile.view.show_around(x, y, 2.2 * dialog.session.target_size_px(shown["name"], image, shown["size_m"]))
+        _settle(app)
+        if not dialog.grab().save(str(png)):
+            raise RuntimeError(f"could not write {png}")
+        dialog.close()
+    finally:
+        QgsProject.instance().clear()
     return png
 
 

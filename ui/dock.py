@@ -216,6 +216,10 @@ class AlignKitDock(QgsDockWidget):
         self.cancel_button.clicked.connect(self.cancel)
         for b in (self.preview_button, self.align_button, self.cancel_button):
             buttons.addWidget(b)
+        self.gcp_button = QPushButton("Mark GCPs…")
+        self.gcp_button.setToolTip("Mark ground control points in the photos (after Align; before it, from the priors)")
+        self.gcp_button.clicked.connect(self.open_gcp_dialog)
+        buttons.addWidget(self.gcp_button)
 
         self.preview_label = QLabel("Choose a folder of geotagged photos, then Preview or Align.")
         self.preview_label.setWordWrap(True)
@@ -589,6 +593,17 @@ class AlignKitDock(QgsDockWidget):
             self._notify_with_link(text, level, "Open report", result["report"])
         else:
             self._notify(text, level)
+
+    def open_gcp_dialog(self):
+        """The marking dialog on the last (or the chosen output's) alignment, else on the folder's priors."""
+        from .gcp_dialog import GcpDialog
+
+        out = (self.last_result or {}).get("output") or self.output_path()
+        done = bool(out) and os.path.isfile(out) and os.path.isfile(os.path.splitext(out)[0] + "_summary.json")
+        self.gcp_dialog = GcpDialog(self, self.iface, alignment=out if done else None,
+                                    image_folder=None if done else (self.folder() or None))
+        self.gcp_dialog.show()
+        return self.gcp_dialog
 
     # --- image stack ---
     def _stack_folder_changed(self, path):

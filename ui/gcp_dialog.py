@@ -46,6 +46,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core.control import ControlError, load_measurements
 from ..core.marking import (
     DEFAULT_TARGET_SIDE_M,
+    MEASUREMENTS_FILE,
     SEARCH_RADIUS_ALIGNED_PX,
     SEARCH_RADIUS_PRIORS_PX,
     MarkingSession,
@@ -60,7 +61,8 @@ from .gcp_photo_view import PhotoTile
 TILE_COLUMNS = 3
 CROP_HALF_PX = 200  # photo pixels each side of the prediction kept in a tile (zoom out to see them)
 VIEW_HALF_ALIGNED_PX = 40  # a tile first shows this many photo pixels each side of the prediction
-COLUMNS = ("Point", "Role", "Marked", "In photos", "Status")
+COLUMNS = ("Point", "Role", "Marked", "In photos", "Off (px)", "Status")
+OFF_WARN_PX = 3.0  # a measurement this far from the adjusted cameras' prediction is flagged in the table
 
 
 class GcpDialog(QDialog):
@@ -127,8 +129,8 @@ class GcpDialog(QDialog):
         self.layer_combo.layerChanged.connect(self.name_field.setLayer)
         self.layer_combo.layerChanged.connect(self.height_field.setLayer)
         use_layer = QPushButton("Use layer")
-        use_layer.clicked.connect(lambda: self.use_layer(self.layer_combo.currentLayer(), self.name_field.currentField(),
-                                                         self.height_field.currentField()))
+        use_layer.clicked.connect(lambda: self._try(self.use_layer, self.layer_combo.currentLayer(),
+                                                    self.name_field.currentField(), self.height_field.currentField()))
         grid.addWidget(QLabel("or layer:"), 2, 0)
         grid.addWidget(self.layer_combo, 2, 1, 1, 2)
         grid.addWidget(QLabel("name"), 2, 3)
@@ -153,6 +155,9 @@ class GcpDialog(QDialog):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         lv.addWidget(self.table, 1)
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        lv.addWidget(self.summary_label)
         self.point_label = QLabel("")
         self.point_label.setWordWrap(True)
         self.point_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -174,7 +179,7 @@ class GcpDialog(QDialog):
         split.addWidget(self.scroll)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([390, 1100])
+        split.setSizes([470, 1030])
         outer.addWidget(split, 1)
 
         bottom = QHBoxLayout()
@@ -251,9 +256,10 @@ class GcpDialog(QDialog):
         self.cameras_label.setText(cameras.description)
         self.radius_spin.setValue(SEARCH_RADIUS_ALIGNED_PX if cameras.source == "alignment" else SEARCH_RADIUS_PRIORS_PX)
         self._crops.clear()
-        if self.session is not None:
-            self._set_session(MarkingSession(cameras, self.session.control, self.session.path))
-        elif cameras.workspace is not None and (cameras.workspace / "control_measurements.json").is_file():
+        if self.session is not None:  # the same points, re-predicted; saved with the new cameras' result
+            path = cameras.workspace / MEASUREMENTS_FILE if cameras.workspace else self.session.path
+            self._set_session(MarkingSession(cameras, self.session.control, path))
+        elif cameras.workspace is not None and (cameras.workspace / MEASUREMENTS_FILE).is_file():
             self._set_session(MarkingSession.open(cameras))  # resume the saved session
         else:
             self._show_points()
@@ -295,7 +301,7 @@ class GcpDialog(QDialog):
         crs_text = crs.authid() if crs.authid().split(":")[0] in ("EPSG", "ESRI", "IGNF") else crs.toProj()
         cs = control_from_rows(f"layer {layer.name()}", crs_text, rows)
         path = self.session.path if self.session else (
-            self.cameras.workspace / "control_measurements.json" if self.cameras.workspace else None)
+            self.cameras.workspace / MEASUREMENTS_FILE if self.cameras.workspace else None)
         if path is not None and Path(path).is_file():
             merge_measurements(cs, load_measurements(path))
         self._set_session(MarkingSession(self.cameras, cs, path))
@@ -329,10 +335,24 @@ class GcpDialog(QDialog):
             role.setCurrentText(p.role)
             role.currentTextChanged.connect(lambda text, name=p.name: self.set_role(name, text))
             self.table.setCellWidget(r, 1, role)
-            for c in (2, 3, 4):
+            for c in (2, 3, 4, 5):
                 self.table.setItem(r, c, QTableWidgetItem(""))
             self._update_row(r, p.name)
         self._filling = False
+        self._update_summary()
+
+    def _update_summary(self):
+        pts = self.session.control.points if self.session else []
+        n_meas = sum(len(p.measurements) for p in pts)
+        roles = [p.role for p in pts]
+        usable = sum(1 for p in pts if not p.problems)
+        path = self.session.path if self.session else None
+        in_ws = path is not None and self.cameras is not None and path.parent == self.cameras.workspace
+        where = f"<br>Saved in {path.parent.name}/{path.name}{' (the alignment workspace)' if in_ws else ''}" if path else ""
+        self.summary_label.setToolTip(str(path) if path else "")
+        self.summary_label.setText(
+            f"{len(pts)} points: {roles.count('control')} control, {roles.count('check')} check; "
+            f"{n_meas} measurements; {usable} of {len(pts)} usable (2+ photos){where}")
 
     def _row_of(self, name):
         return next(r for r in range(self.table.rowCount()) if self.table.item(r, 0).text() == name)
@@ -342,11 +362,24 @@ class GcpDialog(QDialog):
         marked, predicted = self.session.counts(name)
         self.table.item(r, 2).setText(str(marked))
         self.table.item(r, 3).setText(str(predicted))
-        status = "; ".join(p.problems) if p.problems else "ok"
+        off = self.session.offsets(name)
+        worst = max(off, key=off.get) if off else None
         item = self.table.item(r, 4)
-        item.setText("ok" if not p.problems else ("needs 2+ photos" if marked < 2 else status))
+        item.setText(f"{max(off.values()):.1f}" if off else "")
+        item.setToolTip(f"largest distance from the prediction: {worst}" if worst else "")
+        far = bool(off) and off[worst] > OFF_WARN_PX and self.cameras.source == "alignment"
+        item.setForeground(QColor(200, 110, 0) if far else QColor(60, 60, 60))
+        status = "; ".join(p.problems) if p.problems else "ok"
+        item = self.table.item(r, 5)
+        if p.problems:
+            item.setText("needs 2+ photos" if marked < 2 else status)
+        elif far:
+            item.setText(f"{worst}: {off[worst]:.1f} px off")
+            status = f"{worst}: marked {off[worst]:.1f} px from where the adjusted cameras put the point: wrong spot?"
+        else:
+            item.setText("ok")
         item.setToolTip(status)
-        item.setForeground(QColor(30, 140, 60) if not p.problems else QColor(200, 110, 0))
+        item.setForeground(QColor(30, 140, 60) if item.text() == "ok" else QColor(200, 110, 0))
 
     def _selection_changed(self):
         if self._filling:
@@ -370,10 +403,7 @@ class GcpDialog(QDialog):
     # ------------------------------------------------------------------ the photos of a point
     def _show_point(self, name):
         self.current = name
-        p = self.session.point(name)
-        xyz = ", ".join("–" if v != v else f"{v:.3f}" for v in p.xyz)
-        self.point_label.setText(f"<b>{name}</b> ({p.role}) surveyed at {xyz} ({self.session.control.crs[:40]})"
-                                 + ("".join(f"<br><span style='color:#c86e00'>{t}</span>" for t in p.problems)))
+        self._update_point_label(name)
         while self.tiles_layout.count():
             w = self.tiles_layout.takeAt(0).widget()
             if w is not None:
@@ -383,6 +413,7 @@ class GcpDialog(QDialog):
         photos = self.session.photos(name)
         QApplication.setOverrideCursor(Qt.WaitCursor)
         try:
+            self._read_crops(name, photos)
             for k, ph in enumerate(photos):
                 tile = self._make_tile(name, ph)
                 self.tiles[ph["image"]] = tile
@@ -391,17 +422,31 @@ class GcpDialog(QDialog):
             QApplication.restoreOverrideCursor()
         if not photos:
             self.tiles_layout.addWidget(QLabel(f"{name} is predicted in none of the photos."), 0, 0)
-        self._status(f"{name}: predicted in {len([p for p in photos if p['predicted']])} photos, "
-                     f"marked in {len(p.measurements)}")
+        n_pred = sum(1 for ph in photos if ph["predicted"])
+        self._status(f"{name}: predicted in {n_pred} photos, marked in {len(self.session.point(name).measurements)}")
+
+    def _read_crops(self, name, photos):
+        """The crops of a point's photos not read yet, centred on the prediction (else the measurement)."""
+        half = int(max(CROP_HALF_PX, 4 * self.radius_spin.value()))  # priors: metres of GPS error around
+        todo = [ph for ph in photos if (name, ph["image"]) not in self._crops]
+        requests = [(self.cameras.paths[self.cameras.index(ph["image"])],
+                     *(ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)), half) for ph in todo]
+        for ph, request in zip(todo, requests):  # threads gained nothing on 2 busy cores: kept serial
+            self._crops[(name, ph["image"])] = read_crop(*request)
+
+    def _update_point_label(self, name):
+        p = self.session.point(name)
+        xyz = ", ".join("–" if v != v else f"{v:.3f}" for v in p.xyz)
+        unposed = ", ".join(m.image for m in self.session.unposed(name))
+        self.point_label.setText(f"<b>{name}</b> ({p.role}) surveyed at {xyz} ({self.session.control.crs[:40]})"
+                                 + ("".join(f"<br><span style='color:#c86e00'>{t}</span>" for t in p.problems))
+                                 + (f"<br>Also measured in {unposed} (no camera pose there: kept, not shown)"
+                                    if unposed else ""))
 
     def _make_tile(self, name, ph):
         image = ph["image"]
         centre = ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)
-        key = (name, image)
-        if key not in self._crops:
-            half = int(max(CROP_HALF_PX, 2 * self.radius_spin.value()))
-            self._crops[key] = read_crop(self.cameras.paths[self.cameras.index(image)], centre[0], centre[1], half)
-        rgb, x0, y0 = self._crops[key]
+        rgb, x0, y0 = self._crops[(name, image)]
         tile = PhotoTile(image)
         tile.view.set_photo(rgb, x0, y0)
         tile.placed.connect(self.place)
@@ -409,9 +454,11 @@ class GcpDialog(QDialog):
         tile.find_requested.connect(self.find)
         tile.accept_requested.connect(self.accept_proposal)
         self._refresh_tile(tile, ph)
-        view_half = VIEW_HALF_ALIGNED_PX if self.cameras.source == "alignment" else self.radius_spin.value()
-        tile.view.show_around(centre[0], centre[1], view_half)
+        tile.view.show_around(centre[0], centre[1], self._view_half())
         return tile
+
+    def _view_half(self):
+        return VIEW_HALF_ALIGNED_PX if self.cameras.source == "alignment" else 1.5 * self.radius_spin.value()
 
     def _refresh_tile(self, tile, ph=None):
         if ph is None:
@@ -429,8 +476,7 @@ class GcpDialog(QDialog):
             if ph is None:
                 continue
             centre = ph["predicted"] or (ph["measurement"].x, ph["measurement"].y)
-            view_half = VIEW_HALF_ALIGNED_PX if self.cameras.source == "alignment" else self.radius_spin.value()
-            tile.view.show_around(centre[0], centre[1], view_half)
+            tile.view.show_around(centre[0], centre[1], self._view_half())
 
     # ------------------------------------------------------------------ editing
     def place(self, image, x, y):
@@ -488,6 +534,9 @@ class GcpDialog(QDialog):
     def _changed(self, name):
         """After any edit: the table row, and the session saved at once (atomically)."""
         self._update_row(self._row_of(name), name)
+        self._update_summary()
+        if name == self.current:
+            self._update_point_label(name)
         if self.session.path is not None:
             try:
                 path = self.session.save()
@@ -528,10 +577,10 @@ class GcpDialog(QDialog):
     def _status(self, text, warn=False):
         self.status_label.setText(text)
         self.status_label.setStyleSheet("color: #c86e00;" if warn else "")
-        if self.iface is not None and warn:
-            self.iface.messageBar().pushMessage("AlignKit", text, Qgis.Warning, 6)
 
     def _error(self, text):
         self._status(text, warn=True)
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage("AlignKit", text, Qgis.Warning, 6)
         if self.isVisible():
             QMessageBox.warning(self, "AlignKit", text)

@@ -257,6 +257,10 @@ class PhotoTile(QFrame):
         if predicted is None:
             parts.append("outside the predicted frame")
         self.status.setText("<br>".join(parts))
+        marked = measurement is not None
+        self.title.setText(f"<b>{self.image}</b>&nbsp;&nbsp;<span style='color:{'#1a9c3e' if marked else '#b07800'}'>"
+                           f"{'&#10003; marked' if marked else 'to mark'}</span>")
+        self.setStyleSheet(f"PhotoTile {{ border: 2px solid {'#1a9c3e' if marked else '#d9a800'}; border-radius: 3px; }}")
         self.accept_button.setEnabled(proposal is not None)
         self.remove_button.setEnabled(measurement is not None)
         self.find_button.setEnabled(predicted is not None or measurement is not None)
