@@ -593,9 +593,9 @@ class _Fuser:
         info["fused"] = fusion.fused_name(self.config.fuse, reference_path.suffix, taken)
         write_output(reference_path, output_folder / info["fused"], image, georef, crop, self.config.jpeg_quality)
         if depth is not None:
-            # the index into fused_from of the sharpest frame at each pixel, lossless
-            info["fused_depth"] = fusion.fused_name("depth", ".png", taken)
-            write_output(reference_path, output_folder / info["fused_depth"], depth, None, crop,
+            # the index into fused_from of the sharpest frame at each pixel, lossless (GeoTIFF beside GeoTIFFs)
+            info["fused_depth"] = fusion.fused_name("depth", ".tif" if georef else ".png", taken)
+            write_output(reference_path, output_folder / info["fused_depth"], depth, georef, crop,
                          self.config.jpeg_quality)
         if left_out:
             info["fused_note"] = f"fused from {len(self.used)} aligned frames; left out: {', '.join(left_out)}"

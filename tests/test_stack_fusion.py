@@ -107,6 +107,12 @@ def test_fusion_bad_input():
         fusion.fuse([a, a], "hdr")
 
 
+def test_fuse_on_a_single_image_is_a_clear_error(tmp_path):
+    make_stack(tmp_path / "in", HOMOGRAPHY_STACK[:1], names=["only.png"])
+    with pytest.raises(stack.StackError, match="only.png"):
+        stack.align_stack(tmp_path / "in", tmp_path / "out", stack.StackConfig(fuse="focus"))
+
+
 def test_align_stack_fuses_the_aligned_frames(tmp_path):
     """FUSE=focus through the stack job: frames of one scene, each sharp in its own band and moved by a
     known homography, are aligned, cropped, and fused into an image sharp in every band."""
@@ -174,3 +180,6 @@ def test_sixteen_bit_geotiff_stack_fuses_into_a_georeferenced_sixteen_bit_image(
     assert out.GetGeoTransform() == pytest.approx((500000.0 + 0.5 * crop["x"], 0.5, 0.0,
                                                    4000000.0 - 0.5 * crop["y"], 0.0, -0.5))
     assert osr.SpatialReference(wkt=out.GetProjection()).GetAuthorityCode(None) == "32633"
+    depth = gdal.Open(str(tmp_path / "out" / doc["fused_depth"]))
+    assert doc["fused_depth"] == "fused_depth.tif" and depth.GetGeoTransform() == out.GetGeoTransform()
+    assert depth.GetRasterBand(1).ReadAsArray().max() <= 2  # an index into fused_from
