@@ -527,7 +527,7 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
     output_folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_outputs(output_folder)  # read before this run's transforms.json replaces it
     georef = _georeference(paths[ref_index])
-    written, fused = [], _Fuser(config, names, ref_index)
+    written, fused = [], fusion.StackFusion(config.fuse, names, ref_index, config.jpeg_quality)
     for k in sorted([ref_index] + accepted):
         check(is_canceled)
         image = read_image(paths[k])
@@ -554,52 +554,6 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
         done += f"; fused ({config.fuse}) into {document['fused']}"
     progress(1.0, done if not document.get("fused_note") else f"{done}; {document['fused_note']}")
     return document
-
-
-class _Fuser:
-    """Collects the aligned, cropped frames for core.fusion while they are written (focus: streamed)."""
-
-    def __init__(self, config, names, ref_index):
-        self.config, self.names, self.ref_index = config, names, ref_index
-        self.focus = fusion.FocusFusion() if config.fuse == "focus" else None
-        self.frames, self.used = [], []
-        self.seconds = 0.0
-
-    def add(self, k, frame):
-        if self.config.fuse == "none":
-            return
-        t0 = time.perf_counter()
-        self.used.append(k)
-        if self.focus is not None:
-            self.focus.add(frame, self.names[k])
-        else:
-            self.frames.append(frame)
-        self.seconds += time.perf_counter() - t0
-
-    def write(self, output_folder, reference_path, georef, crop, taken):
-        """Write the fused image (and the focus depth map); the transforms.json keys that describe them."""
-        info = {"fuse": self.config.fuse, "fused": None, "fused_from": [self.names[k] for k in self.used]}
-        left_out = [n for k, n in enumerate(self.names) if k not in self.used]
-        if left_out:
-            info["fused_without"] = left_out  # rejected or unreadable: not part of the fused image
-        if len(self.used) < 2:
-            info["fused_note"] = (f"nothing fused: {len(self.used)} aligned frame(s) (the reference "
-                                  f"{self.names[self.ref_index]}); fusion needs two or more")
-            return info
-        if self.focus is not None:
-            image, depth = self.focus.result()
-        else:
-            image, depth = fusion.exposure_fusion(self.frames, [self.names[k] for k in self.used]), None
-        info["fused"] = fusion.fused_name(self.config.fuse, reference_path.suffix, taken)
-        write_output(reference_path, output_folder / info["fused"], image, georef, crop, self.config.jpeg_quality)
-        if depth is not None:
-            # the index into fused_from of the sharpest frame at each pixel, lossless (GeoTIFF beside GeoTIFFs)
-            info["fused_depth"] = fusion.fused_name("depth", ".tif" if georef else ".png", taken)
-            write_output(reference_path, output_folder / info["fused_depth"], depth, georef, crop,
-                         self.config.jpeg_quality)
-        if left_out:
-            info["fused_note"] = f"fused from {len(self.used)} aligned frames; left out: {', '.join(left_out)}"
-        return info
 
 
 def _try_chain(k, ref_index, results, grays, features, config, rng, is_canceled, chains):
