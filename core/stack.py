@@ -373,14 +373,26 @@ def _refine_exposure(moving, reference, result, config, is_canceled):
         if full is not None and not degeneracy(full, w, h, config, _stretch_bound(result.method)):
             candidates.append((full, f"{result.method}+ecc(gradient)"))
     scores = [warped_correlation(gradient_moving, gradient_reference, m, config.ecc_max_side) for m, _ in candidates]
-    best = int(np.argmax(scores))
-    if translation is not None and best != 1 and scores[best] < scores[1] + config.min_gradient_gain:
+    # as for intensity ECC: a candidate that fits the feature matches clearly worse than the features is out
+    fits = [True] + [_fits_features(m, result, (w, h), config) for m, _ in candidates[1:]]
+    usable = [score if fit else -np.inf for score, fit in zip(scores, fits)]
+    best = int(np.argmax(usable))
+    if translation is not None and fits[1] and best != 1 and usable[best] < usable[1] + config.min_gradient_gain:
         best = 1  # the richer model must earn its extra parameters
     result.matrix, result.method = candidates[best]
     result.ecc_correlation = round(float(scores[best]), 5)
     result.refinement = ("exposure bracket: the best of " + ", ".join(
-        f"{name} ({score:.4f})" for (_, name), score in zip(candidates, scores)) + " by gradient correlation")
+        f"{name} ({score:.4f}{'' if fit else ', fits the feature matches worse: out'})"
+        for (_, name), score, fit in zip(candidates, scores, fits)) + " by gradient correlation")
     return result
+
+
+def _fits_features(matrix, result, moving_size, config):
+    """Whether `matrix` fits the feature matches no worse than result.matrix (match_cost within the margin)."""
+    if result.support is None or not len(result.support.src):
+        return True
+    allowed = match_cost(result.matrix, result.support, moving_size) * (1.0 + config.refine_cost_margin)
+    return match_cost(matrix, result.support, moving_size) <= allowed
 
 
 # ---------------------------------------------------------------------------------------------- stack
