@@ -16,6 +16,7 @@ Frames are the aligned, cropped images: same size, same dtype; the result keeps 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,3 +204,50 @@ def fuse_files(paths, mode, output, config=None):
     image, _ = fuse(frames, mode, config, [p.name for p in paths])
     write_output(paths[0], Path(output), image, None, None, (config or FusionConfig()).jpeg_quality)
     return Path(output)
+
+
+class StackFusion:
+    """The stack job's fusion (core.stack): collects the aligned, cropped frames while they are written
+    (focus: streamed) and writes the fused image beside them; `mode` is one of FUSE_MODES."""
+
+    def __init__(self, mode, names, ref_index, jpeg_quality=95):
+        self.mode, self.names, self.ref_index, self.jpeg_quality = mode, names, ref_index, jpeg_quality
+        self.focus = FocusFusion() if mode == "focus" else None
+        self.frames, self.used = [], []
+        self.seconds = 0.0
+
+    def add(self, k, frame):
+        if self.mode == "none":
+            return
+        t0 = time.perf_counter()
+        self.used.append(k)
+        if self.focus is not None:
+            self.focus.add(frame, self.names[k])
+        else:
+            self.frames.append(frame)
+        self.seconds += time.perf_counter() - t0
+
+    def write(self, output_folder, reference_path, georef, crop, taken):
+        """Write the fused image (and the focus depth map); the transforms.json keys that describe them."""
+        info = {"fuse": self.mode, "fused": None, "fused_from": [self.names[k] for k in self.used]}
+        left_out = [n for k, n in enumerate(self.names) if k not in self.used]
+        if left_out:
+            info["fused_without"] = left_out  # rejected or unreadable: not part of the fused image
+        if len(self.used) < 2:
+            info["fused_note"] = (f"nothing fused: {len(self.used)} aligned frame(s) (the reference "
+                                  f"{self.names[self.ref_index]}); fusion needs two or more")
+            return info
+        if self.focus is not None:
+            image, depth = self.focus.result()
+        else:
+            image, depth = exposure_fusion(self.frames, [self.names[k] for k in self.used]), None
+        info["fused"] = fused_name(self.mode, reference_path.suffix, taken)
+        write_output(reference_path, output_folder / info["fused"], image, georef, crop, self.jpeg_quality)
+        if depth is not None:
+            # the index into fused_from of the sharpest frame at each pixel, lossless (GeoTIFF beside GeoTIFFs)
+            info["fused_depth"] = fused_name("depth", ".tif" if georef else ".png", taken)
+            write_output(reference_path, output_folder / info["fused_depth"], depth, georef, crop,
+                         self.jpeg_quality)
+        if left_out:
+            info["fused_note"] = f"fused from {len(self.used)} aligned frames; left out: {', '.join(left_out)}"
+        return info

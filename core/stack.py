@@ -42,6 +42,7 @@ from .stack_ecc import (
     _fine_scores,
     ecc_refine,
     phase_translation,
+    support_mask,
     warp_with_mask,
     warped_correlation,
 )
@@ -106,6 +107,8 @@ class StackConfig:
     exposure_ratio: float = 1.4  # median-brightness ratio above which two frames count as an exposure bracket
     affine_views: bool = True  # no consistent match: retry on simulated oblique views of the moving image (ASIFT)
     max_ecc_shift_px: float = 8.0  # ECC may move a corner this far (finest-level px) from the feature estimate
+    ecc_support_radius: float = 0.05  # whole-frame ECC off the features' plane: retry within this share of the
+    # long side of a feature inlier (0: no retry). Not first: on Oxford graf 4 (70 inliers) it costs 0.8 px
     refine_cost_margin: float = 0.1  # ECC may raise the feature matches' truncated cost by this share (sub-pixel: NCC / SSIM judge)
     chain_below_overlap: float = 0.3  # direct overlap (share of the image) below this: go through a neighbour
     max_condition: float = 200.0  # normalised homography's condition number above this: collapses to a point
@@ -250,14 +253,30 @@ def align_pair(moving, reference, moving_features, reference_features, config, r
         return result
     if _needs_gradient(moving, reference, config):
         return _refine_exposure(moving, reference, result, config, is_canceled)
-    refined, info = ecc_refine(moving, reference, matrix, config.model, config, is_canceled)
+    first = _refine_intensity(moving, reference, result, config, stretch, is_canceled)
+    if first != "geometry" or config.ecc_support_radius <= 0 or support.inliers.sum() < config.min_inliers:
+        return result
+    # whole-frame ECC left the matched plane (something else moves: parallax, a near object): once more,
+    # looking only near the feature inliers, the dominant plane's support (issue 13, non-planar scenes)
+    whole_frame = result.refinement
+    mask = support_mask(support.inlier_pairs()[1], reference.shape,
+                        config.ecc_support_radius * max(reference.shape[:2]))
+    _refine_intensity(moving, reference, result, config, stretch, is_canceled, mask)
+    result.refinement += f" [ECC near the feature inliers only, after whole-frame ECC: {whole_frame}]"
+    return result
+
+
+def _refine_intensity(moving, reference, result, config, stretch, is_canceled, mask=None):
+    """ECC from result.matrix, judged (_judge_refinement); returns the verdict ("kept", "fine", "geometry",
+    "failed"): result.matrix / method / refinement are updated."""
+    refined, info = ecc_refine(moving, reference, result.matrix, config.model, config, is_canceled, mask=mask)
     if refined is None:
         result.refinement = f"features alone: {info}"
-        return result
+        return "failed"
     why = degeneracy(refined, moving.shape[1], moving.shape[0], config, stretch)
     if why:
         result.refinement = f"features alone: the ECC result is {why}"
-        return result
+        return "failed"
     return _judge_refinement(moving, reference, result, refined, info, config)
 
 
@@ -309,7 +328,7 @@ def _judge_refinement(moving, reference, result, refined, correlation, config):
     scores = f"NCC {before[0]:.4f} -> {after[0]:.4f}, SSIM {before[1]:.4f} -> {after[1]:.4f}"
     if not (after[0] > before[0] and after[1] > before[1]):
         result.refinement = f"features alone: ECC did not improve both NCC and SSIM ({scores})"
-        return result
+        return "fine"
     size = (moving.shape[1], moving.shape[0])
     if result.support is not None and len(result.support.src):
         cost_features, cost_refined = match_cost(result.matrix, result.support, size), match_cost(
@@ -322,13 +341,13 @@ def _judge_refinement(moving, reference, result, refined, correlation, config):
             result.refinement = (f"features alone: ECC fits the feature matches worse ({geometry}; allowed cost "
                                  f"{allowed:.4f}) although {scores}: the scene is not one plane, or ECC "
                                  f"followed something else")
-            return result
+            return "geometry"
         scores += f"; {geometry}"
     result.refinement = f"ECC kept: {scores}"
     result.matrix = refined
     result.method = f"{result.method}+ecc(intensity)"
     result.ecc_correlation = correlation
-    return result
+    return "kept"
 
 
 def _refine_exposure(moving, reference, result, config, is_canceled):
@@ -354,14 +373,26 @@ def _refine_exposure(moving, reference, result, config, is_canceled):
         if full is not None and not degeneracy(full, w, h, config, _stretch_bound(result.method)):
             candidates.append((full, f"{result.method}+ecc(gradient)"))
     scores = [warped_correlation(gradient_moving, gradient_reference, m, config.ecc_max_side) for m, _ in candidates]
-    best = int(np.argmax(scores))
-    if translation is not None and best != 1 and scores[best] < scores[1] + config.min_gradient_gain:
+    # as for intensity ECC: a candidate that fits the feature matches clearly worse than the features is out
+    fits = [True] + [_fits_features(m, result, (w, h), config) for m, _ in candidates[1:]]
+    usable = [score if fit else -np.inf for score, fit in zip(scores, fits)]
+    best = int(np.argmax(usable))
+    if translation is not None and fits[1] and best != 1 and usable[best] < usable[1] + config.min_gradient_gain:
         best = 1  # the richer model must earn its extra parameters
     result.matrix, result.method = candidates[best]
     result.ecc_correlation = round(float(scores[best]), 5)
     result.refinement = ("exposure bracket: the best of " + ", ".join(
-        f"{name} ({score:.4f})" for (_, name), score in zip(candidates, scores)) + " by gradient correlation")
+        f"{name} ({score:.4f}{'' if fit else ', fits the feature matches worse: out'})"
+        for (_, name), score, fit in zip(candidates, scores, fits)) + " by gradient correlation")
     return result
+
+
+def _fits_features(matrix, result, moving_size, config):
+    """Whether `matrix` fits the feature matches no worse than result.matrix (match_cost within the margin)."""
+    if result.support is None or not len(result.support.src):
+        return True
+    allowed = match_cost(result.matrix, result.support, moving_size) * (1.0 + config.refine_cost_margin)
+    return match_cost(matrix, result.support, moving_size) <= allowed
 
 
 # ---------------------------------------------------------------------------------------------- stack
@@ -508,7 +539,7 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
     output_folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_outputs(output_folder)  # read before this run's transforms.json replaces it
     georef = _georeference(paths[ref_index])
-    written, fused = [], _Fuser(config, names, ref_index)
+    written, fused = [], fusion.StackFusion(config.fuse, names, ref_index, config.jpeg_quality)
     for k in sorted([ref_index] + accepted):
         check(is_canceled)
         image = read_image(paths[k])
@@ -535,52 +566,6 @@ def align_stack(input_folder, output_folder, config=None, images=None, progress=
         done += f"; fused ({config.fuse}) into {document['fused']}"
     progress(1.0, done if not document.get("fused_note") else f"{done}; {document['fused_note']}")
     return document
-
-
-class _Fuser:
-    """Collects the aligned, cropped frames for core.fusion while they are written (focus: streamed)."""
-
-    def __init__(self, config, names, ref_index):
-        self.config, self.names, self.ref_index = config, names, ref_index
-        self.focus = fusion.FocusFusion() if config.fuse == "focus" else None
-        self.frames, self.used = [], []
-        self.seconds = 0.0
-
-    def add(self, k, frame):
-        if self.config.fuse == "none":
-            return
-        t0 = time.perf_counter()
-        self.used.append(k)
-        if self.focus is not None:
-            self.focus.add(frame, self.names[k])
-        else:
-            self.frames.append(frame)
-        self.seconds += time.perf_counter() - t0
-
-    def write(self, output_folder, reference_path, georef, crop, taken):
-        """Write the fused image (and the focus depth map); the transforms.json keys that describe them."""
-        info = {"fuse": self.config.fuse, "fused": None, "fused_from": [self.names[k] for k in self.used]}
-        left_out = [n for k, n in enumerate(self.names) if k not in self.used]
-        if left_out:
-            info["fused_without"] = left_out  # rejected or unreadable: not part of the fused image
-        if len(self.used) < 2:
-            info["fused_note"] = (f"nothing fused: {len(self.used)} aligned frame(s) (the reference "
-                                  f"{self.names[self.ref_index]}); fusion needs two or more")
-            return info
-        if self.focus is not None:
-            image, depth = self.focus.result()
-        else:
-            image, depth = fusion.exposure_fusion(self.frames, [self.names[k] for k in self.used]), None
-        info["fused"] = fusion.fused_name(self.config.fuse, reference_path.suffix, taken)
-        write_output(reference_path, output_folder / info["fused"], image, georef, crop, self.config.jpeg_quality)
-        if depth is not None:
-            # the index into fused_from of the sharpest frame at each pixel, lossless
-            info["fused_depth"] = fusion.fused_name("depth", ".png", taken)
-            write_output(reference_path, output_folder / info["fused_depth"], depth, None, crop,
-                         self.config.jpeg_quality)
-        if left_out:
-            info["fused_note"] = f"fused from {len(self.used)} aligned frames; left out: {', '.join(left_out)}"
-        return info
 
 
 def _try_chain(k, ref_index, results, grays, features, config, rng, is_canceled, chains):

@@ -42,11 +42,27 @@ def _project_similarity(matrix, width, height):
     return np.vstack([fitted, [0, 0, 1]]).astype(np.float64)
 
 
-def ecc_refine(moving, reference, initial, model, config, is_canceled=None, robust=True):
+def support_mask(points, shape, radius):
+    """uint8 mask (reference frame) of the discs of `radius` px around `points`: where the matched
+    features are, i.e. the dominant plane's support, without the regions that follow another motion."""
+    mask = np.zeros(shape[:2], np.uint8)
+    for x, y in np.round(points).astype(np.int64):
+        cv2.circle(mask, (int(x), int(y)), int(radius), 1, -1)
+    return mask
+
+
+def _level_mask(mask, size):
+    if mask is None:
+        return None
+    return cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+
+
+def ecc_refine(moving, reference, initial, model, config, is_canceled=None, robust=True, mask=None):
     """ECC coarse to fine from `initial` (moving -> reference, full-res coords).
 
     The moving image is ECC's template, so its pixels are where the error is measured and the
     reference is the image sampled: ECC's warp then maps moving -> reference, our convention.
+    mask: uint8 (reference frame, full resolution) of where ECC may look (None: everywhere).
     Returns (matrix, correlation at the finest level) or (None, reason).
     """
     motion = _ECC_MOTION[model]
@@ -62,7 +78,8 @@ def ecc_refine(moving, reference, initial, model, config, is_canceled=None, robu
         start = warp.copy()
         warp32 = warp.astype(np.float32) if motion == cv2.MOTION_HOMOGRAPHY else warp[:2].astype(np.float32)
         try:
-            rho, warp32 = cv2.findTransformECC(moving_l, reference_l, warp32, motion, criteria, None, blur)
+            rho, warp32 = cv2.findTransformECC(moving_l, reference_l, warp32, motion, criteria,
+                                               _level_mask(mask, reference_l.shape[1::-1]), blur)
         except cv2.error as error:
             return None, f"ECC did not converge ({str(error).splitlines()[-1].strip()[:80]})"
         warp = warp32.astype(np.float64) if warp32.shape == (3, 3) else np.vstack([warp32, [0, 0, 1]])
@@ -77,12 +94,14 @@ def ecc_refine(moving, reference, initial, model, config, is_canceled=None, robu
         check(is_canceled)
         warp = s_ref @ matrix @ np.linalg.inv(s_mov)
         warp /= warp[2, 2]
-        mask = _agreement_mask(moving_l, reference_l, warp, config.ecc_keep_fraction)
-        if mask is None:
+        agree = _agreement_mask(moving_l, reference_l, warp, config.ecc_keep_fraction)
+        if agree is None:
             break
+        if mask is not None:
+            agree &= _level_mask(mask, reference_l.shape[1::-1])
         warp32 = warp.astype(np.float32) if motion == cv2.MOTION_HOMOGRAPHY else warp[:2].astype(np.float32)
         try:
-            rho_r, warp32 = cv2.findTransformECC(moving_l, reference_l, warp32, motion, criteria, mask,
+            rho_r, warp32 = cv2.findTransformECC(moving_l, reference_l, warp32, motion, criteria, agree,
                                                  config.ecc_blur_finest)
         except cv2.error:
             break

@@ -114,7 +114,7 @@ def _check_focus_fusion(doc, out, expected, scratch):
     (median variance-of-Laplacian ratio >= 0.9; measured 1.10) and shows the same thing (median tile NCC
     with that frame >= 0.9; measured 0.996); it is close to focus-stack's own result, expected.jpg
     (aligned onto ours: NCC 0.99, median tile NCC 0.98, median sharpness ratio ours / theirs 0.89).
-    Fusion adds <= 50 % to the alignment (measured 2.6 s to 19-22 s)."""
+    (Speed is the bench's to measure, not a test's: fusion 2.6 s against 21 s of alignment.)"""
     assert doc["fused"] == "fused_focus.jpg" and len(doc["fused_from"]) == 7
     fused = _grey(out / doc["fused"])
     frames = [_grey(out / name) for name in doc["fused_from"]]
@@ -126,8 +126,6 @@ def _check_focus_fusion(doc, out, expected, scratch):
         ratios.append(_varlap(tile) / max(sharpness[best], 1e-9))
         nccs.append(_ncc(tile, frames[best][y:y + 64, x:x + 64]))
     assert np.median(ratios) >= 0.9 and np.median(nccs) >= 0.9, (np.median(ratios), np.median(nccs))
-    timings = doc["timings"]
-    assert timings["fuse_s"] <= 0.5 * (timings["features_s"] + timings["align_s"])
     (scratch / "in").mkdir(parents=True)
     (scratch / "in" / "a_fused.jpg").write_bytes((out / doc["fused"]).read_bytes())
     (scratch / "in" / "b_expected.jpg").write_bytes(expected.read_bytes())

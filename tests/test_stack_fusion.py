@@ -107,6 +107,12 @@ def test_fusion_bad_input():
         fusion.fuse([a, a], "hdr")
 
 
+def test_fuse_on_a_single_image_is_a_clear_error(tmp_path):
+    make_stack(tmp_path / "in", HOMOGRAPHY_STACK[:1], names=["only.png"])
+    with pytest.raises(stack.StackError, match="only.png"):
+        stack.align_stack(tmp_path / "in", tmp_path / "out", stack.StackConfig(fuse="focus"))
+
+
 def test_align_stack_fuses_the_aligned_frames(tmp_path):
     """FUSE=focus through the stack job: frames of one scene, each sharp in its own band and moved by a
     known homography, are aligned, cropped, and fused into an image sharp in every band."""
@@ -174,3 +180,21 @@ def test_sixteen_bit_geotiff_stack_fuses_into_a_georeferenced_sixteen_bit_image(
     assert out.GetGeoTransform() == pytest.approx((500000.0 + 0.5 * crop["x"], 0.5, 0.0,
                                                    4000000.0 - 0.5 * crop["y"], 0.0, -0.5))
     assert osr.SpatialReference(wkt=out.GetProjection()).GetAuthorityCode(None) == "32633"
+    depth = gdal.Open(str(tmp_path / "out" / doc["fused_depth"]))
+    assert doc["fused_depth"] == "fused_depth.tif" and depth.GetGeoTransform() == out.GetGeoTransform()
+    assert depth.GetRasterBand(1).ReadAsArray().max() <= 2  # an index into fused_from
+
+
+def test_fuse_files_on_its_own(tmp_path):
+    """core.fusion reads aligned frames from files and writes one image, without the stack job."""
+    sharp = scene(seed=21, size=(240, 180))
+    paths = []
+    for k, f in enumerate(focus_frames(sharp)):
+        paths.append(tmp_path / f"aligned_{k}.png")
+        cv2.imwrite(str(paths[-1]), f)
+    out = fusion.fuse_files(paths, "focus", tmp_path / "fused.png")
+    fused = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(fused, fusion.fuse([cv2.imread(str(p)) for p in paths], "focus")[0])
+    assert ncc(fused, sharp) > 0.99
+    with pytest.raises(stack.StackError, match="cannot read image"):
+        fusion.fuse_files([paths[0], tmp_path / "missing.png"], "focus", tmp_path / "x.png")

@@ -1,4 +1,5 @@
-"""Stack-registration figures: Oxford accuracy vs the plain OpenCV baseline, pcb / exposure timings.
+"""Stack-registration figures: Oxford accuracy vs the plain OpenCV baseline, pcb / exposure timings, and
+the fused results (focus: sharpness and fidelity per 64 px tile; exposure: clipping and local contrast).
 
 `bench_stack(shared_data_dir) -> dict`; `python -m alignkit.tools.bench_stack [--data DIR]` prints JSON.
 """
@@ -37,6 +38,8 @@ def _oxford(data, out, config_overrides=None):
             entry = doc["images"][1]
             row = {"pair": f"{sequence.split('_')[1]} 1-{n}", "status": entry["status"], "reason": entry["reason"],
                    "method": entry.get("method"), "seconds": round(seconds, 2),
+                   "inliers": entry.get("inliers"), "inlier_rms_px": entry.get("inlier_rms_px"),
+                   "refinement": entry.get("refinement"),
                    "error_px": None if entry["matrix"] is None else
                    round(hpatches_error(np.array(entry["matrix"]), truth, w, h), 3)}
             for name, method in (("baseline_magsac_px", cv2.USAC_MAGSAC), ("baseline_ransac_px", cv2.RANSAC)):
@@ -44,6 +47,8 @@ def _oxford(data, out, config_overrides=None):
                     row[name] = round(hpatches_error(opencv_baseline_homography(img1, img_n, method), truth, w, h), 3)
                 except (cv2.error, np.linalg.LinAlgError):
                     row[name] = None
+            if row["error_px"] is not None and row.get("baseline_magsac_px"):
+                row["ratio_to_baseline"] = round(row["error_px"] / row["baseline_magsac_px"], 3)
             rows.append(row)
     return rows
 
@@ -54,10 +59,50 @@ def _cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def _stack_run(folder, pattern, out):
+def _tiles(shape, size=64):
+    return [(y, x) for y in range(0, shape[0] - size + 1, size) for x in range(0, shape[1] - size + 1, size)]
+
+
+def _grey(path):
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+
+
+def _ncc(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+
+
+def _fusion_figures(doc, out):
+    """Issue 13's measures of the fused image against the aligned frames it came from."""
+    if not doc.get("fused"):
+        return {"fused": None, "note": doc.get("fused_note")}
+    fused = _grey(out / doc["fused"])
+    frames = [_grey(out / name) for name in doc["fused_from"]]
+    figures = {"fused": doc["fused"], "frames": len(frames), "fuse_s": doc["timings"].get("fuse_s")}
+    if doc["fuse"] == "focus":
+        ratios, nccs = [], []
+        for y, x in _tiles(fused.shape):
+            tile = fused[y:y + 64, x:x + 64]
+            sharp = [cv2.Laplacian(f[y:y + 64, x:x + 64], cv2.CV_64F).var() for f in frames]
+            best = int(np.argmax(sharp))
+            ratios.append(cv2.Laplacian(tile, cv2.CV_64F).var() / max(sharp[best], 1e-9))
+            nccs.append(_ncc(tile, frames[best][y:y + 64, x:x + 64]))
+        figures.update(tiles=len(ratios), median_sharpness_ratio=round(float(np.median(ratios)), 3),
+                       median_tile_ncc=round(float(np.median(nccs)), 4))
+    else:
+        colour = [cv2.imread(str(out / name)) for name in [doc["fused"]] + doc["fused_from"]]
+        clipped = [int(((c <= 2).all(axis=2) | (c >= 253).all(axis=2)).sum()) for c in colour]
+        ratios = [fused[y:y + 64, x:x + 64].std() / max(max(f[y:y + 64, x:x + 64].std() for f in frames), 1e-9)
+                  for y, x in _tiles(fused.shape)]
+        figures.update(clipped_fused=clipped[0], clipped_frames=clipped[1:],
+                       median_contrast_ratio=round(float(np.median(ratios)), 3))
+    return figures
+
+
+def _stack_run(folder, pattern, out, fuse="none"):
     images = sorted(folder.glob(pattern))
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    doc = stack.align_stack(folder, out, stack.StackConfig(), images=images)
+    doc = stack.align_stack(folder, out, stack.StackConfig(fuse=fuse), images=images)
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     # the machine is shared: relate the time to a plain SIFT pass over the same full-size images
     t1, c1 = time.perf_counter(), _cpu_seconds()
@@ -67,6 +112,7 @@ def _stack_run(folder, pattern, out):
     sift_seconds, sift_cpu = time.perf_counter() - t1, _cpu_seconds() - c1
     return {
         "images": len(images), "seconds": round(seconds, 2), "stage_seconds": doc["timings"],
+        "fusion": _fusion_figures(doc, out) if fuse != "none" else None,
         "cpu_seconds": round(cpu, 2), "load_average_1min": round(os.getloadavg()[0], 2),
         "plain_sift_seconds": round(sift_seconds, 2), "ratio_to_plain_sift": round(seconds / sift_seconds, 2),
         "plain_sift_cpu_seconds": round(sift_cpu, 2), "cpu_ratio_to_plain_sift": round(cpu / sift_cpu, 2),
@@ -90,9 +136,9 @@ def bench_stack(shared_data_dir):
             {k: r[k] for k in ("pair", "status", "error_px")}
             for r in _oxford(data, out / "oxford_ransac", {"robust_method": "ransac"})]
         if (data / "focus_stack_pcb" / "pcb").is_dir():
-            figures["pcb"] = _stack_run(data / "focus_stack_pcb" / "pcb", "pcb_*.jpg", out / "pcb")
+            figures["pcb"] = _stack_run(data / "focus_stack_pcb" / "pcb", "pcb_*.jpg", out / "pcb", "focus")
         if (data / "exposure_house").is_dir():
-            figures["exposure_house"] = _stack_run(data / "exposure_house", "*.jpg", out / "house")
+            figures["exposure_house"] = _stack_run(data / "exposure_house", "*.jpg", out / "house", "exposure")
     return figures
 
 

@@ -249,6 +249,9 @@ class AlignKitDock(QgsDockWidget):
         self.crop_check = QCheckBox("Crop to the area common to all images")
         self.crop_check.setChecked(True)
         form.addRow("", self.crop_check)
+        self.fuse_combo = QComboBox()  # FUSE of alignkit:alignstack: also fuse the aligned frames into one image
+        self.fuse_combo.addItems(["none", "focus", "exposure"])
+        form.addRow("Fuse", self.fuse_combo)
         self.stack_output_widget = QgsFileWidget()
         self.stack_output_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.stack_output_widget.setDialogTitle("Output folder for the aligned images")
@@ -644,6 +647,7 @@ class AlignKitDock(QgsDockWidget):
             "REFERENCE": self.reference_combo.currentData() or "",
             "MODEL": model,
             "CROP": self.crop_check.isChecked(),
+            "FUSE": self.fuse_combo.currentText(),
             "OUTPUT_FOLDER": output,
         }
         model_param = alg.parameterDefinition("MODEL")
