@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import cv2
 import numpy as np
@@ -132,7 +133,38 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
     assert len(footprints) == len(gt["cameras"])
 
 
-def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path):
+SLOW_FSYNC = """
+import os, time
+_fsync = os.fsync
+
+
+def fsync(fd):  # a slow disk, in every process (this file is the workers' sitecustomize)
+    time.sleep(float(os.environ["ALIGNKIT_TEST_FSYNC_DELAY_S"]))
+    _fsync(fd)
+
+
+os.fsync = fsync
+"""
+
+
+@pytest.fixture
+def slow_fsync(tmp_path_factory, monkeypatch):
+    """Every fsync (the last step of each atomic write) sleeps, in this process and in the spawned
+    workers (through a sitecustomize on their PYTHONPATH): a cancel then lands mid-write more often."""
+    site = tmp_path_factory.mktemp("slow_fsync_site")
+    (site / "sitecustomize.py").write_text(SLOW_FSYNC)
+    monkeypatch.setenv("ALIGNKIT_TEST_FSYNC_DELAY_S", "0.03")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    real = os.fsync
+
+    def slow(fd):
+        time.sleep(float(os.environ["ALIGNKIT_TEST_FSYNC_DELAY_S"]))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow)
+
+
+def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path, slow_fsync):
     out = tmp_path / "r.gpkg"
     config = AlignConfig(images=str(survey / "images"), output=str(out), **FAST)
     state = {"cancel": False}
@@ -145,12 +177,22 @@ def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path):
         pipeline.run(config, progress=progress, is_canceled=lambda: state["cancel"])
     assert not out.exists() and not (tmp_path / "r_summary.json").exists()
     features_dir = tmp_path / "r_workspace" / "features"
-    done = {p.name: p.stat().st_mtime_ns for p in features_dir.iterdir() if not p.name.startswith(".")}
-    assert done, "the cancelled run kept no completed feature file"
+    # Complete images: their .json marker (written last) is there. The others may be redone.
+    complete = [p.name[: -len(".json")] for p in features_dir.glob("*.json")]
+    assert complete, "the cancelled run kept no completed image"
+    done = {p.name: p.stat().st_mtime_ns for stem in complete for p in features_dir.glob(f"{stem}.*")}
+    # What a killed write leaves (the cancel's terminate() is one): removed by the next run.
+    (features_dir / ".tmp-00011.kp.npy.x1y2z3.npy").write_bytes(b"partial")
+    (tmp_path / ".tmp-r.gpkg.99999.gpkg").write_bytes(b"partial")
+    os.environ["ALIGNKIT_TEST_FSYNC_DELAY_S"] = "0"  # the rerun's new workers: a normal disk again
     summary = pipeline.run(config)
     assert summary["registered"] == 12
     for name, mtime in done.items():  # completed products were reused, not redone
-        assert (features_dir / name).stat().st_mtime_ns == mtime
+        assert (features_dir / name).stat().st_mtime_ns == mtime, name
+    leftovers = [p for p in tmp_path.rglob(".tmp-*")]
+    assert leftovers == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == [
+        "r.gpkg", "r_report.html", "r_sparse.ply", "r_summary.json", "r_workspace"]
 
 
 def strip_metadata(src_dir, dst_dir, names=None):
