@@ -214,17 +214,45 @@ def test_photos_without_gps_align_in_a_local_frame_without_crs(survey, tmp_path)
     assert crs == "local"  # the GeoPackage's "Undefined Cartesian SRS", not a geographic one
 
 
-def test_corrupt_photo_is_reported_and_the_rest_align(survey, tmp_path):
+def test_photos_left_out_are_warned_with_their_reasons_and_a_rerun_reuses_everything(survey, tmp_path):
+    """A truncated photo, a 50000 x 50000 PNG (header only), an exact copy of a photo and a photo of
+    another subject among 12 good ones: the 12 align; each of the others is named in the summary's
+    warnings with its reason. Rerun: every product comes from the workspace, and the log says so."""
+    from alignkit.tests.test_features import _texture, write_flat_png
+
     images = tmp_path / "withbad"
     shutil.copytree(survey / "images", images)
     data = (images / "img_0001.jpg").read_bytes()
     (images / "broken photo é.jpg").write_bytes(data[: len(data) // 3])
+    write_flat_png(images / "huge.png", 50000, 50000, pixels=False)
+    shutil.copy(images / "img_0002.jpg", images / "img_0002 copy.jpg")
+    cv2.imwrite(str(images / "other subject.jpg"), _texture(9, 960, 720))
     out = tmp_path / "r.gpkg"
-    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST))
-    assert summary["images"] == 13 and summary["registered"] == 12
+    config = AlignConfig(images=str(images), output=str(out), **FAST)
+    summary = pipeline.run(config)
+    assert summary["images"] == 16 and summary["registered"] == 12
     cams, _, _ = layer_rows(out, "cameras")
     bad = [a for a, _ in cams if a["image"] == "broken photo é.jpg"][0]
     assert bad["registered"] == 0 and "truncated" in (bad["problem"] or "").lower()
+    warnings = "\n".join(summary["warnings"])
+    assert "broken photo é.jpg: not used: truncated JPEG" in warnings
+    assert "huge.png: not used: 50000x50000 is 2500 Mpx, beyond the 1074 Mpx limit" in warnings
+    assert "img_0002 copy.jpg: not used: exact duplicate of img_0002.jpg" in warnings
+    assert "1 photo(s) not registered (not connected to the block" in warnings and "other subject.jpg" in warnings
+    assert summary["reused"] == {"features": [], "pairs": 0, "reconstruction": False}
+
+    messages = []
+    again = pipeline.run(config, progress=lambda fraction, message: messages.append(message))
+    assert again["registered"] == 12
+    assert sorted(again["reused"]["features"]) == sorted(p.name for p in images.iterdir()
+                                                         if p.name not in ("broken photo é.jpg", "huge.png",
+                                                                           "img_0002 copy.jpg"))
+    assert again["reused"]["pairs"] == again["pairs_candidate"] and again["reused"]["reconstruction"] is True
+    assert "features: reused 13 of 13 photos from the workspace" in messages
+    assert f"matching: reused {again['pairs_candidate']} of {again['pairs_candidate']} pairs from the workspace" \
+        in messages
+    assert "Reusing the SIFT features of all 13 photos from the workspace" in messages
+    assert not any(m.startswith("Extracting SIFT features") for m in messages)
 
 
 def test_fewer_than_two_usable_photos_is_a_clear_error_and_writes_nothing(survey, tmp_path):
