@@ -180,7 +180,8 @@ def _run(config, progress, is_canceled):
     # --- reconstruction and bundle adjustment ---
     report.start("reconstruction", "Incremental reconstruction and bundle adjustment")
     t = time.perf_counter()
-    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key} for p in usable]
+    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key,
+             "focal_source": p.focal_source} for p in usable]
     recon_path = ws / "reconstruction.npz"
     stamp = _reconstruction_stamp(track_set, cams, gps_enu, config)
     recon = _load_reconstruction(recon_path, stamp)
@@ -205,6 +206,7 @@ def _run(config, progress, is_canceled):
     )
     summary["pairs_candidate"] = len(candidates)
     summary["reused"] = reused
+    summary["warnings"] += _focal_source_warnings(summary.get("camera_models") or [], usable)
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
@@ -292,6 +294,25 @@ def _photo_warnings(priors, usable, problems, recon, most=10):
         shown = ", ".join(lost[:most]) + (f" and {len(lost) - most} more" if len(lost) > most else "")
         lines.append(f"{len(lost)} photo(s) not registered (not connected to the block by enough verified "
                      f"matches: another subject, or too little overlap): {shown}")
+    for line in lines:
+        log.warning(line)
+    return lines
+
+
+def _focal_source_warnings(models, usable):
+    """Say where a focal that EXIF did not give came from: borrowed from a named photo, or guessed."""
+    lines = []
+    for m in models:
+        if m.get("focal_source") == camera.GUESS_SOURCE:
+            lines.append(f"{m['camera']}: no focal length in EXIF and no identical camera with one in the folder: "
+                         f"the focal was a guess ({m['focal_prior_px']:.0f} px, {camera.FALLBACK_FOCAL_FACTOR} x the "
+                         f"long side), left free to self-calibrate: {m['focal_px']:.0f} px "
+                         f"({m['focal_change_percent']:+.0f}%). Heights and scale rest on the photos alone; give a "
+                         "calibrated focal (focal_px) for survey work.")
+        elif m.get("focal_source") == "borrowed":
+            note = next((q for p in usable if p.camera_key == m["camera"] for q in p.problems
+                         if q.startswith("focal length unknown: borrowed")), "borrowed from an identical camera")
+            lines.append(f"{m['camera']}: {note}")
     for line in lines:
         log.warning(line)
     return lines

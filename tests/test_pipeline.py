@@ -212,12 +212,22 @@ def test_photos_without_gps_align_in_a_local_frame_without_crs(survey, tmp_path)
     assert any("NOT georeferenced" in w for w in summary["warnings"])
     _, _, crs = layer_rows(out, "cameras")
     assert crs == "local"  # the GeoPackage's "Undefined Cartesian SRS", not a geographic one
+    # Without EXIF the focal is a guess (1.2 x 960 = 1152 px, the truth 638 px): free to move, never held,
+    # and reported as a guess.
+    (model,) = summary["camera_models"]
+    truth = SurveySpec(**SMALL).focal_px
+    assert model["focal_source"] == "fallback_guess" and model["focal_prior_px"] == pytest.approx(1152)
+    assert model["focal_held"] is False
+    assert abs(model["focal_px"] - truth) < 0.5 * abs(1152 - truth), (model["focal_px"], truth)
+    assert any("the focal was a guess (1152 px" in w for w in summary["warnings"])
+    assert not any("EXIF focal" in w for w in summary["warnings"])
 
 
 def test_photos_left_out_are_warned_with_their_reasons_and_a_rerun_reuses_everything(survey, tmp_path):
     """A truncated photo, a 50000 x 50000 PNG (header only), an exact copy of a photo and a photo of
-    another subject among 12 good ones: the 12 align; each of the others is named in the summary's
-    warnings with its reason. Rerun: every product comes from the workspace, and the log says so."""
+    another subject among 12 good ones (one without EXIF): the 12 align; each of the others is named in
+    the summary's warnings with its reason; the photo without EXIF borrows the others' focal.
+    Rerun: every product comes from the workspace, and the log says so."""
     from alignkit.tests.test_features import _texture, write_flat_png
 
     images = tmp_path / "withbad"
@@ -227,6 +237,7 @@ def test_photos_left_out_are_warned_with_their_reasons_and_a_rerun_reuses_everyt
     write_flat_png(images / "huge.png", 50000, 50000, pixels=False)
     shutil.copy(images / "img_0002.jpg", images / "img_0002 copy.jpg")
     cv2.imwrite(str(images / "other subject.jpg"), _texture(9, 960, 720))
+    strip_metadata(survey / "images", images, ["img_0003.jpg"])  # no EXIF: borrows the others' focal
     out = tmp_path / "r.gpkg"
     config = AlignConfig(images=str(images), output=str(out), **FAST)
     summary = pipeline.run(config)
@@ -240,6 +251,11 @@ def test_photos_left_out_are_warned_with_their_reasons_and_a_rerun_reuses_everyt
     assert "img_0002 copy.jpg: not used: exact duplicate of img_0002.jpg" in warnings
     assert "1 photo(s) not registered (not connected to the block" in warnings and "other subject.jpg" in warnings
     assert summary["reused"] == {"features": [], "pairs": 0, "reconstruction": False}
+    truth = SurveySpec(**SMALL).focal_px
+    borrowed = [m for m in summary["camera_models"] if m["focal_source"] == "borrowed"]
+    assert len(borrowed) == 1 and borrowed[0]["focal_prior_px"] == pytest.approx(truth, rel=0.01)
+    assert any(w.startswith(f"{borrowed[0]['camera']}: focal length unknown: borrowed ") and " from img_" in w
+               and "a AlignKit" in w for w in summary["warnings"])
 
     messages = []
     again = pipeline.run(config, progress=lambda fraction, message: messages.append(message))
