@@ -23,7 +23,10 @@ Focal length in pixels, in order of preference (`focal_source`):
    (4000 x 3000 diagonal) = 2,311 px; the 36 mm-width shortcut would give 20 / 36 x 4000 = 2,222 px.
 3. "sensor_table": focal length and sensor size both from the table (fixed-lens cameras only),
    when EXIF lacks FocalLength.
-4. "fallback_guess": 1.2 x the long side (COLMAP's default prior); always named in `problems`.
+4. "borrowed": a photo without any of these takes the focal of an identical camera in the same
+   folder (same pixel size; same make and model where its EXIF names them), see borrow_focals.
+5. "fallback_guess": 1.2 x the long side (COLMAP's default prior); always named in `problems`. A guess
+   is not knowledge: the adjustment lets it move freely (no focal gate, no tight prior).
 """
 import math
 import os
@@ -82,7 +85,9 @@ class CameraPrior:
     rtk_std_lon: float | None = None
     rtk_std_alt: float | None = None
     focal_px: float | None = None
-    focal_source: str = ""  # "35mm_equivalent" | "focal_and_sensor_width" | "sensor_table" | "fallback_guess"
+    # "focal_and_sensor_width" | "35mm_equivalent" | "sensor_table" | "borrowed" (from an identical camera in
+    # the folder, see borrow_focals) | "fallback_guess" | "user" (the pipeline's given focal)
+    focal_source: str = ""
     metadata_source: str = ""  # "exif" (the exif package) or "gdal" (fallback reader) or ""
 
     @property
@@ -135,7 +140,42 @@ def read_priors(folder, progress=None, is_canceled=None):
         priors.append(read_prior(path))
         if progress is not None:
             progress((i + 1) / len(images), path.name)
+    borrow_focals(priors)
     return priors
+
+
+GUESS_SOURCE = "fallback_guess"
+_NOT_A_DONOR = (GUESS_SOURCE, "borrowed", "user", "")
+
+
+def borrow_focals(priors):
+    """Photos whose focal is only a guess take the focal of an identical camera in the same folder:
+    same pixel size, and the same make and model where the photo's EXIF names them. When photos of
+    that size disagree (a zoom lens), nothing is borrowed and the guess stays a guess."""
+    donors = [d for d in priors if d.status != "unusable" and d.focal_px and d.focal_source not in _NOT_A_DONOR]
+    for p in priors:
+        if p.focal_source != GUESS_SOURCE or p.status == "unusable":
+            continue
+        same = [d for d in donors if (d.width, d.height) == (p.width, p.height)
+                and (not p.make or d.make == p.make) and (not p.model or d.model == p.model)]
+        focals = sorted({round(d.focal_px, 2) for d in same})
+        if len(focals) > 1:
+            p.problems.append(f"photos of the same size give {len(focals)} different focal lengths "
+                              f"({', '.join(f'{f:.0f}' for f in focals)} px): none borrowed, the focal stays a guess")
+            continue
+        if not same:
+            continue
+        donor = same[0]
+        p.problems[:] = [q for q in p.problems if not q.startswith("focal length unknown: guessed")]
+        p.focal_px, p.focal_mm, p.focal_source = donor.focal_px, donor.focal_mm, "borrowed"
+        p.problems.append(f"focal length unknown: borrowed {donor.focal_px:.0f} px ({donor.focal_source}) from "
+                          f"{donor.name}, a {donor.make or 'unknown'} {donor.model or 'unknown'} photo of the same size")
+
+
+def focal_source_words(source):
+    """The source of a prior focal in a surveyor's words, for messages."""
+    return {"user": "the given focal", GUESS_SOURCE: "a guessed focal (no EXIF)",
+            "borrowed": "the focal borrowed from an identical camera in the folder"}.get(source, "the EXIF focal")
 
 
 # --------------------------------------------------------------------------- one image

@@ -5,7 +5,7 @@ Without GPS the frame is local: layers are written without a CRS rather than wit
 """
 import numpy as np
 
-from .camera import angles_from_rotation
+from .camera import angles_from_rotation, focal_source_words
 from .footprints import ground_footprint
 from .gpkg import Layer, write_geopackage
 from .reconstruction import umeyama
@@ -117,7 +117,7 @@ def _camera_models(usable, recon, height):
         text = (f"{m['camera']}: the photos do not determine the focal length (self-calibration ran off to "
                 f"{m['focal_self_calibrated_px']:.0f} px, {100 * (m['focal_self_calibrated_px'] / m['focal_prior_px'] - 1):+.0f}% "
                 f"from its prior: focal and flying height trade off on nadir blocks); it is held at "
-                f"{'the given' if m['focal_source'] == 'user' else 'the EXIF'} focal, {m['focal_prior_px']:.0f} px "
+                f"{focal_source_words(m['focal_source'])}, {m['focal_prior_px']:.0f} px "
                 f"({m['focal_source']}).")
         if height is not None and recon.georeferenced:
             text += (f" Heights above ground scale with it: each 1% of focal error moves the ground "

@@ -353,6 +353,19 @@ def _decode_reduced_in_strips(path, width, height, r):
     return cv2.cvtColor(out, cv2.COLOR_GRAY2BGR) if len(bands) == 1 else out[:, :, ::-1]
 
 
+def count_complete(image_paths, workspace_dir, config):
+    """How many of `image_paths` already have complete features in the workspace (they will be reused)."""
+    features_dir = os.path.join(os.fspath(workspace_dir), FEATURES_DIR)
+    params = feature_params(config)
+    done = 0
+    for i, path in enumerate(image_paths):
+        try:
+            done += _is_complete(_paths(features_dir, i), _image_identity(os.fspath(path)), params) is not None
+        except OSError:
+            pass
+    return done
+
+
 def extract_features(image_paths, workspace_dir, config, executor=None, progress=None, is_canceled=None):
     """Extract SIFT features of every image into `<workspace_dir>/features`; resumable.
 

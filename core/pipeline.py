@@ -105,6 +105,7 @@ def _run(config, progress, is_canceled):
             )
         for p in readable:
             p.focal_px, p.focal_source = float(config.focal_px), "user"
+    _leave_out_duplicates(priors)
     # In capture order: the reconstruction reads the flight direction from consecutive GPS positions.
     usable = sorted((p for p in priors if p.status != "unusable" and p.focal_px),
                     key=lambda p: (p.capture_time or "", p.name))
@@ -148,10 +149,15 @@ def _run(config, progress, is_canceled):
     executor = make_executor(config.workers)
     try:
         # --- features ---
-        report.start("features", f"Extracting SIFT features from {len(usable)} photos")
+        n_done = features.count_complete([p.path for p in usable], ws, config)
+        report.start("features", f"Reusing the SIFT features of all {n_done} photos from the workspace"
+                     if n_done == len(usable) else f"Extracting SIFT features from {len(usable) - n_done} photos"
+                     + (f" (reusing {n_done} of {len(usable)} from the workspace)" if n_done else ""))
         t = time.perf_counter()
         store = features.extract_features([p.path for p in usable], ws, config, executor, report, is_canceled)
         timings["extract_s"] = time.perf_counter() - t
+        reused = {"features": [usable[i].name for i, e in enumerate(store.images) if e.get("skipped")]}
+        _log_reuse(report, "features", len(reused["features"]), len(usable), "photos")
 
         # --- candidate pairs ---
         report.start("pairs", "Selecting candidate pairs")
@@ -166,10 +172,14 @@ def _run(config, progress, is_canceled):
         report.start("matching", f"Matching {len(candidates)} candidate pairs")
         t = time.perf_counter()
         Ks = np.stack([p.K() for p in usable])
+        before = _pair_files(ws, candidates)
         pair_matches = matching.match_pairs(
             store, candidates, Ks, config, executor, report, is_canceled, workspace_dir=ws
         )
         timings["match_s"] = time.perf_counter() - t
+        after = _pair_files(ws, candidates)
+        reused["pairs"] = sum(1 for key, stamp in after.items() if before.get(key) == stamp)
+        _log_reuse(report, "matching", reused["pairs"], len(after), "pairs")
     finally:
         executor.close()
 
@@ -183,15 +193,18 @@ def _run(config, progress, is_canceled):
     # --- reconstruction and bundle adjustment ---
     report.start("reconstruction", "Incremental reconstruction and bundle adjustment")
     t = time.perf_counter()
-    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key} for p in usable]
+    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key,
+             "focal_source": p.focal_source} for p in usable]
     recon_path = ws / "reconstruction.npz"
     stamp = _reconstruction_stamp(track_set, cams, gps_enu, config)
     recon = _load_reconstruction(recon_path, stamp)
+    reused["reconstruction"] = recon is not None
     if recon is None:
         recon = reconstruction.reconstruct(track_set, cams, gps_enu, pair_matches, config, report, is_canceled)
         _save_reconstruction(recon, recon_path, stamp)
     else:
         report(1.0, "Reusing the reconstruction in the workspace")
+        log.info("reconstruction: reused the one in the workspace (same tracks, priors and settings)")
     # What the GCP marking dialog needs to predict a point's pixels from the saved reconstruction.
     workspace.write_json(ws / "cameras.json", {
         "frame": frame.to_dict() if frame is not None else None, "crs": crs,
@@ -200,6 +213,7 @@ def _run(config, progress, is_canceled):
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
     problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
+    warnings += _photo_warnings(priors, usable, problems, recon)
     recon, n_stray = cloud.clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
 
     # --- ground control: a final adjustment, always from the saved reconstruction (cheap to redo) ---
@@ -237,6 +251,8 @@ def _run(config, progress, is_canceled):
         summary["reference_dem_fit"] = dem_fit
     summary["pairs_candidate"] = len(candidates)
     summary["stray_points_removed"] = n_stray
+    summary["reused"] = reused
+    summary["warnings"] += _focal_source_warnings(summary.get("camera_models") or [], usable)
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
@@ -290,6 +306,82 @@ def _run_locks(paths):
         yield
 
 
+def _leave_out_duplicates(priors):
+    """Mark exact duplicates (same file content) unusable, naming the photo they repeat: a photo
+    matched with its own copy is a degenerate pair and adds nothing."""
+    first_of = {}
+    for p in sorted(priors, key=lambda q: (len(q.name), q.name)):  # "a.jpg" is kept, "a copy.jpg" left out
+        if p.status == "unusable":
+            continue
+        digest = hashlib.blake2b(digest_size=16)
+        try:
+            with open(p.path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            continue  # reported by the feature stage
+        original = first_of.setdefault((p.width, p.height, digest.hexdigest()), p)
+        if original is not p:
+            p.status = "unusable"
+            p.problems.append(f"exact duplicate of {original.name} (same file content): left out")
+
+
+def _photo_warnings(priors, usable, problems, recon, most=10):
+    """Plain-language warnings for the photos that are not in the result, each with its reason."""
+    used = {id(p) for p in usable}
+    # The last problem is the one that made the photo unusable (the earlier ones are notes).
+    lines = [f"{p.name}: not used: {p.problems[-1] if p.problems else 'no focal length'}"
+             for p in priors if id(p) not in used]
+    lines += [f"{usable[i].name}: not used: {text}" for i, text in sorted(problems.items())]
+    lines = lines[:most] + ([f"... and {len(lines) - most} more photos not used (see the cameras layer)"]
+                            if len(lines) > most else [])
+    lost = [p.name for i, p in enumerate(usable) if not recon.registered[i] and i not in problems]
+    if lost:
+        shown = ", ".join(lost[:most]) + (f" and {len(lost) - most} more" if len(lost) > most else "")
+        lines.append(f"{len(lost)} photo(s) not registered (not connected to the block by enough verified "
+                     f"matches: another subject, or too little overlap): {shown}")
+    for line in lines:
+        log.warning(line)
+    return lines
+
+
+def _focal_source_warnings(models, usable):
+    """Say where a focal that EXIF did not give came from: borrowed from a named photo, or guessed."""
+    lines = []
+    for m in models:
+        if m.get("focal_source") == camera.GUESS_SOURCE:
+            lines.append(f"{m['camera']}: no focal length in EXIF and no identical camera with one in the folder: "
+                         f"the focal was a guess ({m['focal_prior_px']:.0f} px, {camera.FALLBACK_FOCAL_FACTOR} x the "
+                         f"long side), left free to self-calibrate: {m['focal_px']:.0f} px "
+                         f"({m['focal_change_percent']:+.0f}%). Heights and scale rest on the photos alone; give a "
+                         "calibrated focal (focal_px) for survey work.")
+        elif m.get("focal_source") == "borrowed":
+            note = next((q for p in usable if p.camera_key == m["camera"] for q in p.problems
+                         if q.startswith("focal length unknown: borrowed")), "borrowed from an identical camera")
+            lines.append(f"{m['camera']}: {note}")
+    for line in lines:
+        log.warning(line)
+    return lines
+
+
+def _pair_files(ws, candidates):
+    """(size, mtime) of the match file of each candidate pair that has one."""
+    stamps = {}
+    for a, b in candidates:
+        path = matching.pair_path(ws / matching.MATCHES_DIR, min(a, b), max(a, b))
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            stamps[(min(a, b), max(a, b))] = (st.st_size, st.st_mtime_ns)
+    return stamps
+
+
+def _log_reuse(report, stage, n_reused, n_total, what):
+    if n_reused:
+        text = f"{stage}: reused {n_reused} of {n_total} {what} from the workspace"
+        log.info(text)
+        report(1.0, text)
+
+
 def _footprint_radius(priors):
     """Half-diagonal of each photo's ground footprint (m) from relative altitude and focal; NaN if unknown."""
     radius = np.full(len(priors), np.nan)
@@ -301,7 +393,7 @@ def _footprint_radius(priors):
 
 def _reconstruction_stamp(track_set, cams, gps_enu, config):
     """Identifies the inputs of a reconstruction, so a saved one is reused only for the same inputs."""
-    h = hashlib.sha1()
+    h = hashlib.sha1(usedforsecurity=False)  # an identity stamp, not security (bandit B324)
     for a in (track_set.obs_track, track_set.obs_image, track_set.obs_xy, gps_enu,
               np.stack([c["K"] for c in cams])):
         h.update(np.ascontiguousarray(a).tobytes())

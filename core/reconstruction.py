@@ -35,6 +35,7 @@ GPS_OFFSET_PRIOR_SIGMA_M = (1.0, 1.0, 0.01)  # along, across free; up is a verti
 #   whole block, which the GPS cannot tell from the block's own height: held at 0
 FLIGHT_LINE_MIN_COS = 0.9  # a GPS step this parallel to the main flight axis gives an image's direction
 FLIGHT_STEP_MIN_M = 0.5  # shorter GPS steps (hovering) say nothing about the direction
+GUESSED_FOCAL_SIGMA = 1.0  # relative std of a guessed focal (no EXIF): free to move, only kept from absurd values
 HELD_FOCAL_SIGMA = 1e-5  # relative std that holds a focal at its prior  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
 
 
@@ -151,6 +152,7 @@ class _Mapper:
         first = [keys.index(k) for k in model_keys]
         self.focal_prior = np.array([0.5 * (Ks[i][0, 0] + Ks[i][1, 1]) for i in first])
         self.focal = self.focal_prior.copy()
+        self.focal_guess = np.array([cameras[i].get("focal_source") == "fallback_guess" for i in first])  # not held
         self.k1 = np.zeros(m)
         self.k2 = np.zeros(m)
         self.pp = np.array([Ks[i][:2, 2] for i in first])
@@ -534,7 +536,8 @@ class _Mapper:
             gps_offset=self.gps_offset.get(comp), gps_offset_frames=self.flight_frames,
             estimate_gps_offset=estimate_offset, gps_offset_sigma_m=GPS_OFFSET_PRIOR_SIGMA_M,
             focal_prior=self.focal_prior,
-            focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA, cfg.focal_prior_sigma),
+            focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA,
+                                       np.where(self.focal_guess, GUESSED_FOCAL_SIGMA, cfg.focal_prior_sigma)),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
             obs_sigma_px=self.sigma_px, is_canceled=self.is_canceled,
             max_nfev=max_nfev or cfg.ba_max_iterations, ftol=ftol,
@@ -661,7 +664,9 @@ class _Mapper:
         Returns True when a focal was reset."""
         models = np.unique(self.image_model[self.registered & (self.component == comp)])
         drift = np.abs(self.focal[models] / self.focal_prior[models] - 1.0)
-        runaway = models[(drift > FOCAL_GATE_SIGMAS * self.cfg.focal_prior_sigma) & ~self.focal_held[models]]
+        # A guessed focal (no EXIF) is no knowledge to hold the photos to: it is never gated.
+        runaway = models[(drift > FOCAL_GATE_SIGMAS * self.cfg.focal_prior_sigma) & ~self.focal_held[models]
+                         & ~self.focal_guess[models]]
         for mdl in runaway:
             self.log.append(f"camera model {mdl}: self-calibrated focal {self.focal[mdl]:.0f} px is "
                             f"{100 * (self.focal[mdl] / self.focal_prior[mdl] - 1):+.0f}% from its prior "

@@ -291,7 +291,10 @@ def test_bad_input_gets_a_status_per_file_and_the_folder_is_untouched(bad_folder
         p = priors[name]
         assert (p.width, p.height) == (200, 150)
         assert "no EXIF metadata" in p.problems and "no GPS position in EXIF" in p.problems
-        assert p.focal_source == "fallback_guess" and p.focal_px == pytest.approx(240.0)
+        # No focal of its own: borrowed from the EXIF photos of the same size in the folder (not the
+        # 1.2 x 200 = 240 px guess), and said so.
+        assert p.focal_source == "borrowed" and p.focal_px == priors["no_gps.jpg"].focal_px
+        assert any(q.startswith("focal length unknown: borrowed") and "from no_gps.jpg" in q for q in p.problems)
     no_gps = priors["no_gps.jpg"]
     assert no_gps.problems[0] == "no GPS position in EXIF"
     assert no_gps.rel_alt is not None and no_gps.focal_source == "35mm_equivalent"  # the rest is still read
@@ -387,3 +390,34 @@ def test_sensor_table_agrees_with_the_manufacturers_35mm_figures():
     assert sensors.lookup_sensor("Canon", "Canon PowerShot S110").width_mm == 7.44
     assert sensors.lookup_sensor("Hasselblad", "L1D-20c").focal_mm == 10.26
     assert sensors.lookup_sensor("AlignKit", "SynthCam") is None and sensors.lookup_sensor(None, None) is None
+
+
+def test_a_guessed_focal_borrows_from_an_identical_camera_and_stays_a_guess_otherwise():
+    from alignkit.core.camera import CameraPrior, borrow_focals
+
+    def prior(name, size=(4000, 3000), make=None, model=None, focal=None, source="fallback_guess"):
+        p = CameraPrior(path=f"/p/{name}", name=name, status="ok", width=size[0], height=size[1],
+                        make=make, model=model)
+        p.focal_px, p.focal_source = (focal, source) if focal else (1.2 * max(size), "fallback_guess")
+        if source == "fallback_guess":
+            p.problems.append(f"focal length unknown: guessed 1.2 x the long side = {p.focal_px:.0f} px")
+        return p
+
+    donor = prior("a.jpg", make="DJI", model="FC6310", focal=3666.7, source="focal_and_sensor_width")
+    stripped = prior("b.jpg")  # no EXIF at all: the same size is enough
+    named = prior("c.jpg", make="DJI", model="FC6310")  # EXIF names the camera, no focal
+    other_model = prior("d.jpg", make="Sony", model="ILCE-7RM4")
+    other_size = prior("e.jpg", size=(3000, 4000))
+    borrow_focals([donor, stripped, named, other_model, other_size])
+    for p in (stripped, named):
+        assert (p.focal_px, p.focal_source) == (3666.7, "borrowed")
+        assert p.problems == ["focal length unknown: borrowed 3667 px (focal_and_sensor_width) from a.jpg, "
+                              "a DJI FC6310 photo of the same size"]
+    for p in (other_model, other_size):
+        assert p.focal_source == "fallback_guess" and p.focal_px == 4800.0
+
+    # Two focals at that size (a zoom lens): nothing borrowed, said so.
+    zoom = prior("f.jpg", make="DJI", model="FC6310", focal=2500.0, source="35mm_equivalent")
+    guess = prior("g.jpg")
+    borrow_focals([donor, zoom, guess])
+    assert guess.focal_source == "fallback_guess" and "2 different focal lengths (2500, 3667 px)" in guess.problems[-1]

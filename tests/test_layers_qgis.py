@@ -113,3 +113,34 @@ def test_open_photo_is_offered_on_identify_for_loaded_and_reopened_layers(tmp_pa
         action = layer.actions().actions("Feature")[0]
         assert action.type() == action.OpenUrl and "IMG_0001.JPG" not in action.command()
         assert os.path.basename(str(photos)) in action.command() or '"path"' in action.command()
+
+
+def test_loading_a_rerun_that_replaced_the_open_geopackage_shows_the_new_file(tmp_path, qgis_new_project):
+    """The dock's rerun: the project shows r.gpkg (QGIS holds it, in SQLite's WAL mode) while the
+    pipeline replaces the file (atomic rename); loading the new result shows the new file's features."""
+    import sqlite3
+
+    from osgeo import ogr
+
+    gpkg = fx.write_result(tmp_path / "r.gpkg")
+    _, old = layer_loader.load_geopackage(gpkg, "photos")
+    assert len(list(old["sparse_points"].getFeatures())) == fx.N_POINTS
+    new = fx.write_result(tmp_path / "new.gpkg", summary=False)
+    ds = ogr.Open(str(new), update=1)
+    points = ds.GetLayerByName("sparse_points")
+    for fid in [f.GetFID() for f in points][:10]:
+        points.DeleteFeature(fid)
+    ds = points = None
+    os.replace(new, gpkg)  # as workspace.atomic_output does
+    _, layers = layer_loader.load_geopackage(gpkg, "photos")
+    assert len(list(layers["sparse_points"].getFeatures())) == fx.N_POINTS - 10
+    assert layers["sparse_points"].featureCount() == fx.N_POINTS - 10
+    assert drawn_pixels([layers["sparse_points"]]) > 20
+    QgsProject.instance().clear()
+    del layers, old
+    con = sqlite3.connect(gpkg)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM sparse_points").fetchone() == (fx.N_POINTS - 10,)
+    finally:
+        con.close()

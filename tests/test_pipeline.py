@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import cv2
 import numpy as np
@@ -132,7 +133,38 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
     assert len(footprints) == len(gt["cameras"])
 
 
-def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path):
+SLOW_FSYNC = """
+import os, time
+_fsync = os.fsync
+
+
+def fsync(fd):  # a slow disk, in every process (this file is the workers' sitecustomize)
+    time.sleep(float(os.environ["ALIGNKIT_TEST_FSYNC_DELAY_S"]))
+    _fsync(fd)
+
+
+os.fsync = fsync
+"""
+
+
+@pytest.fixture
+def slow_fsync(tmp_path_factory, monkeypatch):
+    """Every fsync (the last step of each atomic write) sleeps, in this process and in the spawned
+    workers (through a sitecustomize on their PYTHONPATH): a cancel then lands mid-write more often."""
+    site = tmp_path_factory.mktemp("slow_fsync_site")
+    (site / "sitecustomize.py").write_text(SLOW_FSYNC)
+    monkeypatch.setenv("ALIGNKIT_TEST_FSYNC_DELAY_S", "0.03")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    real = os.fsync
+
+    def slow(fd):
+        time.sleep(float(os.environ["ALIGNKIT_TEST_FSYNC_DELAY_S"]))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow)
+
+
+def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path, slow_fsync):
     out = tmp_path / "r.gpkg"
     config = AlignConfig(images=str(survey / "images"), output=str(out), **FAST)
     state = {"cancel": False}
@@ -145,12 +177,22 @@ def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path):
         pipeline.run(config, progress=progress, is_canceled=lambda: state["cancel"])
     assert not out.exists() and not (tmp_path / "r_summary.json").exists()
     features_dir = tmp_path / "r_workspace" / "features"
-    done = {p.name: p.stat().st_mtime_ns for p in features_dir.iterdir() if not p.name.startswith(".")}
-    assert done, "the cancelled run kept no completed feature file"
+    # Complete images: their .json marker (written last) is there. The others may be redone.
+    complete = [p.name[: -len(".json")] for p in features_dir.glob("*.json")]
+    assert complete, "the cancelled run kept no completed image"
+    done = {p.name: p.stat().st_mtime_ns for stem in complete for p in features_dir.glob(f"{stem}.*")}
+    # What a killed write leaves (the cancel's terminate() is one): removed by the next run.
+    (features_dir / ".tmp-00011.kp.npy.x1y2z3.npy").write_bytes(b"partial")
+    (tmp_path / ".tmp-r.gpkg.99999.gpkg").write_bytes(b"partial")
+    os.environ["ALIGNKIT_TEST_FSYNC_DELAY_S"] = "0"  # the rerun's new workers: a normal disk again
     summary = pipeline.run(config)
     assert summary["registered"] == 12
     for name, mtime in done.items():  # completed products were reused, not redone
-        assert (features_dir / name).stat().st_mtime_ns == mtime
+        assert (features_dir / name).stat().st_mtime_ns == mtime, name
+    leftovers = [p for p in tmp_path.rglob(".tmp-*")]
+    assert leftovers == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == [
+        "r.gpkg", "r_report.html", "r_sparse.ply", "r_summary.json", "r_workspace"]
 
 
 def strip_metadata(src_dir, dst_dir, names=None):
@@ -170,19 +212,63 @@ def test_photos_without_gps_align_in_a_local_frame_without_crs(survey, tmp_path)
     assert any("NOT georeferenced" in w for w in summary["warnings"])
     _, _, crs = layer_rows(out, "cameras")
     assert crs == "local"  # the GeoPackage's "Undefined Cartesian SRS", not a geographic one
+    # Without EXIF the focal is a guess (1.2 x 960 = 1152 px, the truth 638 px): free to move, never held,
+    # and reported as a guess.
+    (model,) = summary["camera_models"]
+    truth = SurveySpec(**SMALL).focal_px
+    assert model["focal_source"] == "fallback_guess" and model["focal_prior_px"] == pytest.approx(1152)
+    assert model["focal_held"] is False
+    assert abs(model["focal_px"] - truth) < 0.5 * abs(1152 - truth), (model["focal_px"], truth)
+    assert any("the focal was a guess (1152 px" in w for w in summary["warnings"])
+    assert not any("EXIF focal" in w for w in summary["warnings"])
 
 
-def test_corrupt_photo_is_reported_and_the_rest_align(survey, tmp_path):
+def test_photos_left_out_are_warned_with_their_reasons_and_a_rerun_reuses_everything(survey, tmp_path):
+    """A truncated photo, a 50000 x 50000 PNG (header only), an exact copy of a photo and a photo of
+    another subject among 12 good ones (one without EXIF): the 12 align; each of the others is named in
+    the summary's warnings with its reason; the photo without EXIF borrows the others' focal.
+    Rerun: every product comes from the workspace, and the log says so."""
+    from alignkit.tests.test_features import _texture, write_flat_png
+
     images = tmp_path / "withbad"
     shutil.copytree(survey / "images", images)
     data = (images / "img_0001.jpg").read_bytes()
     (images / "broken photo é.jpg").write_bytes(data[: len(data) // 3])
+    write_flat_png(images / "huge.png", 50000, 50000, pixels=False)
+    shutil.copy(images / "img_0002.jpg", images / "img_0002 copy.jpg")
+    cv2.imwrite(str(images / "other subject.jpg"), _texture(9, 960, 720))
+    strip_metadata(survey / "images", images, ["img_0003.jpg"])  # no EXIF: borrows the others' focal
     out = tmp_path / "r.gpkg"
-    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), **FAST))
-    assert summary["images"] == 13 and summary["registered"] == 12
+    config = AlignConfig(images=str(images), output=str(out), **FAST)
+    summary = pipeline.run(config)
+    assert summary["images"] == 16 and summary["registered"] == 12
     cams, _, _ = layer_rows(out, "cameras")
     bad = [a for a, _ in cams if a["image"] == "broken photo é.jpg"][0]
     assert bad["registered"] == 0 and "truncated" in (bad["problem"] or "").lower()
+    warnings = "\n".join(summary["warnings"])
+    assert "broken photo é.jpg: not used: truncated JPEG" in warnings
+    assert "huge.png: not used: 50000x50000 is 2500 Mpx, beyond the 1074 Mpx limit" in warnings
+    assert "img_0002 copy.jpg: not used: exact duplicate of img_0002.jpg" in warnings
+    assert "1 photo(s) not registered (not connected to the block" in warnings and "other subject.jpg" in warnings
+    assert summary["reused"] == {"features": [], "pairs": 0, "reconstruction": False}
+    truth = SurveySpec(**SMALL).focal_px
+    borrowed = [m for m in summary["camera_models"] if m["focal_source"] == "borrowed"]
+    assert len(borrowed) == 1 and borrowed[0]["focal_prior_px"] == pytest.approx(truth, rel=0.01)
+    assert any(w.startswith(f"{borrowed[0]['camera']}: focal length unknown: borrowed ") and " from img_" in w
+               and "a AlignKit" in w for w in summary["warnings"])
+
+    messages = []
+    again = pipeline.run(config, progress=lambda fraction, message: messages.append(message))
+    assert again["registered"] == 12
+    assert sorted(again["reused"]["features"]) == sorted(p.name for p in images.iterdir()
+                                                         if p.name not in ("broken photo é.jpg", "huge.png",
+                                                                           "img_0002 copy.jpg"))
+    assert again["reused"]["pairs"] == again["pairs_candidate"] and again["reused"]["reconstruction"] is True
+    assert "features: reused 13 of 13 photos from the workspace" in messages
+    assert f"matching: reused {again['pairs_candidate']} of {again['pairs_candidate']} pairs from the workspace" \
+        in messages
+    assert "Reusing the SIFT features of all 13 photos from the workspace" in messages
+    assert not any(m.startswith("Extracting SIFT features") for m in messages)
 
 
 def test_fewer_than_two_usable_photos_is_a_clear_error_and_writes_nothing(survey, tmp_path):

@@ -60,21 +60,29 @@ def geopackage_layer_names(path):
     return [ds.GetLayerByIndex(i).GetName() for i in range(ds.GetLayerCount())]
 
 
+def check_layers(gpkg_path, styles):
+    """ValueError naming the file and the first missing layer; read-only OGR, no QGIS layer is made."""
+    gpkg_path = str(gpkg_path)
+    if not os.path.isfile(gpkg_path):
+        raise ValueError(f"{gpkg_path}: the GeoPackage does not exist")
+    present = set(geopackage_layer_names(gpkg_path))
+    for name in styles:
+        if name not in present and name not in OPTIONAL_LAYERS:
+            raise ValueError(f"{gpkg_path}: layer '{name}' is missing (found: {', '.join(sorted(present))})")
+    return present
+
+
 def open_layers(gpkg_path, styles, title_prefix=""):
     """Open every layer named in `styles`; raise ValueError naming the first missing or invalid one.
 
     Nothing is added to the project here, so a bad file never leaves half a result on the map.
     """
     gpkg_path = str(gpkg_path)
-    if not os.path.isfile(gpkg_path):
-        raise ValueError(f"{gpkg_path}: the GeoPackage does not exist")
-    present = set(geopackage_layer_names(gpkg_path))
+    present = check_layers(gpkg_path, styles)
     layers = {}
     for name in styles:
-        if name not in present and name in OPTIONAL_LAYERS:
+        if name not in present:  # an optional layer this run did not write
             continue
-        if name not in present:
-            raise ValueError(f"{gpkg_path}: layer '{name}' is missing (found: {', '.join(sorted(present))})")
         layer = QgsVectorLayer(f"{gpkg_path}|layername={name}", f"{title_prefix}{name}", "ogr")
         if not layer.isValid():
             raise ValueError(f"{gpkg_path}: layer '{name}' cannot be opened")
@@ -185,8 +193,11 @@ def load_geopackage(gpkg_path, group_name, styles=None, image_folder=None, proje
     """
     styles = RESULT_STYLES if styles is None else styles
     project = project or QgsProject.instance()
-    open_layers(gpkg_path, styles).clear()  # a bad file raises here and leaves the project as it was
-    remove_group(group_name, project)  # first: the replaced layers may read the same file
+    check_layers(gpkg_path, styles)  # a bad file raises here and leaves the project as it was
+    # The replaced layers go first: they may hold the same path open (in SQLite's WAL mode, whose -wal
+    # and -shm files are found by name) while the pipeline has replaced the file under them; no QGIS
+    # layer may open the new file before they are closed.
+    remove_group(group_name, project)
     try:
         layers = styled_layers(gpkg_path, styles, image_folder, store_styles)
     except RuntimeError as exc:  # e.g. a read-only file: the layers still load, styled in the project
