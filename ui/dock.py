@@ -47,7 +47,12 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
 from . import layers as layer_loader
+from .jobs import align_photos, preview_photos, stack_summary
+from .naming import default_output_for, is_inside, load_result_group, survey_name
 from .task import CoreTask
+
+__all__ = ["AlignKitDock", "align_photos", "default_output_for", "is_inside", "preview_photos", "stack_summary",
+           "survey_name"]
 
 SETTINGS_PREFIX = "alignkit/"
 LOG_TAG = "AlignKit"
@@ -56,20 +61,12 @@ LOG_INTERVAL_S = 1.0  # per-image progress messages would flood the short log
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
-def is_inside(path, folder):
-    """True when `path` is `folder` itself or lies below it (symlinks resolved)."""
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-        return True
-    except ValueError:
-        return False
+def _folder_key(folder):
+    """Settings key of a photo folder's last output (QSettings keys cannot hold a path)."""
+    import hashlib
 
-
-def default_output_for(folder, project_home=""):
-    """`<folder name>_alignkit.gpkg` in the project home, else beside (not inside) the image folder."""
-    folder = Path(folder)
-    base = Path(project_home) if project_home and not is_inside(project_home, folder) else folder.parent
-    return str(base / f"{folder.name}_alignkit.gpkg")
+    path = os.path.normcase(os.path.abspath(str(folder)))
+    return SETTINGS_PREFIX + "outputs/" + hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
 
 
 class _StackFeedback(QgsProcessingFeedback):
@@ -302,7 +299,13 @@ class AlignKitDock(QgsDockWidget):
         if not path or not os.path.isdir(path):
             return
         self.settings.setValue(SETTINGS_PREFIX + "last_folder", path)
-        if not self._output_edited or is_inside(self.output_path() or path, path):
+        remembered = self.settings.value(_folder_key(path), "", type=str)  # this folder's last output
+        if remembered and not is_inside(remembered, path):
+            self.output_widget.blockSignals(True)
+            self.output_widget.setFilePath(remembered)
+            self.output_widget.blockSignals(False)
+            self._output_edited = False
+        elif not self._output_edited or is_inside(self.output_path() or path, path):
             self.output_widget.blockSignals(True)
             self.output_widget.setFilePath(default_output_for(path, QgsProject.instance().homePath()))
             self.output_widget.blockSignals(False)
@@ -484,7 +487,7 @@ class AlignKitDock(QgsDockWidget):
         def work(progress, is_canceled):
             return preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled)
 
-        task = CoreTask(f"AlignKit: preview {os.path.basename(folder)}", work, self._preview_done)
+        task = CoreTask(f"AlignKit: preview {survey_name(folder)}", work, self._preview_done)
         self.log_message(f"reading the photos of {folder}")
         return task if self._start(task) else None
 
@@ -505,9 +508,8 @@ class AlignKitDock(QgsDockWidget):
         self._update_default_crs(info.get("suggested_crs", ""))
         if info.get("gpkg"):
             try:
-                group, _ = layer_loader.load_geopackage(
-                    info["gpkg"], f"{info['folder_name']} priors", layer_loader.PRIORS_STYLES, info["folder"]
-                )
+                group, _ = load_result_group(info["gpkg"], info["gpkg"], f"{survey_name(info['folder'])} priors",
+                                             layer_loader.PRIORS_STYLES, info["folder"])
                 self._show_group(group)
             except (ValueError, RuntimeError) as exc:
                 self.log_message(f"priors layers not loaded: {exc}", Qgis.Warning)
@@ -539,8 +541,8 @@ class AlignKitDock(QgsDockWidget):
         def work(progress, is_canceled):
             return align_photos(config, export_crs, progress, is_canceled)
 
-        name = os.path.basename(os.path.normpath(config.images))
-        task = CoreTask(f"AlignKit: align {name}", work, self._align_done)
+        self.settings.setValue(_folder_key(config.images), config.output)
+        task = CoreTask(f"AlignKit: align {survey_name(config.images)}", work, self._align_done)
         task.config = config
         self.log_message(f"aligning {config.images} -> {config.output}")
         return task if self._start(task) else None
@@ -559,11 +561,9 @@ class AlignKitDock(QgsDockWidget):
             self._report_error(task, "Alignment")
             return
         result = task.result
-        group_name = os.path.basename(os.path.normpath(config.images))
         try:
-            group, _ = layer_loader.load_geopackage(
-                result["gpkg"], group_name, layer_loader.RESULT_STYLES, config.images
-            )
+            group, _ = load_result_group(result["gpkg"], result["output"], survey_name(config.images),
+                                         layer_loader.RESULT_STYLES, config.images)
         except (ValueError, RuntimeError) as exc:
             text = f"Alignment finished but its layers could not be loaded: {exc}"
             self.log_message(text, Qgis.Critical)
@@ -697,93 +697,3 @@ class AlignKitDock(QgsDockWidget):
             QgsProject.instance().crsChanged.disconnect(self._update_export_option)
         except TypeError:
             pass  # already disconnected
-
-
-# ---------------------------------------------------------------------- background work
-# These run in the task's worker thread: core calls and file writing only.
-
-
-def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
-    """Camera priors of a folder: counts, camera model, suggested CRS and the priors GeoPackage."""
-    from ..core import camera
-    from ..core import priors as priors_core
-    from ..core.cancel import check
-    from ..core.gpkg import write_geopackage
-
-    progress(0.0, "reading EXIF/XMP")
-    priors = camera.read_priors(folder, progress=lambda f, m="": progress(0.9 * f), is_canceled=is_canceled)
-    check(is_canceled)
-    with_gps = [p for p in priors if p.lat is not None and p.lon is not None]
-    unusable = [p for p in priors if p.status == "unusable"]
-    models = {}
-    for p in priors:
-        if p.status != "unusable":
-            models.setdefault(f"{p.make or '?'} {p.model or '?'} {p.width}x{p.height}", p)
-    cameras = "; ".join(
-        f"{key}, focal {p.focal_px:.0f} px ({p.focal_source})" if p.focal_px else key for key, p in models.items()
-    )
-    suggested = priors_core.default_crs(priors) if with_gps else ""
-    text = (
-        f"{len(priors)} photos, {len(with_gps)} with GPS, {len(unusable)} unusable. "
-        f"Camera: {cameras or 'unknown'}"
-    )
-    gpkg = ""
-    if with_gps:
-        progress(0.9, "writing predicted cameras and footprints")
-        crs = target_crs or suggested
-        write_geopackage(priors_gpkg, crs, priors_core.prior_layers(priors, crs))
-        gpkg = priors_gpkg
-    # After prior_layers: it adds footprint problems to the priors.
-    by_problem = {}
-    for p in priors:
-        for problem in p.problems:
-            by_problem.setdefault(problem, []).append(p.name)
-    problems = [
-        f"{names[0] if len(names) == 1 else f'{len(names)} photos ({names[0]} ...)'}: {problem}"
-        for problem, names in by_problem.items()
-    ]
-    progress(1.0, "preview done")
-    return {
-        "folder": folder,
-        "folder_name": os.path.basename(os.path.normpath(folder)),
-        "images": len(priors),
-        "with_gps": len(with_gps),
-        "unusable": len(unusable),
-        "cameras": list(models),
-        "suggested_crs": suggested,
-        "text": text,
-        "problems": problems,
-        "gpkg": gpkg,
-    }
-
-
-def align_photos(config, export_crs, progress, is_canceled):
-    """The pipeline (which also writes the HTML report), then optionally a copy in the project CRS."""
-    from ..core import pipeline
-
-    summary = pipeline.run(config, progress, is_canceled)
-    report_path = summary["outputs"].get("report", "")
-    gpkg = config.output
-    if export_crs and export_crs != (summary or {}).get("crs"):
-        stem = os.path.splitext(config.output)[0]
-        gpkg = layer_loader.reproject_geopackage(
-            config.output, f"{stem}_{export_crs.replace(':', '')}.gpkg", export_crs, list(layer_loader.RESULT_STYLES)
-        )
-    return {"gpkg": gpkg, "summary": summary, "report": report_path, "output": config.output}
-
-
-def stack_summary(output_folder):
-    """One line from transforms.json: how many images were aligned or rejected."""
-    import json
-
-    path = os.path.join(output_folder, "transforms.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return f"Image stack written to {output_folder}"
-    statuses = [img.get("status") for img in data.get("images", [])]
-    return (
-        f"{statuses.count('aligned')} images aligned to {data.get('reference')} ({data.get('model')}), "
-        f"{statuses.count('rejected')} rejected; written to {output_folder}"
-    )
