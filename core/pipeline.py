@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, cloud, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, export, features, matching, pairs, reconstruction, tracks, workspace
+from .camera_export import write_camera_exports
 from .cancel import check
+from .cloud import clean_cloud
 from .config import AlignConfig
 from .executor import make_executor
 from .geo import LocalFrame, utm_crs_for
@@ -166,7 +168,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     if not recon.registered.any():
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
     problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
-    recon, n_stray = cloud.clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
+    recon, n_stray = clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
 
     # --- export ---
     report.start("export", "Writing GeoPackage, PLY and summary")
@@ -174,6 +176,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     summary = export.write_results(
         paths, priors, usable, problems, recon, pair_matches, frame, crs, config, warnings
     )
+    summary["outputs"].update(write_camera_exports(paths["gpkg"], usable, recon, frame, crs))
     summary["pairs_candidate"] = len(candidates)
     summary["stray_points_removed"] = n_stray
     timings["export_s"] = time.perf_counter() - t
