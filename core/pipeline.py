@@ -21,6 +21,7 @@ from .cloud import clean_cloud
 from .config import AlignConfig
 from .executor import make_executor
 from .geo import LocalFrame, utm_crs_for
+from .verdict import assess
 
 log = logging.getLogger("alignkit")
 
@@ -182,6 +183,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
+    summary.update(assess(summary, recon, config))
     _write_summary_and_report(paths, summary)
     report(1.0, f"Done: {summary['registered']}/{summary['images']} photos registered")
     return summary

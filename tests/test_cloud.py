@@ -156,3 +156,15 @@ def test_camera_exports_of_a_generated_survey_against_the_truth(aligned):
     assert max(relative) < 0.1, relative  # each camera's omega/phi/kappa, the block's tilt aside
     _, images, points = read_colmap(out.parent / "result_colmap")
     assert len(images) == summary["registered"] and len(points) == summary["points"]
+
+
+@pytest.mark.slow
+def test_the_summary_carries_the_verdict_and_provenance(aligned):
+    survey, out, summary = aligned
+    # a generated block with exact EXIF and 1 m / 2 m GPS noise: every item passes
+    assert [v["item"] for v in summary["verdict"]] == ["Images registered", "Matches per image", "Reprojection error",
+                                                       "Camera optimisation", "Georeferencing"]
+    assert all(v["ok"] for v in summary["verdict"]), summary["verdict"]
+    assert summary["verdict_summary"] == "all 5 quality checks passed"
+    prov = summary["provenance"]
+    assert prov["photos"] == 12 and prov["images_folder"] == str(survey / "images") and prov["preset"] == "custom"

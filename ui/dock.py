@@ -5,6 +5,7 @@ with QGIS's task manager, so the status-bar progress, the task manager's cancel 
 dock's Cancel button all act on the same task. Layers are only loaded from finished(), in the
 main thread, and only for a complete run.
 """
+import html
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from qgis.gui import (
     QgsLayerTreeView,
     QgsProjectionSelectionWidget,
 )
-from qgis.PyQt.QtCore import QObject, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import QObject, Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -59,6 +60,17 @@ LOG_TAG = "AlignKit"
 STACK_MODELS = ("homography", "affine", "similarity", "euclidean", "translation")
 LOG_INTERVAL_S = 1.0  # per-image progress messages would flood the short log
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def result_message(summary, seconds):
+    """The dock's one-line result: the verdict's summary, then the counts."""
+    from ..core.verdict import verdict_line
+
+    verdict = summary.get("verdict")
+    head = verdict_line(verdict).capitalize() + ": " if verdict else ""
+    return (f"{head}{summary.get('registered', '?')} of {summary.get('images', '?')} photos registered, "
+            f"{summary.get('points', '?')} points, {summary.get('mean_reproj_px', float('nan')):.2f} px mean "
+            f"reprojection error, in {seconds:.0f} s")
 
 
 def _folder_key(folder):
@@ -216,6 +228,7 @@ class AlignKitDock(QgsDockWidget):
 
         self.preview_label = QLabel("Choose a folder of geotagged photos, then Preview or Align.")
         self.preview_label.setWordWrap(True)
+        self.preview_label.setTextFormat(Qt.PlainText)  # photo names and problems are not rich text
 
         layout = QVBoxLayout(tab)
         layout.addLayout(form)
@@ -255,6 +268,7 @@ class AlignKitDock(QgsDockWidget):
         buttons.addWidget(self.stack_cancel_button)
         self.stack_label = QLabel("Registers every image of a folder onto a reference image.")
         self.stack_label.setWordWrap(True)
+        self.stack_label.setTextFormat(Qt.PlainText)
         layout = QVBoxLayout(tab)
         layout.addLayout(form)
         layout.addLayout(buttons)
@@ -401,9 +415,11 @@ class AlignKitDock(QgsDockWidget):
         return self.iface.messageBar() if self.iface is not None else None
 
     def _notify(self, text, level, details=None):
+        """A message-bar item. The bar shows rich text: the text is escaped (`<4.11`, `<name>` stay)."""
         bar = self._bar()
         if bar is None:
             return
+        text = html.escape(text, quote=False)
         if details:
             bar.pushMessage(LOG_TAG, text, details, level, 0)
         else:
@@ -414,7 +430,7 @@ class AlignKitDock(QgsDockWidget):
         bar = self._bar()
         if bar is None:
             return
-        item = bar.createMessage(LOG_TAG, text)
+        item = bar.createMessage(LOG_TAG, html.escape(text, quote=False))
         button = QPushButton(link_text, item)
         url = QUrl.fromLocalFile(str(path))
         button.clicked.connect(lambda _checked=False: QDesktopServices.openUrl(url))
@@ -572,16 +588,16 @@ class AlignKitDock(QgsDockWidget):
         self._show_group(group)
         summary = result.get("summary") or {}
         self.last_result = result
-        text = (
-            f"{summary.get('registered', '?')} of {summary.get('images', '?')} photos registered, "
-            f"{summary.get('points', '?')} points, {summary.get('mean_reproj_px', float('nan')):.2f} px mean "
-            f"reprojection error, in {task.seconds:.0f} s"
-        )
+        text = result_message(summary, task.seconds)
         self.log_message(text)
+        verdict = summary.get("verdict") or []
+        for item in verdict:  # the report's first screen, in the short log too
+            self.log_message(f"{'ok' if item['ok'] else 'WARNING'}: {item['item']}: {item['text']}",
+                             Qgis.Info if item["ok"] else Qgis.Warning)
         warnings = summary.get("warnings") or []
         for warning in warnings:  # e.g. not georeferenced, focal held at EXIF: the user must see them
             self.log_message(warning, Qgis.Warning)
-        level = Qgis.Warning if warnings else Qgis.Success
+        level = Qgis.Warning if warnings or not all(item["ok"] for item in verdict) else Qgis.Success
         if warnings:
             text += f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''}, see the AlignKit log)"
         self.progress.setValue(100)
