@@ -18,7 +18,7 @@ REGISTERED_MIN_SHARE = 0.95  # Pix4D's green mark: more than 95 % of the photos 
 TIE_POINTS_MIN_PER_PHOTO = 500  # median observations of sparse points per registered photo
 REPROJECTION_MAX_PX = 1.0  # mean reprojection error; sub-pixel is the mark of a consistent block
 FOCAL_CHANGE_MAX_PERCENT = 5.0  # Pix4D's camera-optimisation mark: adjusted focal within 5 % of the initial
-GPS_FIT_MAX_M = 2.0  # RMS of camera centres to their GPS after a similarity: consumer GNSS is ~1-3 m
+GPS_FIT_MAX_M = 5.0  # RMS of camera centres to their GPS after a similarity: consumer GNSS is ~1-3 m horizontally, more in height
 CONTROL_RMSE_MAX_M = 0.1  # check / control point RMSE that a survey would accept without remark
 
 

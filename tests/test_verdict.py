@@ -36,7 +36,7 @@ def test_a_good_block_passes_every_item_with_its_number_and_threshold():
 
 def test_each_failing_item_is_a_warning_that_says_why():
     summary = dict(GOOD, registered=14, components=2, tie_points_per_image_median=120.0, mean_reproj_px=1.7,
-                   gps_fit_rmse_m=4.2,
+                   gps_fit_rmse_m=7.5,
                    camera_models=[dict(GOOD["camera_models"][0], focal_held=True, focal_change_percent=0.0,
                                        focal_self_calibrated_px=2770.0)])
     verdict = quality_verdict(summary)
@@ -46,7 +46,7 @@ def test_each_failing_item_is_a_warning_that_says_why():
     assert "only 120 points" in items["Matches per image"]["text"]
     assert "1.70 px" in items["Reprojection error"]["text"]
     assert "held at 2340 px" in items["Camera optimisation"]["text"] and "0.38 m" in items["Camera optimisation"]["text"]
-    assert "4.20 m" in items["Georeferencing"]["text"]
+    assert "7.50 m" in items["Georeferencing"]["text"]
     assert verdict_line(verdict).startswith("5 of 5 quality checks need attention: images registered")
     no_gps = by_item(quality_verdict(dict(GOOD, georeferenced=False, crs=None, gps_fit_rmse_m=None)))
     assert not no_gps["Georeferencing"]["ok"] and "Not georeferenced" in no_gps["Georeferencing"]["text"]
