@@ -149,6 +149,7 @@ def build_report_html(gpkg_path, summary):
         ("Registered", f"{sum(registered)} of {len(cam_rows)}"),
         ("Components", summary.get("components", len(components))),
         ("Sparse points", summary.get("points", len(points["reproj_px"]))),
+        ("Stray points removed (far outside the cameras' depth range)", summary.get("stray_points_removed", "-")),
         ("Verified pairs", summary.get("pairs_verified", len(pair_rows))),
         ("Mean reprojection error (px)", _fmt(summary.get("mean_reproj_px", _mean(reproj)))),
         ("Median reprojection error (px)", _fmt(float(np.median(reproj)) if len(reproj) else None)),
