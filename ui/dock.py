@@ -8,16 +8,12 @@ main thread, and only for a complete run.
 import html
 import os
 import time
-from pathlib import Path
 
 from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsMessageLog,
-    QgsProcessingAlgRunnerTask,
-    QgsProcessingContext,
-    QgsProcessingFeedback,
     QgsProject,
     QgsSettings,
 )
@@ -28,7 +24,7 @@ from qgis.gui import (
     QgsLayerTreeView,
     QgsProjectionSelectionWidget,
 )
-from qgis.PyQt.QtCore import QObject, Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -50,6 +46,7 @@ from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
 from . import layers as layer_loader
 from .jobs import align_photos, preview_photos, stack_summary
 from .naming import default_output_for, is_inside, load_result_group, survey_name
+from .stack_tab import StackTab
 from .task import CoreTask
 
 __all__ = ["AlignKitDock", "align_photos", "default_output_for", "is_inside", "preview_photos", "stack_summary",
@@ -57,9 +54,7 @@ __all__ = ["AlignKitDock", "align_photos", "default_output_for", "is_inside", "p
 
 SETTINGS_PREFIX = "alignkit/"
 LOG_TAG = "AlignKit"
-STACK_MODELS = ("homography", "affine", "similarity", "euclidean", "translation")
 LOG_INTERVAL_S = 1.0  # per-image progress messages would flood the short log
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
 def result_message(summary, seconds):
@@ -81,30 +76,7 @@ def _folder_key(folder):
     return SETTINGS_PREFIX + "outputs/" + hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
 
 
-class _StackFeedback(QgsProcessingFeedback):
-    """Processing feedback that forwards the algorithm's messages to the dock's log (queued)."""
-
-    class _Relay(QObject):
-        text = pyqtSignal(str)
-
-    def __init__(self):
-        super().__init__()
-        self.relay = self._Relay()
-
-    def pushInfo(self, info):  # noqa: N802
-        super().pushInfo(info)
-        self.relay.text.emit(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        super().pushWarning(warning)  # e.g. a rejected frame and why
-        self.relay.text.emit(f"warning: {warning}")
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        super().reportError(error, fatalError)
-        self.relay.text.emit(f"error: {error}")
-
-
-class AlignKitDock(QgsDockWidget):
+class AlignKitDock(StackTab, QgsDockWidget):
     def __init__(self, iface, parent=None):
         parent = parent if parent is not None else (iface.mainWindow() if iface is not None else None)
         super().__init__("AlignKit", parent)
@@ -237,43 +209,6 @@ class AlignKitDock(QgsDockWidget):
         layout.addWidget(self.preview_label)
         layout.addStretch(1)
         self._update_export_option()
-        return tab
-
-    def _build_stack_tab(self):
-        tab = QWidget()
-        form = QFormLayout()
-        self.stack_folder_widget = QgsFileWidget()
-        self.stack_folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.stack_folder_widget.setDialogTitle("Folder of images to register")
-        self.stack_folder_widget.fileChanged.connect(self._stack_folder_changed)
-        form.addRow("Images", self.stack_folder_widget)
-        self.reference_combo = QComboBox()
-        form.addRow("Reference", self.reference_combo)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems(list(STACK_MODELS))
-        form.addRow("Model", self.model_combo)
-        self.crop_check = QCheckBox("Crop to the area common to all images")
-        self.crop_check.setChecked(True)
-        form.addRow("", self.crop_check)
-        self.stack_output_widget = QgsFileWidget()
-        self.stack_output_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.stack_output_widget.setDialogTitle("Output folder for the aligned images")
-        form.addRow("Output folder", self.stack_output_widget)
-        buttons = QHBoxLayout()
-        self.stack_run_button = QPushButton("Align stack")
-        self.stack_run_button.clicked.connect(self.align_stack)
-        self.stack_cancel_button = QPushButton("Cancel")
-        self.stack_cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.stack_run_button)
-        buttons.addWidget(self.stack_cancel_button)
-        self.stack_label = QLabel("Registers every image of a folder onto a reference image.")
-        self.stack_label.setWordWrap(True)
-        self.stack_label.setTextFormat(Qt.PlainText)
-        layout = QVBoxLayout(tab)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.stack_label)
-        layout.addStretch(1)
         return tab
 
     @staticmethod
@@ -605,87 +540,6 @@ class AlignKitDock(QgsDockWidget):
             self._notify_with_link(text, level, "Open report", result["report"])
         else:
             self._notify(text, level)
-
-    # --- image stack ---
-    def _stack_folder_changed(self, path):
-        self.reference_combo.clear()
-        if not path or not os.path.isdir(path):
-            return
-        names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
-        self.reference_combo.addItem("(middle image)", "")
-        for n in names:
-            self.reference_combo.addItem(n, n)
-        if not self.stack_output_widget.filePath():
-            folder = Path(path)
-            self.stack_output_widget.setFilePath(str(folder.parent / f"{folder.name}_aligned"))
-
-    def align_stack(self):
-        folder = self.stack_folder_widget.filePath().strip()
-        output = self.stack_output_widget.filePath().strip()
-        problem = None
-        if not folder or not os.path.isdir(folder):
-            problem = f"{folder or 'no folder'}: choose an existing folder of images"
-        elif not output:
-            problem = "choose an output folder"
-        elif is_inside(output, folder):
-            problem = f"{output}: the output folder must not be inside the input folder"
-        alg = QgsApplication.processingRegistry().algorithmById("alignkit:alignstack")
-        if problem is None and alg is None:
-            problem = "the alignkit:alignstack algorithm is not available (is the Processing provider loaded?)"
-        if problem:
-            self._notify(problem, Qgis.Warning)
-            self.log_message(problem, Qgis.Warning)
-            return None
-        if self.is_running():
-            self._notify("a job is already running; cancel it first", Qgis.Warning)
-            return None
-        model = self.model_combo.currentText()
-        params = {
-            "INPUT": folder,
-            "REFERENCE": self.reference_combo.currentData() or "",
-            "MODEL": model,
-            "CROP": self.crop_check.isChecked(),
-            "OUTPUT_FOLDER": output,
-        }
-        model_param = alg.parameterDefinition("MODEL")
-        if model_param is not None and model_param.type() == "enum" and not model_param.usesStaticStrings():
-            params["MODEL"] = list(model_param.options()).index(model)  # an index-valued enum
-        context = QgsProcessingContext()
-        context.setProject(QgsProject.instance())
-        feedback = _StackFeedback()
-        feedback.relay.text.connect(self.log_message)
-        task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
-        task.executed.connect(lambda ok, results: self._stack_done(task, ok, results))
-        task.progressChanged.connect(self._set_progress)
-        self._stack_run = (task, context, feedback)
-        self._set_busy(True)
-        self.progress.setValue(0)
-        self.log_message(f"registering the images of {folder} -> {output}")
-        QgsApplication.taskManager().addTask(task)
-        return task
-
-    def _stack_done(self, task, ok, results):
-        if self._stack_run is None or self._stack_run[0] is not task:
-            return
-        feedback = self._stack_run[2]
-        self._stack_run = None
-        self._set_busy(False)
-        if feedback.isCanceled():
-            self.log_message("image stack registration cancelled")
-            return
-        if not ok:
-            text = "Image stack registration failed; see the AlignKit log for details"
-            self.log_message(text, Qgis.Critical)
-            self._notify(text, Qgis.Critical)
-            return
-        output = results.get("OUTPUT_FOLDER", self.stack_output_widget.filePath())
-        text = stack_summary(output)
-        self.stack_label.setText(text)
-        rejected = int(results.get("REJECTED") or 0)
-        if rejected:
-            text += " (the reasons are in the AlignKit log)"
-        self.log_message(text, Qgis.Warning if rejected else Qgis.Info)
-        self._notify(text, Qgis.Warning if rejected else Qgis.Success)
 
     # ------------------------------------------------------------------ teardown
     def shutdown(self, timeout_ms=30000):
