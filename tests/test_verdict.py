@@ -9,7 +9,7 @@ from alignkit.core import report
 from alignkit.core.verdict import provenance, quality_verdict, verdict_line
 from alignkit.tests import result_fixture as fx
 
-GOOD = {"images": 18, "registered": 18, "components": 1, "tie_points_per_image_median": 880.0,
+GOOD = {"images": 18, "registered": 18, "components": 1, "tie_points_per_image_median": 958.0,
         "mean_reproj_px": 0.62, "georeferenced": True, "crs": "EPSG:32615", "gps_fit_rmse_m": 0.27,
         "height_above_ground_m": 38.3,
         "camera_models": [{"camera": "FC300S", "focal_prior_px": 2340.4, "focal_px": 2351.0, "focal_source": "exif",
@@ -27,7 +27,7 @@ def test_a_good_block_passes_every_item_with_its_number_and_threshold():
     assert all(v["ok"] for v in verdict) and verdict_line(verdict) == "all 5 quality checks passed"
     items = by_item(verdict)
     assert items["Images registered"]["value"] == "18 of 18" and "95 %" in items["Images registered"]["threshold"]
-    assert items["Matches per image"]["value"] == 880
+    assert items["Matches per image"]["value"] == 958
     assert items["Reprojection error"]["value"] == 0.62 and items["Reprojection error"]["threshold"] == "at most 1 px"
     assert items["Georeferencing"]["value"] == 0.27 and "0.27 m" in items["Georeferencing"]["text"]
     for v in verdict:  # a surveyor's words: no internal names
