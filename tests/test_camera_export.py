@@ -219,3 +219,14 @@ def test_exports_are_beside_the_geopackage(block, tmp_path):
     assert paths["cameras_csv"] == str(tmp_path / "site_alignkit_cameras.csv")
     for key in ("bundle", "colmap"):
         assert "local ENU frame" in open(f"{paths[key]}/georeference.txt").read()
+
+
+def test_a_run_without_gps_exports_in_its_local_frame(block, tmp_path):
+    photos, recon, _, _ = block
+    (tmp_path / "nogps").mkdir()
+    paths = write_camera_exports(tmp_path / "nogps" / "r.gpkg", photos, recon, None, None)
+    text = open(paths["cameras_csv"], encoding="utf-8").read()
+    assert "# CRS: none (local frame, NOT georeferenced)" in text
+    row = next(line for line in text.splitlines() if line.startswith("IMG_1.JPG")).split(",")
+    np.testing.assert_allclose([float(v) for v in row[1:4]], recon.C[1], atol=1e-4)  # the local frame itself
+    assert "Not georeferenced" in open(f"{paths['colmap']}/georeference.txt").read()
