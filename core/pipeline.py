@@ -183,7 +183,7 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
-    summary.update(assess(summary, recon, config))
+    summary.update(assess(summary, recon, config, [p.name for p in usable]))
     _write_summary_and_report(paths, summary)
     report(1.0, f"Done: {summary['registered']}/{summary['images']} photos registered")
     return summary

@@ -9,6 +9,7 @@ run on what, by which version.
 import configparser
 import datetime
 import os
+import re
 
 import numpy as np
 
@@ -158,11 +159,26 @@ def provenance(config, n_photos, now=None):
             "preset": preset_of(config)}
 
 
-def assess(summary, recon, config):
-    """The summary keys this module adds: tie points per photo, provenance, verdict and its one line."""
+def name_photos(lines, names):
+    """Log lines with photo indices replaced by the photos' names ("initial pair 3-11" ->
+    "initial pair DJI_0024 / DJI_0033"): a reader knows the photos, not their order in the run."""
+    def pair(match):
+        i, j = int(match.group(1)), int(match.group(2))
+        if max(i, j) >= len(names):
+            return match.group(0)
+        return f"initial pair {names[i]} / {names[j]}"
+
+    return [re.sub(r"initial pair (\d+)-(\d+)", pair, str(line)) for line in lines]
+
+
+def assess(summary, recon, config, names=None):
+    """The summary keys this module adds: tie points per photo, provenance, verdict and its one line,
+    and (given the photos' `names` in run order) the log with photo names."""
     registered = np.asarray(recon.registered, bool)
     out = {"tie_points_per_image_median": float(np.median(recon.n_obs[registered])) if registered.any() else None,
            "provenance": provenance(config.to_dict(), summary.get("images", 0))}
     verdict = quality_verdict({**summary, **out})
     out.update(verdict=verdict, verdict_summary=verdict_line(verdict))
+    if names is not None and summary.get("log"):
+        out["log"] = name_photos(summary["log"], names)
     return out

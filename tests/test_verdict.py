@@ -85,3 +85,13 @@ def test_a_report_without_summary_says_there_is_no_verdict(tmp_path):
     gpkg = fx.write_result(tmp_path / "r.gpkg", summary=False)
     text = report.write_report(gpkg).read_text(encoding="utf-8")
     assert "no quality verdict" in text
+
+
+def test_the_log_names_photos_not_indices():
+    from alignkit.core.verdict import name_photos
+
+    names = [f"DJI_{k:04d}.JPG" for k in range(40)]
+    lines = name_photos(["component 0: initial pair 24-33 (812 shared tracks, 640 points, 4.1 deg)",
+                         "component 0: 18 images, 5376 points", "initial pair 3-99 (bad index)"], names)
+    assert lines == ["component 0: initial pair DJI_0024.JPG / DJI_0033.JPG (812 shared tracks, 640 points, 4.1 deg)",
+                     "component 0: 18 images, 5376 points", "initial pair 3-99 (bad index)"]
