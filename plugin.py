@@ -15,7 +15,7 @@ MENU = "&AlignKit"
 
 def missing_message(missing):
     """The missing-packages hint as the message bar's rich text: escaped, so `<4.11` stays text."""
-    return escape(install_hint(missing))
+    return escape(install_hint(missing), quote=False)
 
 
 class AlignKitPlugin:

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, cloud, dem, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, dem, export, features, matching, pairs, reconstruction, tracks, workspace
+from .camera_export import write_camera_exports
 from .cancel import check
+from .cloud import clean_cloud
 from .config import AlignConfig
 from .control import read_control
 from .control_report import run_control
 from .executor import make_executor
 from .geo import LocalFrame, utm_crs_for
+from .verdict import assess
 
 log = logging.getLogger("alignkit")
 
@@ -214,7 +217,7 @@ def _run(config, progress, is_canceled):
         raise AlignmentError(f"{config.images}: no photos could be registered (too few verified matches)")
     problems = {i: f"could not read the image: {msg}" for i, msg in store.errors.items()}
     warnings += _photo_warnings(priors, usable, problems, recon)
-    recon, n_stray = cloud.clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
+    recon, n_stray = clean_cloud(recon)  # after the workspace copy: a rerun cleans again, cheaply
 
     # --- ground control: a final adjustment, always from the saved reconstruction (cheap to redo) ---
     control = None
@@ -249,6 +252,7 @@ def _run(config, progress, is_canceled):
         summary["control_focal_freed"] = control["control_focal_freed"]
     if dem_fit:
         summary["reference_dem_fit"] = dem_fit
+    summary["outputs"].update(write_camera_exports(paths["gpkg"], usable, recon, frame, crs))
     summary["pairs_candidate"] = len(candidates)
     summary["stray_points_removed"] = n_stray
     summary["reused"] = reused
@@ -256,6 +260,7 @@ def _run(config, progress, is_canceled):
     timings["export_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     summary.update(timings)
+    summary.update(assess(summary, recon, config, [p.name for p in usable]))
     _write_summary_and_report(paths, summary)
     report(1.0, f"Done: {summary['registered']}/{summary['images']} photos registered")
     return summary

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.path import Path as MplPath
 from osgeo import ogr
 
+from .verdict import quality_verdict, verdict_line
 from .workspace import atomic_output
 
 ogr.UseExceptions()
@@ -148,6 +149,7 @@ def build_report_html(gpkg_path, summary):
         ("Registered", f"{sum(registered)} of {len(cam_rows)}"),
         ("Components", summary.get("components", len(components))),
         ("Sparse points", summary.get("points", len(points["reproj_px"]))),
+        ("Stray points removed (far outside the cameras' depth range)", summary.get("stray_points_removed", "-")),
         ("Verified pairs", summary.get("pairs_verified", len(pair_rows))),
         ("Mean reprojection error (px)", _fmt(summary.get("mean_reproj_px", _mean(reproj)))),
         ("Median reprojection error (px)", _fmt(float(np.median(reproj)) if len(reproj) else None)),
@@ -163,6 +165,8 @@ def build_report_html(gpkg_path, summary):
 
     parts = [_HEAD.format(title=html.escape(f"AlignKit report: {Path(gpkg_path).name}"))]
     parts.append(f"<h1>AlignKit alignment report</h1><p class='muted'>{html.escape(str(gpkg_path))}</p>")
+    parts.append(_verdict_html(summary))
+    parts.append(_provenance_html(summary))
     for warning in summary.get("warnings", []) or []:
         parts.append(f"<p class='warn'>{html.escape(str(warning))}</p>")
     parts.append("<h2>Summary</h2>" + _table(["", ""], counts, header=False))
@@ -202,6 +206,35 @@ def build_report_html(gpkg_path, summary):
         parts.append("<h2>Configuration</h2>" + _table(["setting", "value"], sorted(config.items())))
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _verdict_html(summary):
+    """The first screen: one tick or warning per item, with its number and threshold."""
+    verdict = summary.get("verdict")
+    if verdict is None:
+        if not summary:
+            return "<p class='muted'>No summary JSON beside the GeoPackage: no quality verdict.</p>"
+        verdict = quality_verdict(summary)  # a summary written before the verdict existed
+    rows = []
+    for v in verdict:
+        mark = "<span class='ok'>&#10004;</span>" if v["ok"] else "<span class='bad'>&#9888;</span>"
+        rows.append(f"<tr><td>{mark}</td><td><b>{html.escape(str(v['item']))}</b></td>"
+                    f"<td>{html.escape(str(v['text']))}</td><td>{html.escape(_fmt(v['value']))}</td>"
+                    f"<td>{html.escape(str(v['threshold']))}</td></tr>")
+    line = html.escape(verdict_line(verdict).capitalize())
+    return (f"<h2>Quality verdict</h2><p class='verdict'>{line}.</p><table class='verdict'>"
+            "<tr><th></th><th>item</th><th>what it means</th><th>value</th><th>threshold</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _provenance_html(summary):
+    prov = summary.get("provenance") or {}
+    if not prov:
+        return ""
+    rows = [("Date (UTC)", prov.get("date")), ("AlignKit version", prov.get("alignkit_version")),
+            ("Photo folder", prov.get("images_folder")), ("Photos", prov.get("photos")),
+            ("Quality preset", prov.get("preset"))]
+    return "<h2>Provenance</h2>" + _table(["", ""], rows, header=False)
 
 
 # ---------------------------------------------------------------------------- plots
@@ -378,4 +411,7 @@ figure {{ margin: 0; }}
 figcaption {{ font-size: 0.85em; color: #555; }}
 .muted {{ color: #777; }}
 .warn {{ background: #fff3cd; padding: 0.4em; border: 1px solid #e0c060; }}
+.ok {{ color: #1a7f37; font-size: 1.2em; }}
+.bad {{ color: #b35900; font-size: 1.2em; }}
+p.verdict {{ font-size: 1.1em; font-weight: bold; }}
 </style></head><body>"""

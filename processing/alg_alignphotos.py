@@ -110,12 +110,13 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
     def checkParameterValues(self, parameters, context):  # noqa: N802
         """PRESET by name as well as by index: QGIS's enum parameter takes one or the other."""
         value = parameters.get("PRESET")
-        if value is not None and not isinstance(value, int) and preset_name(value) is None:
-            return False, (f"PRESET: {value!r} is not a quality preset; use one of "
-                           f"{', '.join(self.PRESET_NAMES)} or its index 0-{len(self.PRESET_NAMES) - 1}")
-        if value is not None:
+        if isinstance(value, str):  # a name or an index as text ("balanced", "1"); other kinds: QGIS's check
+            name = preset_name(value)
+            if name is None:
+                return False, (f"PRESET: {value!r} is not a quality preset; use one of "
+                               f"{', '.join(self.PRESET_NAMES)} or its index 0-{len(self.PRESET_NAMES) - 1}")
             parameters = dict(parameters)
-            parameters["PRESET"] = self.PRESET_NAMES.index(preset_name(value)) if preset_name(value) else value
+            parameters["PRESET"] = self.PRESET_NAMES.index(name)
         return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802

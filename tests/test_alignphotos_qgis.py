@@ -18,9 +18,16 @@ def test_alignphotos_writes_the_contract_with_styles_inside(alignkit_provider, t
     feedback = QgsProcessingFeedback()
     focal = load_ground_truth(survey)["camera_model"]["focal_px"]  # a calibrated focal, given by the user
     result = processing.run("alignkit:alignphotos", {"IMAGES": str(survey / "images"), "OUTPUT": str(out),
-                                                     "PRESET": 0, "TARGET_CRS": "EPSG:2056", "FOCAL_PX": focal},
+                                                     "PRESET": "fast", "TARGET_CRS": "EPSG:2056", "FOCAL_PX": focal},
                             feedback=feedback)
     assert result["OUTPUT"] == str(out) and result["REGISTERED"] == 8
+    # the results list every file written beside the GeoPackage
+    stem = str(out)[: -len(".gpkg")]
+    assert (result["REPORT"], result["PLY"], result["CAMERAS_CSV"]) == (
+        f"{stem}_report.html", f"{stem}_sparse.ply", f"{stem}_cameras.csv")
+    assert (result["BUNDLE"], result["COLMAP"]) == (f"{stem}_bundle", f"{stem}_colmap")
+    for path in (result["REPORT"], result["PLY"], result["CAMERAS_CSV"], f"{stem}_colmap/images.txt"):
+        assert (tmp_path / path).exists(), path
     summary = json.loads(open(result["SUMMARY"]).read())
     assert summary["crs"] == "EPSG:2056" and summary["config"]["max_features"] == 4000
     assert summary["config"]["focal_px"] == pytest.approx(focal)

@@ -116,3 +116,55 @@ def test_a_stray_point_injected_into_a_generated_survey_is_removed(aligned):
     stray = stray_points(recon)
     assert stray[n]
     assert stray[:n].sum() <= 0.002 * n  # the genuine points stay
+
+
+@pytest.mark.slow
+def test_camera_exports_of_a_generated_survey_against_the_truth(aligned):
+    """The cameras CSV beside the GeoPackage: positions and omega/phi/kappa against the true cameras
+    (the block sits where its noisy GPS (1 m / 2 m) puts it; rotations within 0.3 deg)."""
+    from pyproj import Transformer
+
+    from alignkit.tests.test_camera_export import _rx, _ry, _rz, read_colmap
+
+    survey, out, summary = aligned
+    gt = load_ground_truth(survey)
+    for key in ("cameras_csv", "bundle", "colmap"):
+        assert summary["outputs"][key] == str(out)[: -len(".gpkg")] + {"cameras_csv": "_cameras.csv"}.get(key, f"_{key}")
+    lines = [line for line in open(summary["outputs"]["cameras_csv"]).read().splitlines() if not line.startswith("#")]
+    rows = {r[0]: np.array(r[1:], float) for r in (line.split(",") for line in lines[1:])}
+    assert len(rows) == summary["registered"] == len(gt["cameras"])
+    frame = LocalFrame(**gt["origin"])
+    to_crs = Transformer.from_crs("EPSG:4326", summary["crs"], always_xy=True)
+    offsets = []
+    for k, cam in enumerate(gt["cameras"]):
+        e, n, h, omega, phi, kappa, _ = rows[cam["image"]]
+        true = frame.to_crs(gt["C"][k][None], summary["crs"])[0]
+        assert np.linalg.norm([e - true[0], n - true[1]]) < 3.0 and abs(h - true[2]) < 5.0
+        # the true camera axes (x right, y up, z back) in the grid: 10 m steps through pyproj
+        axes = []
+        for enu_axis in (gt["R"][k][0], -gt["R"][k][1], -gt["R"][k][2]):
+            la, lo, hh = frame.to_geodetic(np.array([gt["C"][k], gt["C"][k] + 10.0 * enu_axis]))
+            x, y = to_crs.transform(lo, la)
+            axes.append(np.array([x[1] - x[0], y[1] - y[0], hh[1] - hh[0]]))
+        u, _, vt = np.linalg.svd(np.column_stack(axes))
+        offsets.append((_rx(omega) @ _ry(phi) @ _rz(kappa)) @ (u @ vt).T)  # estimated vs true, in the grid
+    angle = [np.degrees(np.arccos(np.clip((np.trace(o) - 1) / 2, -1, 1))) for o in offsets]
+    assert max(angle) < 1.0  # the block's tilt from 12 noisy GPS positions
+    u, _, vt = np.linalg.svd(np.sum(offsets, axis=0))
+    common = u @ vt
+    relative = [np.degrees(np.arccos(np.clip((np.trace(common.T @ o) - 1) / 2, -1, 1))) for o in offsets]
+    assert max(relative) < 0.1, relative  # each camera's omega/phi/kappa, the block's tilt aside
+    _, images, points = read_colmap(out.parent / "result_colmap")
+    assert len(images) == summary["registered"] and len(points) == summary["points"]
+
+
+@pytest.mark.slow
+def test_the_summary_carries_the_verdict_and_provenance(aligned):
+    survey, out, summary = aligned
+    # a generated block with exact EXIF and 1 m / 2 m GPS noise: every item passes
+    assert [v["item"] for v in summary["verdict"]] == ["Images registered", "Matches per image", "Reprojection error",
+                                                       "Camera optimisation", "Georeferencing"]
+    assert all(v["ok"] for v in summary["verdict"]), summary["verdict"]
+    assert summary["verdict_summary"] == "all 5 quality checks passed"
+    prov = summary["provenance"]
+    assert prov["photos"] == 12 and prov["images_folder"] == str(survey / "images") and prov["preset"] == "custom"

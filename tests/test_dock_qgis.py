@@ -157,8 +157,9 @@ def test_reproject_geopackage_to_the_project_crs(tmp_path):
 # ----------------------------------------------------------------------------- dock state
 def test_default_output_is_never_inside_the_image_folder(tmp_path):
     photos = tmp_path / "survey" / "photos"
-    assert default_output_for(photos) == str(tmp_path / "survey" / "photos_alignkit.gpkg")
-    assert default_output_for(photos, str(tmp_path / "project")) == str(tmp_path / "project" / "photos_alignkit.gpkg")
+    # named after the survey (the parent of a folder called photos), not "photos"
+    assert default_output_for(photos) == str(tmp_path / "survey" / "survey_alignkit.gpkg")
+    assert default_output_for(photos, str(tmp_path / "project")) == str(tmp_path / "project" / "survey_alignkit.gpkg")
     # A project saved inside the image folder must not pull the output in there.
     assert not is_inside(default_output_for(photos, str(photos / "sub")), photos)
 
@@ -167,7 +168,7 @@ def test_dock_remembers_the_folder_and_maps_presets(dock, qgis_iface, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     dock.set_folder(photos)
-    assert dock.output_path() == str(tmp_path / "photos_alignkit.gpkg")
+    assert dock.output_path() == str(tmp_path / f"{tmp_path.name}_alignkit.gpkg")  # the survey: photos' parent
     assert QgsSettings().value("alignkit/last_folder") == str(photos)
     again = AlignKitDock(qgis_iface)
     try:
@@ -253,7 +254,7 @@ def test_preview_reports_the_photos_and_loads_the_priors(dock, survey, tmp_path,
     assert f"focal {focal_true:.0f} px" in dock.preview_label.text()
     # lon 6.6 E is UTM zone 32; the new project's CRS is geographic, so the photos' zone is proposed.
     assert info["suggested_crs"] == "EPSG:32632" and dock.target_crs() == "EPSG:32632"
-    group = QgsProject.instance().layerTreeRoot().findGroup("images priors")
+    group = QgsProject.instance().layerTreeRoot().findGroup(f"{images.parent.name} priors")
     layers = {n.name(): n.layer() for n in group.findLayers()}
     assert layers["cameras"].featureCount() == 6 and layers["footprints"].featureCount() == 6
     assert layers["cameras"].crs().authid() == "EPSG:32632"
@@ -287,7 +288,7 @@ def test_align_loads_the_four_styled_layers_in_the_target_crs(dock, survey, tmp_
     _start_alignment(dock, images, tmp_path / "survey_alignkit.gpkg")
     assert wait_for(lambda: not dock.is_running(), 600)
     assert qgis_iface.messageBar().get_messages(2) == [], dock.log.toPlainText()
-    group = QgsProject.instance().layerTreeRoot().findGroup("images")
+    group = QgsProject.instance().layerTreeRoot().findGroup(images.parent.name)
     assert group is not None, dock.log.toPlainText()
     layers = {n.name(): n.layer() for n in group.findLayers()}
     assert set(layers) == {"cameras", "footprints", "sparse_points", "pairs"}
@@ -332,7 +333,7 @@ def test_cancel_mid_run_loads_nothing_and_keeps_the_workspace(dock, survey, tmp_
     else:
         QgsApplication.taskManager().cancelAll()
     assert wait_for(lambda: not dock.is_running(), 300)
-    assert QgsProject.instance().layerTreeRoot().findGroup("images") is None
+    assert QgsProject.instance().layerTreeRoot().findGroup(images.parent.name) is None
     assert QgsProject.instance().mapLayers() == {}
     assert not output.exists()
     assert (tmp_path / "survey_alignkit_workspace").is_dir()  # kept for a resume
@@ -428,7 +429,7 @@ def test_align_can_write_a_copy_in_the_project_crs(dock, survey, tmp_path, qgis_
     assert copy.exists() and dock.last_result["gpkg"] == str(copy)
     original = QgsVectorLayer(f"{tmp_path / 'survey_alignkit.gpkg'}|layername=cameras", "c", "ogr")
     assert original.crs().authid() == "EPSG:32632"
-    group = QgsProject.instance().layerTreeRoot().findGroup("images")
+    group = QgsProject.instance().layerTreeRoot().findGroup(images.parent.name)
     layers = {n.name(): n.layer() for n in group.findLayers()}
     assert all(layer.crs().authid() == "EPSG:3857" for layer in layers.values())
     assert all(layer.source().startswith(str(copy)) for layer in layers.values())

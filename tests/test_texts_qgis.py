@@ -87,3 +87,40 @@ def test_the_dock_defaults_to_the_same_preset(qgis_iface):
     finally:
         dock.shutdown()
         dock.deleteLater()
+
+
+def test_dock_messages_are_escaped_and_the_result_is_the_verdict_line(qgis_iface):
+    from alignkit.ui.dock import AlignKitDock, result_message
+
+    dock = AlignKitDock(qgis_iface)
+    try:
+        text = "install opencv-python-headless<4.11 and read <name>_summary.json"
+        dock._notify(text, Qgis.Warning)
+        [shown] = qgis_iface.messageBar().get_messages(Qgis.Warning)[-1:]
+        assert rendered(shown).endswith(text) and "<4.11" not in shown  # escaped, renders whole
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
+    verdict = [{"item": "Images registered", "ok": True}, {"item": "Camera optimisation", "ok": False}]
+    line = result_message({"verdict": verdict, "registered": 18, "images": 18, "points": 5376,
+                           "mean_reproj_px": 0.676}, 74.8)
+    assert line == ("1 of 2 quality checks need attention: camera optimisation: 18 of 18 photos registered, "
+                    "5376 points, 0.68 px mean reprojection error, in 75 s")
+
+
+def test_result_layers_show_field_aliases_with_units(tmp_path, qgis_new_project):
+    from alignkit.tests import result_fixture as fx
+    from alignkit.ui import layers as layer_loader
+
+    gpkg = fx.write_result(tmp_path / "site_alignkit.gpkg")
+    layers = layer_loader.styled_layers(gpkg, layer_loader.RESULT_STYLES, str(tmp_path), store_styles=False)
+
+    def alias(layer, field):
+        return layer.attributeAlias(layer.fields().indexOf(field))
+
+    assert alias(layers["cameras"], "gps_dx") == "GPS offset east (m, adjusted minus EXIF)"
+    assert alias(layers["cameras"], "pitch") == "Pitch (deg, -90 = nadir)"
+    assert alias(layers["sparse_points"], "reproj_px") == "Reprojection error (px)"
+    assert alias(layers["footprints"], "ground_z").startswith("Ground height (m")
+    assert alias(layers["pairs"], "inliers") == "Verified matches"
+    assert layers["cameras"].renderer().type() == "RuleRenderer"  # the symbology still applies

@@ -169,6 +169,8 @@ def _run_demo(job):
     from qgis.core import QgsCoordinateTransform, QgsProject
     from qgis.PyQt.QtWidgets import QDockWidget
 
+    from alignkit.ui.naming import survey_name
+
     iface = qgis.utils.iface
     window = iface.mainWindow()
     window.showNormal()
@@ -197,7 +199,7 @@ def _run_demo(job):
         raise RuntimeError("preview did not finish")
     if dock.last_preview is None:
         raise RuntimeError("preview failed: " + dock.log.toPlainText())
-    _zoom_to_group(iface, f"{os.path.basename(job['images'])} priors", QgsProject, QgsCoordinateTransform)
+    _zoom_to_group(iface, f"{survey_name(job['images'])} priors", QgsProject, QgsCoordinateTransform)
     shots.append(_grab(window, iface, Path(job["shots"]) / "alignkit_preview.png"))
 
     dock.align()
@@ -207,7 +209,7 @@ def _run_demo(job):
     if dock.last_result is None:
         raise RuntimeError("alignment failed: " + dock.log.toPlainText())
     root = QgsProject.instance().layerTreeRoot()
-    priors = root.findGroup(f"{os.path.basename(job['images'])} priors")
+    priors = root.findGroup(f"{survey_name(job['images'])} priors")
     if priors is not None:
         priors.setItemVisibilityChecked(False)  # the result is the subject of this picture
         priors.setExpanded(False)
@@ -218,9 +220,9 @@ def _run_demo(job):
     for item in list(bar.items()):  # QGIS's own "Task complete" note hides AlignKit's report link
         if "Task complete" in (item.title() or ""):
             bar.popWidget(item)
-    _zoom_to_group(iface, os.path.basename(job["images"]), QgsProject, QgsCoordinateTransform)
+    _zoom_to_group(iface, survey_name(job["images"]), QgsProject, QgsCoordinateTransform)
     shots.append(_grab(window, iface, Path(job["shots"]) / "alignkit_alignment.png"))
-    tip = _show_camera_map_tip(iface, result_group=root.findGroup(os.path.basename(job["images"])))
+    tip = _show_camera_map_tip(iface, result_group=root.findGroup(survey_name(job["images"])))
     shots.append(_grab(window, iface, Path(job["shots"]) / "alignkit_photo_maptip.png"))
     tip.clear(iface.mapCanvas())
     return shots

@@ -5,18 +5,15 @@ with QGIS's task manager, so the status-bar progress, the task manager's cancel 
 dock's Cancel button all act on the same task. Layers are only loaded from finished(), in the
 main thread, and only for a complete run.
 """
+import html
 import os
 import time
-from pathlib import Path
 
 from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsMessageLog,
-    QgsProcessingAlgRunnerTask,
-    QgsProcessingContext,
-    QgsProcessingFeedback,
     QgsProject,
     QgsSettings,
 )
@@ -27,7 +24,7 @@ from qgis.gui import (
     QgsLayerTreeView,
     QgsProjectionSelectionWidget,
 )
-from qgis.PyQt.QtCore import QObject, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -47,55 +44,39 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
 from . import layers as layer_loader
+from .jobs import align_photos, preview_photos, stack_summary
+from .naming import default_output_for, is_inside, load_result_group, survey_name
+from .stack_tab import StackTab
 from .task import CoreTask
+
+__all__ = ["AlignKitDock", "align_photos", "default_output_for", "is_inside", "preview_photos", "stack_summary",
+           "survey_name"]
 
 SETTINGS_PREFIX = "alignkit/"
 LOG_TAG = "AlignKit"
-STACK_MODELS = ("homography", "affine", "similarity", "euclidean", "translation")
 LOG_INTERVAL_S = 1.0  # per-image progress messages would flood the short log
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
-def is_inside(path, folder):
-    """True when `path` is `folder` itself or lies below it (symlinks resolved)."""
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-        return True
-    except ValueError:
-        return False
+def result_message(summary, seconds):
+    """The dock's one-line result: the verdict's summary, then the counts."""
+    from ..core.verdict import verdict_line
+
+    verdict = summary.get("verdict")
+    head = verdict_line(verdict).capitalize() + ": " if verdict else ""
+    return (f"{head}{summary.get('registered', '?')} of {summary.get('images', '?')} photos registered, "
+            f"{summary.get('points', '?')} points, {summary.get('mean_reproj_px', float('nan')):.2f} px mean "
+            f"reprojection error, in {seconds:.0f} s")
 
 
-def default_output_for(folder, project_home=""):
-    """`<folder name>_alignkit.gpkg` in the project home, else beside (not inside) the image folder."""
-    folder = Path(folder)
-    base = Path(project_home) if project_home and not is_inside(project_home, folder) else folder.parent
-    return str(base / f"{folder.name}_alignkit.gpkg")
+def _folder_key(folder):
+    """Settings key of a photo folder's last output (QSettings keys cannot hold a path)."""
+    import hashlib
+
+    path = os.path.normcase(os.path.abspath(str(folder)))
+    return SETTINGS_PREFIX + "outputs/" + hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
 
 
-class _StackFeedback(QgsProcessingFeedback):
-    """Processing feedback that forwards the algorithm's messages to the dock's log (queued)."""
-
-    class _Relay(QObject):
-        text = pyqtSignal(str)
-
-    def __init__(self):
-        super().__init__()
-        self.relay = self._Relay()
-
-    def pushInfo(self, info):  # noqa: N802
-        super().pushInfo(info)
-        self.relay.text.emit(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        super().pushWarning(warning)  # e.g. a rejected frame and why
-        self.relay.text.emit(f"warning: {warning}")
-
-    def reportError(self, error, fatalError=False):  # noqa: N802, N803
-        super().reportError(error, fatalError)
-        self.relay.text.emit(f"error: {error}")
-
-
-class AlignKitDock(QgsDockWidget):
+class AlignKitDock(StackTab, QgsDockWidget):
     def __init__(self, iface, parent=None):
         parent = parent if parent is not None else (iface.mainWindow() if iface is not None else None)
         super().__init__("AlignKit", parent)
@@ -223,6 +204,7 @@ class AlignKitDock(QgsDockWidget):
 
         self.preview_label = QLabel("Choose a folder of geotagged photos, then Preview or Align.")
         self.preview_label.setWordWrap(True)
+        self.preview_label.setTextFormat(Qt.PlainText)  # photo names and problems are not rich text
 
         layout = QVBoxLayout(tab)
         layout.addLayout(form)
@@ -231,45 +213,6 @@ class AlignKitDock(QgsDockWidget):
         layout.addWidget(self.preview_label)
         layout.addStretch(1)
         self._update_export_option()
-        return tab
-
-    def _build_stack_tab(self):
-        tab = QWidget()
-        form = QFormLayout()
-        self.stack_folder_widget = QgsFileWidget()
-        self.stack_folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.stack_folder_widget.setDialogTitle("Folder of images to register")
-        self.stack_folder_widget.fileChanged.connect(self._stack_folder_changed)
-        form.addRow("Images", self.stack_folder_widget)
-        self.reference_combo = QComboBox()
-        form.addRow("Reference", self.reference_combo)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems(list(STACK_MODELS))
-        form.addRow("Model", self.model_combo)
-        self.crop_check = QCheckBox("Crop to the area common to all images")
-        self.crop_check.setChecked(True)
-        form.addRow("", self.crop_check)
-        self.fuse_combo = QComboBox()  # FUSE of alignkit:alignstack: also fuse the aligned frames into one image
-        self.fuse_combo.addItems(["none", "focus", "exposure"])
-        form.addRow("Fuse", self.fuse_combo)
-        self.stack_output_widget = QgsFileWidget()
-        self.stack_output_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.stack_output_widget.setDialogTitle("Output folder for the aligned images")
-        form.addRow("Output folder", self.stack_output_widget)
-        buttons = QHBoxLayout()
-        self.stack_run_button = QPushButton("Align stack")
-        self.stack_run_button.clicked.connect(self.align_stack)
-        self.stack_cancel_button = QPushButton("Cancel")
-        self.stack_cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.stack_run_button)
-        buttons.addWidget(self.stack_cancel_button)
-        self.stack_label = QLabel("Registers every image of a folder onto a reference image.")
-        self.stack_label.setWordWrap(True)
-        layout = QVBoxLayout(tab)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.stack_label)
-        layout.addStretch(1)
         return tab
 
     @staticmethod
@@ -309,7 +252,13 @@ class AlignKitDock(QgsDockWidget):
         if not path or not os.path.isdir(path):
             return
         self.settings.setValue(SETTINGS_PREFIX + "last_folder", path)
-        if not self._output_edited or is_inside(self.output_path() or path, path):
+        remembered = self.settings.value(_folder_key(path), "", type=str)  # this folder's last output
+        if remembered and not is_inside(remembered, path):
+            self.output_widget.blockSignals(True)
+            self.output_widget.setFilePath(remembered)
+            self.output_widget.blockSignals(False)
+            self._output_edited = False
+        elif not self._output_edited or is_inside(self.output_path() or path, path):
             self.output_widget.blockSignals(True)
             self.output_widget.setFilePath(default_output_for(path, QgsProject.instance().homePath()))
             self.output_widget.blockSignals(False)
@@ -405,9 +354,11 @@ class AlignKitDock(QgsDockWidget):
         return self.iface.messageBar() if self.iface is not None else None
 
     def _notify(self, text, level, details=None):
+        """A message-bar item. The bar shows rich text: the text is escaped (`<4.11`, `<name>` stay)."""
         bar = self._bar()
         if bar is None:
             return
+        text = html.escape(text, quote=False)
         if details:
             bar.pushMessage(LOG_TAG, text, details, level, 0)
         else:
@@ -418,7 +369,7 @@ class AlignKitDock(QgsDockWidget):
         bar = self._bar()
         if bar is None:
             return
-        item = bar.createMessage(LOG_TAG, text)
+        item = bar.createMessage(LOG_TAG, html.escape(text, quote=False))
         button = QPushButton(link_text, item)
         url = QUrl.fromLocalFile(str(path))
         button.clicked.connect(lambda _checked=False: QDesktopServices.openUrl(url))
@@ -491,7 +442,7 @@ class AlignKitDock(QgsDockWidget):
         def work(progress, is_canceled):
             return preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled)
 
-        task = CoreTask(f"AlignKit: preview {os.path.basename(folder)}", work, self._preview_done)
+        task = CoreTask(f"AlignKit: preview {survey_name(folder)}", work, self._preview_done)
         self.log_message(f"reading the photos of {folder}")
         return task if self._start(task) else None
 
@@ -512,9 +463,8 @@ class AlignKitDock(QgsDockWidget):
         self._update_default_crs(info.get("suggested_crs", ""))
         if info.get("gpkg"):
             try:
-                group, _ = layer_loader.load_geopackage(
-                    info["gpkg"], f"{info['folder_name']} priors", layer_loader.PRIORS_STYLES, info["folder"]
-                )
+                group, _ = load_result_group(info["gpkg"], info["gpkg"], f"{survey_name(info['folder'])} priors",
+                                             layer_loader.PRIORS_STYLES, info["folder"])
                 self._show_group(group)
             except (ValueError, RuntimeError) as exc:
                 self.log_message(f"priors layers not loaded: {exc}", Qgis.Warning)
@@ -546,8 +496,8 @@ class AlignKitDock(QgsDockWidget):
         def work(progress, is_canceled):
             return align_photos(config, export_crs, progress, is_canceled)
 
-        name = os.path.basename(os.path.normpath(config.images))
-        task = CoreTask(f"AlignKit: align {name}", work, self._align_done)
+        self.settings.setValue(_folder_key(config.images), config.output)
+        task = CoreTask(f"AlignKit: align {survey_name(config.images)}", work, self._align_done)
         task.config = config
         self.log_message(f"aligning {config.images} -> {config.output}")
         return task if self._start(task) else None
@@ -566,11 +516,9 @@ class AlignKitDock(QgsDockWidget):
             self._report_error(task, "Alignment")
             return
         result = task.result
-        group_name = os.path.basename(os.path.normpath(config.images))
         try:
-            group, _ = layer_loader.load_geopackage(
-                result["gpkg"], group_name, layer_loader.RESULT_STYLES, config.images
-            )
+            group, _ = load_result_group(result["gpkg"], result["output"], survey_name(config.images),
+                                         layer_loader.RESULT_STYLES, config.images)
         except (ValueError, RuntimeError) as exc:
             text = f"Alignment finished but its layers could not be loaded: {exc}"
             self.log_message(text, Qgis.Critical)
@@ -579,16 +527,16 @@ class AlignKitDock(QgsDockWidget):
         self._show_group(group)
         summary = result.get("summary") or {}
         self.last_result = result
-        text = (
-            f"{summary.get('registered', '?')} of {summary.get('images', '?')} photos registered, "
-            f"{summary.get('points', '?')} points, {summary.get('mean_reproj_px', float('nan')):.2f} px mean "
-            f"reprojection error, in {task.seconds:.0f} s"
-        )
+        text = result_message(summary, task.seconds)
         self.log_message(text)
+        verdict = summary.get("verdict") or []
+        for item in verdict:  # the report's first screen, in the short log too
+            self.log_message(f"{'ok' if item['ok'] else 'WARNING'}: {item['item']}: {item['text']}",
+                             Qgis.Info if item["ok"] else Qgis.Warning)
         warnings = summary.get("warnings") or []
         for warning in warnings:  # e.g. not georeferenced, focal held at EXIF: the user must see them
             self.log_message(warning, Qgis.Warning)
-        level = Qgis.Warning if warnings else Qgis.Success
+        level = Qgis.Warning if warnings or not all(item["ok"] for item in verdict) else Qgis.Success
         if warnings:
             text += f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''}, see the AlignKit log)"
         self.progress.setValue(100)
@@ -607,88 +555,6 @@ class AlignKitDock(QgsDockWidget):
                                     image_folder=None if done else (self.folder() or None))
         self.gcp_dialog.show()
         return self.gcp_dialog
-
-    # --- image stack ---
-    def _stack_folder_changed(self, path):
-        self.reference_combo.clear()
-        if not path or not os.path.isdir(path):
-            return
-        names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
-        self.reference_combo.addItem("(middle image)", "")
-        for n in names:
-            self.reference_combo.addItem(n, n)
-        if not self.stack_output_widget.filePath():
-            folder = Path(path)
-            self.stack_output_widget.setFilePath(str(folder.parent / f"{folder.name}_aligned"))
-
-    def align_stack(self):
-        folder = self.stack_folder_widget.filePath().strip()
-        output = self.stack_output_widget.filePath().strip()
-        problem = None
-        if not folder or not os.path.isdir(folder):
-            problem = f"{folder or 'no folder'}: choose an existing folder of images"
-        elif not output:
-            problem = "choose an output folder"
-        elif is_inside(output, folder):
-            problem = f"{output}: the output folder must not be inside the input folder"
-        alg = QgsApplication.processingRegistry().algorithmById("alignkit:alignstack")
-        if problem is None and alg is None:
-            problem = "the alignkit:alignstack algorithm is not available (is the Processing provider loaded?)"
-        if problem:
-            self._notify(problem, Qgis.Warning)
-            self.log_message(problem, Qgis.Warning)
-            return None
-        if self.is_running():
-            self._notify("a job is already running; cancel it first", Qgis.Warning)
-            return None
-        model = self.model_combo.currentText()
-        params = {
-            "INPUT": folder,
-            "REFERENCE": self.reference_combo.currentData() or "",
-            "MODEL": model,
-            "CROP": self.crop_check.isChecked(),
-            "FUSE": self.fuse_combo.currentText(),
-            "OUTPUT_FOLDER": output,
-        }
-        model_param = alg.parameterDefinition("MODEL")
-        if model_param is not None and model_param.type() == "enum" and not model_param.usesStaticStrings():
-            params["MODEL"] = list(model_param.options()).index(model)  # an index-valued enum
-        context = QgsProcessingContext()
-        context.setProject(QgsProject.instance())
-        feedback = _StackFeedback()
-        feedback.relay.text.connect(self.log_message)
-        task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
-        task.executed.connect(lambda ok, results: self._stack_done(task, ok, results))
-        task.progressChanged.connect(self._set_progress)
-        self._stack_run = (task, context, feedback)
-        self._set_busy(True)
-        self.progress.setValue(0)
-        self.log_message(f"registering the images of {folder} -> {output}")
-        QgsApplication.taskManager().addTask(task)
-        return task
-
-    def _stack_done(self, task, ok, results):
-        if self._stack_run is None or self._stack_run[0] is not task:
-            return
-        feedback = self._stack_run[2]
-        self._stack_run = None
-        self._set_busy(False)
-        if feedback.isCanceled():
-            self.log_message("image stack registration cancelled")
-            return
-        if not ok:
-            text = "Image stack registration failed; see the AlignKit log for details"
-            self.log_message(text, Qgis.Critical)
-            self._notify(text, Qgis.Critical)
-            return
-        output = results.get("OUTPUT_FOLDER", self.stack_output_widget.filePath())
-        text = stack_summary(output)
-        self.stack_label.setText(text)
-        rejected = int(results.get("REJECTED") or 0)
-        if rejected:
-            text += " (the reasons are in the AlignKit log)"
-        self.log_message(text, Qgis.Warning if rejected else Qgis.Info)
-        self._notify(text, Qgis.Warning if rejected else Qgis.Success)
 
     # ------------------------------------------------------------------ teardown
     def shutdown(self, timeout_ms=30000):
@@ -716,93 +582,3 @@ class AlignKitDock(QgsDockWidget):
             QgsProject.instance().crsChanged.disconnect(self._update_export_option)
         except TypeError:
             pass  # already disconnected
-
-
-# ---------------------------------------------------------------------- background work
-# These run in the task's worker thread: core calls and file writing only.
-
-
-def preview_photos(folder, priors_gpkg, target_crs, progress, is_canceled):
-    """Camera priors of a folder: counts, camera model, suggested CRS and the priors GeoPackage."""
-    from ..core import camera
-    from ..core import priors as priors_core
-    from ..core.cancel import check
-    from ..core.gpkg import write_geopackage
-
-    progress(0.0, "reading EXIF/XMP")
-    priors = camera.read_priors(folder, progress=lambda f, m="": progress(0.9 * f), is_canceled=is_canceled)
-    check(is_canceled)
-    with_gps = [p for p in priors if p.lat is not None and p.lon is not None]
-    unusable = [p for p in priors if p.status == "unusable"]
-    models = {}
-    for p in priors:
-        if p.status != "unusable":
-            models.setdefault(f"{p.make or '?'} {p.model or '?'} {p.width}x{p.height}", p)
-    cameras = "; ".join(
-        f"{key}, focal {p.focal_px:.0f} px ({p.focal_source})" if p.focal_px else key for key, p in models.items()
-    )
-    suggested = priors_core.default_crs(priors) if with_gps else ""
-    text = (
-        f"{len(priors)} photos, {len(with_gps)} with GPS, {len(unusable)} unusable. "
-        f"Camera: {cameras or 'unknown'}"
-    )
-    gpkg = ""
-    if with_gps:
-        progress(0.9, "writing predicted cameras and footprints")
-        crs = target_crs or suggested
-        write_geopackage(priors_gpkg, crs, priors_core.prior_layers(priors, crs))
-        gpkg = priors_gpkg
-    # After prior_layers: it adds footprint problems to the priors.
-    by_problem = {}
-    for p in priors:
-        for problem in p.problems:
-            by_problem.setdefault(problem, []).append(p.name)
-    problems = [
-        f"{names[0] if len(names) == 1 else f'{len(names)} photos ({names[0]} ...)'}: {problem}"
-        for problem, names in by_problem.items()
-    ]
-    progress(1.0, "preview done")
-    return {
-        "folder": folder,
-        "folder_name": os.path.basename(os.path.normpath(folder)),
-        "images": len(priors),
-        "with_gps": len(with_gps),
-        "unusable": len(unusable),
-        "cameras": list(models),
-        "suggested_crs": suggested,
-        "text": text,
-        "problems": problems,
-        "gpkg": gpkg,
-    }
-
-
-def align_photos(config, export_crs, progress, is_canceled):
-    """The pipeline (which also writes the HTML report), then optionally a copy in the project CRS."""
-    from ..core import pipeline
-
-    summary = pipeline.run(config, progress, is_canceled)
-    report_path = summary["outputs"].get("report", "")
-    gpkg = config.output
-    if export_crs and export_crs != (summary or {}).get("crs"):
-        stem = os.path.splitext(config.output)[0]
-        gpkg = layer_loader.reproject_geopackage(
-            config.output, f"{stem}_{export_crs.replace(':', '')}.gpkg", export_crs, list(layer_loader.RESULT_STYLES)
-        )
-    return {"gpkg": gpkg, "summary": summary, "report": report_path, "output": config.output}
-
-
-def stack_summary(output_folder):
-    """One line from transforms.json: how many images were aligned or rejected."""
-    import json
-
-    path = os.path.join(output_folder, "transforms.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return f"Image stack written to {output_folder}"
-    statuses = [img.get("status") for img in data.get("images", [])]
-    return (
-        f"{statuses.count('aligned')} images aligned to {data.get('reference')} ({data.get('model')}), "
-        f"{statuses.count('rejected')} rejected; written to {output_folder}"
-    )

@@ -1,5 +1,5 @@
 <!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis simplifyDrawingTol="1" styleCategories="Symbology|Rendering" simplifyDrawingHints="1" version="3.22.16-Białowieża" symbologyReferenceScale="-1" hasScaleBasedVisibilityFlag="0" simplifyLocal="1" simplifyAlgorithm="0" simplifyMaxScale="1" maxScale="0" minScale="100000000">
+<qgis simplifyDrawingTol="1" styleCategories="Symbology|Rendering|Fields" simplifyDrawingHints="1" version="3.22.16-Białowieża" symbologyReferenceScale="-1" hasScaleBasedVisibilityFlag="0" simplifyLocal="1" simplifyAlgorithm="0" simplifyMaxScale="1" maxScale="0" minScale="100000000">
   <renderer-v2 type="RuleRenderer" referencescale="-1" symbollevels="0" forceraster="0" enableorderby="0">
     <rules key="{c96355a8-3585-4549-b18f-f9f242a5e273}">
       <rule key="{bcd8797c-f103-4847-b063-a4a3c316723a}" label="RMSE &lt; 0.5 px" symbol="0" filter="&quot;registered&quot; AND &quot;reproj_rmse_px&quot; &lt; 0.5"/>
@@ -378,4 +378,24 @@
   <featureBlendMode>0</featureBlendMode>
   <layerOpacity>1</layerOpacity>
   <layerGeometryType>0</layerGeometryType>
+  <aliases>
+    <alias field="image" name="Photo"/>
+    <alias field="registered" name="Registered"/>
+    <alias field="status" name="Status"/>
+    <alias field="problem" name="Problem"/>
+    <alias field="yaw" name="Yaw (deg, clockwise from north; DJI gimbal convention)"/>
+    <alias field="pitch" name="Pitch (deg, -90 = nadir)"/>
+    <alias field="roll" name="Roll (deg, right side down positive)"/>
+    <alias field="focal_px" name="Focal length (px)"/>
+    <alias field="k1" name="Radial distortion k1"/>
+    <alias field="k2" name="Radial distortion k2"/>
+    <alias field="n_observations" name="Tie points seen"/>
+    <alias field="reproj_rmse_px" name="Reprojection RMSE (px)"/>
+    <alias field="gps_dx" name="GPS offset east (m, adjusted minus EXIF)"/>
+    <alias field="gps_dy" name="GPS offset north (m, adjusted minus EXIF)"/>
+    <alias field="gps_dz" name="GPS offset up (m, adjusted minus EXIF)"/>
+    <alias field="component" name="Block (component; -1 = not placed)"/>
+    <alias field="capture_time" name="Capture time"/>
+    <alias field="path" name="Photo file"/>
+  </aliases>
 </qgis>

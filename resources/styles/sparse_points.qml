@@ -1,5 +1,5 @@
 <!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis simplifyDrawingHints="1" styleCategories="Symbology|Rendering" minScale="100000000" hasScaleBasedVisibilityFlag="0" simplifyDrawingTol="1" simplifyLocal="1" symbologyReferenceScale="-1" simplifyMaxScale="1" maxScale="0" version="3.22.16-Białowieża" simplifyAlgorithm="0">
+<qgis simplifyDrawingHints="1" styleCategories="Symbology|Rendering|Fields" minScale="100000000" hasScaleBasedVisibilityFlag="0" simplifyDrawingTol="1" simplifyLocal="1" symbologyReferenceScale="-1" simplifyMaxScale="1" maxScale="0" version="3.22.16-Białowieża" simplifyAlgorithm="0">
   <renderer-v2 forceraster="0" type="singleSymbol" symbollevels="0" enableorderby="0" referencescale="-1">
     <symbols>
       <symbol clip_to_extent="1" type="marker" alpha="1" name="0" force_rhr="0">
@@ -74,4 +74,12 @@
   <featureBlendMode>0</featureBlendMode>
   <layerOpacity>1</layerOpacity>
   <layerGeometryType>0</layerGeometryType>
+  <aliases>
+    <alias field="point_id" name="Point"/>
+    <alias field="track_length" name="Photos seeing it"/>
+    <alias field="reproj_px" name="Reprojection error (px)"/>
+    <alias field="red" name="Red (0-255)"/>
+    <alias field="green" name="Green (0-255)"/>
+    <alias field="blue" name="Blue (0-255)"/>
+  </aliases>
 </qgis>
