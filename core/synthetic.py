@@ -58,6 +58,9 @@ class SurveySpec:
     position_jitter_m: float = 0.3  # std of the deviation from the planned waypoints (wind), per axis
     gps_noise_h_m: float = 0.0  # std of the Gaussian noise added to the EXIF GPS, east and north
     gps_noise_v_m: float = 0.0  # std of the Gaussian noise added to the EXIF GPS altitude
+    gps_drift_v_m: float = 0.0  # GPS altitude drift, linear in capture time: last photo's fix minus first's (m)
+    attitude_records: bool = True  # XMP gimbal / flight attitude written (False: a camera that records none)
+    attitude_noise_deg: float = 0.0  # std of the noise on the recorded gimbal yaw, pitch and roll (degrees)
     image_noise: float = 1.5  # std of the additive sensor noise, in 8-bit grey levels
     jpeg_quality: int = 92  # like a drone camera's "fine" JPEG
     texel_per_pixel: float = 1.4  # texture texels per image pixel at take-off height: texture a bit sharper
@@ -255,6 +258,7 @@ def _plan(spec):
     right = np.array([math.cos(yaw), -math.sin(yaw)])
     rng_pose = np.random.default_rng([spec.seed, 1])
     rng_gps = np.random.default_rng([spec.seed, 2])
+    n_images = spec.rows * spec.cols
     cams = []
     for line in range(spec.rows):
         across = (line - (spec.rows - 1) / 2.0) * step_across
@@ -273,8 +277,11 @@ def _plan(spec):
                     rng_gps.normal(0.0, spec.gps_noise_v_m),
                 ]
             )
+            drift = spec.gps_drift_v_m * len(cams) / max(n_images - 1, 1)  # photos 1 s apart, in this order
+            gps[2] += drift
             cams.append(
-                {"K": K, "R": np.ascontiguousarray(R), "C": C, "gps": gps, "heading": heading % 360.0}
+                {"K": K, "R": np.ascontiguousarray(R), "C": C, "gps": gps, "heading": heading % 360.0,
+                 "gps_drift": drift}
             )
     # Texture/terrain extent: every image corner ray down to the lowest ground possible, plus margin.
     corners = np.array(
@@ -526,13 +533,16 @@ def _xmp_packet(spec, rel_alt, abs_alt, gimbal, flight):
         "dc:format": "image/jpeg",
         "drone-dji:AbsoluteAltitude": _signed(abs_alt),
         "drone-dji:RelativeAltitude": _signed(rel_alt),
-        "drone-dji:GimbalRollDegree": _signed(gimbal[2]),
-        "drone-dji:GimbalYawDegree": _signed(gimbal[0]),
-        "drone-dji:GimbalPitchDegree": _signed(gimbal[1]),
-        "drone-dji:FlightRollDegree": _signed(flight[2]),
-        "drone-dji:FlightYawDegree": _signed(flight[0]),
-        "drone-dji:FlightPitchDegree": _signed(flight[1]),
     }
+    if spec.attitude_records:
+        attrs.update({
+            "drone-dji:GimbalRollDegree": _signed(gimbal[2]),
+            "drone-dji:GimbalYawDegree": _signed(gimbal[0]),
+            "drone-dji:GimbalPitchDegree": _signed(gimbal[1]),
+            "drone-dji:FlightRollDegree": _signed(flight[2]),
+            "drone-dji:FlightYawDegree": _signed(flight[0]),
+            "drone-dji:FlightPitchDegree": _signed(flight[1]),
+        })
     body = "\n".join(f'   {k}="{v}"' for k, v in attrs.items())
     xml = (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -621,14 +631,17 @@ def generate_survey(out_dir, spec=None, progress=None):
     lat_t, lon_t, alt_t = frame.to_geodetic(centers)
     lat_g, lon_g, alt_g = frame.to_geodetic(gps)
     rng_flight = np.random.default_rng([spec.seed, 6])
+    rng_record = np.random.default_rng([spec.seed, 7])
     cameras = []
     for i, cam in enumerate(scene.cameras):
         name = f"img_{i + 1:04d}.jpg"  # IMAGE_NAME
         gimbal = angles_from_rotation(cam["R"])
+        recorded = tuple(float(a) for a in np.asarray(gimbal) + rng_record.normal(0.0, spec.attitude_noise_deg, 3))
         # The drone body leans into the wind a little; the gimbal keeps the camera near nadir.
         flight = (cam["heading"], float(rng_flight.normal(0, 2.0)), float(rng_flight.normal(0, 2.0)))
+        # RelativeAltitude is the barometer's: the GPS noise, not the GPS drift
         data = _jpeg_with_metadata(
-            scene.photo(i), spec, i, lat_g[i], lon_g[i], alt_g[i], gps[i, 2], gimbal, flight
+            scene.photo(i), spec, i, lat_g[i], lon_g[i], alt_g[i], gps[i, 2] - cam["gps_drift"], recorded, flight
         )
         tmp = img_dir / f".{name}.tmp"
         tmp.write_bytes(data)
@@ -645,6 +658,9 @@ def generate_survey(out_dir, spec=None, progress=None):
                 "lon": float(lon_t[i]),
                 "alt": float(alt_t[i]),
                 "gimbal_ypr_deg": list(gimbal),
+                "gimbal_recorded_ypr_deg": list(recorded) if spec.attitude_records else None,
+                "gps_drift_m": [0.0, 0.0, float(cam["gps_drift"])],
+                "capture_s": float(i),
                 "heading_deg": cam["heading"],
             }
         )
@@ -666,7 +682,8 @@ def generate_survey(out_dir, spec=None, progress=None):
             "k2": spec.k2,
         },
         "altitude_meaning": "EXIF GPSAltitude and XMP AbsoluteAltitude = h0 + ENU up (MSL-like); "
-        "RelativeAltitude = ENU up (above the take-off ground); both carry the vertical GPS noise",
+        "RelativeAltitude = ENU up (above the take-off ground); both carry the vertical GPS noise; "
+        "the GPS altitudes (not RelativeAltitude, a barometer's) also carry gps_drift_m, linear in capture time",
         "gimbal_convention": "DJI mechanical order: R_ned_from_gimbal = Rz(yaw) Rx(roll) Ry(pitch), pitch -90 = nadir",
         "cameras": cameras,
         "terrain": scene.terrain.to_dict(),
