@@ -352,6 +352,7 @@ class _Mapper(Triangulation, Georeferencing):
             estimate_gps_offset=estimate_offset, gps_offset_sigma_m=GPS_OFFSET_PRIOR_SIGMA_M,
             **(self.gravity_options(comp, variable_images is None) if use_gps else {}),
             **(self.drift_options(comp, variable_images is None) if use_gps else {}),
+            blocks=self.extra_blocks(comp, tracks_used, use_gps),
             focal_prior=self.focal_prior,
             focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA, cfg.focal_prior_sigma),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
@@ -383,6 +384,11 @@ class _Mapper(Triangulation, Georeferencing):
         self.ba_log.append((key[:-5], int(var_img.sum()), len(tracks_used), len(obs), res.nfev,
                             round(res.seconds, 3), round(res.initial_rms_px, 3), round(res.final_rms_px, 3)))
         return res
+
+    def extra_blocks(self, comp, tracks_used, use_gps):
+        """More residual blocks for an adjustment of `comp` (core/bundle_blocks.py; point indices are
+        positions in tracks_used): the hook for further evidence such as control points. None here."""
+        return []
 
     def select_points(self, obs, per_image):
         """Observations of a well-spread subset of points for adjustment: per image and cell of a 4x4

@@ -41,10 +41,10 @@ def _largest(recon):
 
 def sanity_checks(recon, usable, capture_s=None):
     """(figures for the summary, warnings). capture_s (N,) capture seconds of `usable` (NaN unknown)."""
-    figures, warnings = {"off_nadir_median_deg": None, "off_nadir_p90_deg": None, "ground_slope_deg": None,
-                         "ground_plane_spread_m": None, "gps_residual_trend_m": [], "relative_altitude_median_m": None,
-                         "vertical_source": recon.vertical_source or "GPS altitudes",
-                         "gps_drift": list(recon.gps_drift_flights)}
+    warnings = []
+    figures = {"off_nadir_median_deg": None, "off_nadir_p90_deg": None, "ground_slope_deg": None,
+               "ground_plane_spread_m": None, "gps_residual_trend_m": [], "relative_altitude_median_m": None,
+               "vertical_source": recon.vertical_source or "GPS altitudes", "gps_drift": list(recon.gps_drift_flights)}
     comp = _largest(recon)
     if comp < 0:
         return figures, warnings
