@@ -28,6 +28,7 @@ MAX_ITERATIONS = 60
 MIN_CONTROL_RELIEF = 0.05  # control height range / flying height needed to free the focal
 MAX_CONTROL_MISFIT = 3.0  # RMS prior sigmas: a freed focal that pulls the block off its control is not trusted
 HELD_FOCAL_SIGMA = 1e-5  # relative: a focal the reconstruction held at EXIF stays there (as in reconstruction.py)
+GPS_BIAS_SIGMA_M = 100.0  # prior on the GPS block bias against control: free in practice (datum differences)
 FTOL = 1e-6  # relative cost decrease that ends the adjustment, as the reconstruction's final ones
 MIN_SIGMA_PX = 0.05
 
@@ -173,6 +174,10 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
     held = np.isfinite(rejected[ref]) if len(rejected) == n_img else np.zeros(len(first), bool)
     sigmas = np.array([u[2] for u in used]).reshape(-1, 3)
 
+    frames = flight_frames(gps)
+    with_gps = reg & np.isfinite(gps).all(1)
+    bias0 = np.mean(gps[with_gps] - C[with_gps] - frames[with_gps] @ offset, axis=0) if with_gps.any() else np.zeros(3)
+
     def solve(free):
         # Freed: a weak prior at EXIF. Otherwise as the reconstruction had it (held where its gate held it).
         prior = focal_prior if free else np.where(held, focal_m, focal_prior)
@@ -182,25 +187,44 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
             fixed_images=~reg, refine_focal=config.refine_focal or free, refine_distortion=config.refine_distortion,
             gps_enu=gps if np.isfinite(gps).all(1).any() else None,
             gps_sigma_h=recon.gps_sigma_h_m, gps_sigma_v=recon.gps_sigma_v_m,
-            gps_offset=offset, gps_offset_frames=flight_frames(gps),
+            gps_offset=offset, gps_offset_frames=frames,
+            # The GPS's own datum (a constant ENU bias against the surveyed control) is estimated: its
+            # estimated sigmas describe its scatter, not its offset from the control's reference.
+            gps_drift_basis=np.broadcast_to(np.eye(3), (n_img, 3, 3)), gps_drift=bias0, estimate_gps_drift=True,
+            gps_drift_sigma_m=GPS_BIAS_SIGMA_M,
             focal_prior=prior, focal_prior_sigma=sigma,
             blocks=[PointPrior(n_tie + np.arange(len(used)), surveyed, sigmas)],
             loss=config.robust_loss, loss_scale_px=config.robust_scale_px, obs_sigma_px=sigma_px)
         x, nfev, status = levenberg_marquardt(x0, residuals, jacobian, n_obs_res, n_point_cols, config.robust_loss,
                                               config.robust_scale_px / sigma_px, MAX_ITERATIONS, FTOL, is_canceled)
-        return unpack(x), nfev, status
+        return unpack(x), nfev, status, unpack.groups(x).get("gps_drift", np.zeros(3))
 
-    (Rn, Cn, _, fn, k1n, k2n, Pn), nfev, status = solve(free_focal)
-    misfit = float(np.sqrt(np.mean(((Pn[n_tie:] - surveyed) / sigmas) ** 2))) if len(used) else 0.0
-    if free_focal and misfit > MAX_CONTROL_MISFIT:
-        log.append(f"control: with the focal freed the control points are missed by {misfit:.1f} sigmas (the "
-                   f"photos pull the focal to {fn[0]:.0f} px): the focal keeps its prior instead")
-        free_focal = False
-        (Rn, Cn, _, fn, k1n, k2n, Pn), nfev2, status = solve(False)
-        nfev += nfev2
-    elif free_focal:
+    def control_misfit(P):  # RMS of the control residuals in prior sigmas
+        return float(np.sqrt(np.mean(((P[n_tie:] - surveyed) / sigmas) ** 2))) if len(used) else 0.0
+
+    # A focal the reconstruction held (its self-calibration ran off) stays held unless the control
+    # contradicts it; a self-calibrated one is freed. The other choice is tried when the control is missed.
+    allowed = free_focal
+    free_focal = allowed and not held.any()
+    sol = solve(free_focal)
+    misfit = control_misfit(sol[0][6])
+    if allowed and misfit > MAX_CONTROL_MISFIT:
+        other = solve(not free_focal)
+        misfit_other = control_misfit(other[0][6])
+        log.append(f"control: with the focal {'freed' if free_focal else 'held'} the control points are missed by "
+                   f"{misfit:.1f} sigmas ({misfit_other:.1f} with it {'held' if free_focal else 'freed'})")
+        if misfit_other < misfit:
+            sol, free_focal = (other[0], sol[1] + other[1], other[2], other[3]), not free_focal
+        else:
+            sol = (sol[0], sol[1] + other[1], sol[2], sol[3])
+    (Rn, Cn, _, fn, k1n, k2n, Pn), nfev, status, bias = sol
+    if free_focal:
         log.append("control: the control points span the block in plan and height: the focal is freed, the control "
                    "settles the focal/height trade-off")
+    elif allowed:
+        agree = "agrees with it" if control_misfit(Pn) <= MAX_CONTROL_MISFIT else "does not free it either"
+        log.append("control: the focal stays held at its prior (the reconstruction found its self-calibration "
+                   f"unreliable) and the control {agree}")
     adjusted = {u[0]: Pn[n_tie + k] for k, u in enumerate(used)}
     # Every point follows the adjusted cameras (the subset's start from their adjusted position).
     pts = points.copy()
@@ -212,7 +236,8 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
     out = _updated(recon, Rn, Cn, f_img, k1_img, k2_img, pp_img, pts, gps, offset)
     focal_change = 100.0 * (fn / focal_m - 1.0)
     log.append(f"control adjustment: {len(used)} control points, {n_tie} tie points, {nfev} iterations ({status}), "
-               f"focal {', '.join(f'{f:.1f} px ({c:+.2f}%)' for f, c in zip(fn, focal_change))}, "
+               f"focal {', '.join(f'{f:.1f} px ({c:+.2f}%)' for f, c in zip(fn, focal_change))}, GPS bias against "
+               f"the control {-bias[0]:+.2f} / {-bias[1]:+.2f} / {-bias[2]:+.2f} m (E/N/U), "
                f"{time.perf_counter() - t0:.1f} s")
     out.log = list(recon.log) + log
     out.timings = dict(recon.timings, control_adjust_s=time.perf_counter() - t0)

@@ -93,8 +93,9 @@ def test_control_moves_the_block_onto_truth_and_frees_the_focal(block):
     print(f"camera centre error: GPS only median {np.median(before):.2f} m, with control max {after.max():.4f} m; "
           f"focal {out.focal[0]:.1f} px (true {F})")
     assert np.median(before) > 1.0
-    gsd = 70.0 / F
-    assert after.max() < 2 * gsd  # what is left is the focal/height trade-off the 6 m relief leaves open
+    # What is left is the focal/height trade-off that 12 m of relief under 70 m leaves open (the GPS
+    # heights no longer help: their bias against the control is estimated): 0.2 % of the height.
+    assert after.max() < 0.002 * 70.0
     assert abs(out.focal[0] / F - 1) < 0.003  # the EXIF focal was 4 % short
     assert freed and "focal is freed" in log[-2]
     for k in range(5):  # control points adjusted onto their survey
