@@ -26,6 +26,7 @@ from .bundle_blocks import (
     GravityPrior,
     GroupPrior,
     Layout,
+    MeanAxisPrior,
     ScaleAnchor,
     State,
     left_jacobian,
@@ -322,7 +323,7 @@ def build_problem(
     gps_enu=None, gps_sigma_h=1.0, gps_sigma_v=1.0,
     gps_offset=None, gps_offset_frames=None, estimate_gps_offset=False, gps_offset_sigma_m=1.0,
     gps_drift_basis=None, gps_drift=None, estimate_gps_drift=False, gps_drift_sigma_m=1e3,
-    gravity_up=None, gravity_sigma_rad=None,
+    gravity_up=None, gravity_sigma_rad=None, mean_axis=None, mean_axis_sigma_rad=None, mean_axis_exclude=None,
     focal_prior=None, focal_prior_sigma=0.05, scale_anchor=None,
     blocks=(), groups=None,
     loss="huber", loss_scale_px=1.0, obs_sigma_px=1.0,
@@ -345,7 +346,9 @@ def build_problem(
     basis @ gps_drift (start values, None: 0), estimated when estimate_gps_drift with a zero-mean prior
     of gps_drift_sigma_m (scalar or (k,)).
     gravity_up (N,3) with NaN rows: the world's up direction in each camera (recorded attitude), held
-    with gravity_sigma_rad (scalar or (N,)).
+    with gravity_sigma_rad (scalar or (N,)). mean_axis (3,): the direction the variable cameras' optical
+    axes point on average (a nadir block: (0, 0, -1)), held with mean_axis_sigma_rad; mean_axis_exclude
+    (N,) bool: cameras left out of that mean.
     focal_prior (M,) EXIF focals (relative sigma focal_prior_sigma, scalar or (M,)).
     scale_anchor (i, j, length): keep |C_i - C_j| = length (gauge without GPS; fix image i too).
     blocks: more residual blocks (core/bundle_blocks.py, e.g. PointPrior for control points); groups
@@ -443,6 +446,10 @@ def build_problem(
         rows = np.flatnonzero(var_image & np.isfinite(up).all(axis=1) & np.isfinite(sig))
         if len(rows):
             prior_blocks.append(GravityPrior(rows, up[rows], sig[rows]))
+    if mean_axis is not None:
+        axis_images = var_image if mean_axis_exclude is None else var_image & ~np.asarray(mean_axis_exclude, bool)
+        if axis_images.any():
+            prior_blocks.append(MeanAxisPrior(np.flatnonzero(axis_images), mean_axis, mean_axis_sigma_rad))
     prior_blocks.extend(blocks)
 
     reprojection = Reprojection(lay, image_camera, pp, obs_image, obs_point, obs_xy, obs_sigma_px)

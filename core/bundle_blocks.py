@@ -226,3 +226,30 @@ class PointPrior:
         col0 = lay.point_col[self.points]
         cols = np.where(col0 >= 0, col0, -1)[:, None] + np.arange(3)[None] * (col0 >= 0)[:, None]
         return _triplets(np.arange(self.n_res), cols.ravel(), (1.0 / self.sigma).ravel())
+
+
+class MeanAxisPrior:
+    """(mean_i R_i^T e_z - direction) / sigma: the cameras' optical axes point along `direction` (world)
+    on average, e.g. (0, 0, -1) for a nadir block without attitude records: the block's vertical,
+    not any one camera's (each may lean a few degrees). d(R_i^T e_z)/dw_i = R_i^T [e_z]x J_l(w_i)."""
+
+    n_res = 3
+
+    def __init__(self, images, direction, sigma_rad):
+        self.images = np.asarray(images, np.int64)
+        d = np.asarray(direction, np.float64).reshape(3)
+        self.direction = d / np.linalg.norm(d)
+        self.sigma = float(sigma_rad)
+
+    def residuals(self, s):
+        return (s.R[self.images][:, 2, :].mean(axis=0) - self.direction) / self.sigma
+
+    def jacobian(self, s, lay):
+        n = len(self.images)
+        ez = np.broadcast_to(np.array([0.0, 0.0, 1.0]), (n, 3))
+        d = np.transpose(s.R[self.images], (0, 2, 1)) @ skew(ez) @ left_jacobian(s.w[self.images])
+        d = d / (n * self.sigma)  # (n,3,3): rows = residual, cols = w_i
+        col0 = lay.image_col[self.images]
+        rows = np.broadcast_to(np.arange(3)[None, :, None], (n, 3, 3))
+        cols = np.where(col0 >= 0, col0, -1)[:, None, None] + np.arange(3)[None, None, :] * (col0 >= 0)[:, None, None]
+        return _triplets(rows, np.broadcast_to(cols, (n, 3, 3)), d)

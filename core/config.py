@@ -45,6 +45,8 @@ class AlignConfig:
     focal_prior_sigma: float = 0.05  # relative std of the EXIF focal prior: damps focal/height drift
     gps_sigma_h_m: float = 0.0  # horizontal GPS std; 0 = estimate from the residuals
     gps_sigma_v_m: float = 0.0  # vertical GPS std; 0 = estimate from the residuals
+    altitude_reference: str = "egm96"  # EXIF GPS altitude's meaning: egm96 (DJI: ~MSL; an assumption), ellipsoidal, egm2008, offset
+    altitude_offset_m: float = 0.0  # with altitude_reference "offset": ellipsoidal height = GPS altitude + this
     min_registration_inliers: int = 20  # PnP inliers needed to register an image (fewer: pose unreliable)
     registration_attempts: int = 5  # best-candidate images tried by PnP before starting a new component
     initial_pair_attempts: int = 30  # candidate initial pairs tried (most shared tracks first)

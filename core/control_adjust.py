@@ -168,6 +168,10 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
                             recon.obs_xy)
     sigma_px = max(1.4826 * float(np.median(np.abs(res0[np.isfinite(res0)]))), MIN_SIGMA_PX) if len(res0) else 1.0
     gps = np.asarray(gps_enu, np.float64) if gps_enu is not None else np.full((n_img, 3), np.nan)
+    # The reconstruction's GPS drift in capture time (core.georef), when it modelled one, stays as it
+    # found it: the fixes are corrected by it, and the control adds one constant bias on top.
+    drift = np.asarray(getattr(recon, "gps_drift", np.zeros((0, 3))), np.float64)
+    gps_fix = gps - np.nan_to_num(drift) if drift.shape == gps.shape else gps
     offset = recon.gps_antenna_offset_m
     offset = np.zeros(3) if not np.isfinite(offset).all() else offset
     rejected = np.asarray(recon.focal_rejected_px, np.float64)
@@ -176,7 +180,8 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
 
     frames = flight_frames(gps)
     with_gps = reg & np.isfinite(gps).all(1)
-    bias0 = np.mean(gps[with_gps] - C[with_gps] - frames[with_gps] @ offset, axis=0) if with_gps.any() else np.zeros(3)
+    bias0 = (np.mean(gps_fix[with_gps] - C[with_gps] - frames[with_gps] @ offset, axis=0) if with_gps.any()
+             else np.zeros(3))
 
     def solve(free):
         # Freed: a weak prior at EXIF. Otherwise as the reconstruction had it (held where its gate held it).
@@ -185,7 +190,7 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
         x0, residuals, jacobian, unpack, n_obs_res, n_point_cols = build_problem(
             R, C, focal_m, k1_m, k2_m, pp_m, model, all_points, obs_image, obs_point, obs_xy,
             fixed_images=~reg, refine_focal=config.refine_focal or free, refine_distortion=config.refine_distortion,
-            gps_enu=gps if np.isfinite(gps).all(1).any() else None,
+            gps_enu=gps_fix if np.isfinite(gps).all(1).any() else None,
             gps_sigma_h=recon.gps_sigma_h_m, gps_sigma_v=recon.gps_sigma_v_m,
             gps_offset=offset, gps_offset_frames=frames,
             # The GPS's own datum (a constant ENU bias against the surveyed control) is estimated: its

@@ -7,8 +7,11 @@ import numpy as np
 
 from .camera import angles_from_rotation
 from .footprints import ground_footprint
+from .geo import to_ellipsoidal, vertical_reference
+from .georef import capture_seconds
 from .gpkg import Layer, write_geopackage
 from .reconstruction import umeyama
+from .sanity import sanity_checks
 from .workspace import atomic_output
 
 CAMERA_FIELDS = [
@@ -60,6 +63,14 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
     registered = int(recon.registered.sum())
     height = _height_above_ground(recon)
     models, calibration_warnings = _camera_models(usable, recon, height)
+    capture_s = np.array([np.nan if (c := capture_seconds(p)) is None else c for p in usable])
+    figures, sanity_warnings = sanity_checks(recon, usable, capture_s)
+    vref = None
+    if frame is not None and frame.plain_heights is not None:
+        vref = vertical_reference(crs, frame.plain_heights, frame.offset_m,
+                                  assumed=config.altitude_reference == "egm96" and not config.altitude_offset_m)
+    height_reference = vref["output"] if vref else \
+        "EXIF GPSAltitude as recorded (roughly above mean sea level on DJI photos), not converted"
     return {
         "images": len(priors),
         "usable": len(usable),
@@ -74,11 +85,13 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "crs": crs,
         "georeferenced": frame is not None,
         "frame": frame.to_dict() if frame is not None else None,
-        "height_reference": "EXIF GPSAltitude (roughly above mean sea level on DJI photos), not ellipsoidal",
+        "height_reference": height_reference,
+        "vertical_reference": vref,
+        **figures,
         "pairs_verified": len(pair_matches),
         "camera_models": models,
         "height_above_ground_m": height,
-        "warnings": list(warnings) + calibration_warnings,
+        "warnings": list(warnings) + calibration_warnings + sanity_warnings,
         "log": list(recon.log),
         "outputs": {k: str(v) for k, v in paths.items()},
         "config": config.to_dict(),
@@ -180,7 +193,10 @@ def _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs):
                 attrs["status"] = "not registered"
                 attrs["problem"] = problems.get(i) or attrs["problem"] or "not enough verified matches to register"
             if frame is not None and prior.lat is not None and prior.gps_alt is not None:
-                geom = tuple(to_crs(frame.to_enu([prior.lat], [prior.lon], [prior.gps_alt]))[0])
+                alt = prior.gps_alt
+                if frame.plain_heights is not None:  # the frame's geodetic heights are ellipsoidal
+                    alt = to_ellipsoidal(prior.lat, prior.lon, alt, frame.plain_heights, frame.offset_m)
+                geom = tuple(to_crs(frame.to_enu([prior.lat], [prior.lon], [alt]))[0])
         feats.append((geom, attrs))
     return Layer("cameras", "PointZ", CAMERA_FIELDS, feats)
 
@@ -200,8 +216,10 @@ def _footprints_layer(usable, recon, to_crs):
                                 dist=(recon.k1[i], recon.k2[i]))
         if poly is None:
             continue
-        ring = [tuple(c[:2]) for c in to_crs(poly)]
-        feats.append(([ring], {"image": p.name, "ground_z": float(ground_z)}))
+        out = to_crs(np.vstack([poly, [np.r_[poly[:, :2].mean(axis=0), ground_z]]]))
+        ring = [tuple(c[:2]) for c in out[:-1]]
+        # ground_z in the layers' vertical reference (that of every other height), at the footprint's centre
+        feats.append(([ring], {"image": p.name, "ground_z": float(out[-1, 2])}))
     return Layer("footprints", "Polygon", [("image", "str"), ("ground_z", "real")], feats)
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, dem, export, features, matching, pairs, reconstruction, tracks, workspace
+from . import camera, dem, export, features, georef, matching, pairs, reconstruction, tracks, workspace
 from .cancel import check
 from .config import AlignConfig
 from .control import read_control
 from .control_report import run_control
 from .executor import make_executor
-from .geo import LocalFrame, utm_crs_for
+from .geo import LocalFrame, to_ellipsoidal, utm_crs_for
 
 log = logging.getLogger("alignkit")
 
@@ -101,7 +101,12 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     warnings = []
     if has_gps.sum() >= 3:
         lat, lon, alt = np.array([(p.lat, p.lon, p.gps_alt) for p, g in zip(usable, has_gps) if g]).T
-        frame = LocalFrame.centred_on(lat, lon, alt)
+        try:  # the frame is built on ellipsoidal heights; layers get them back in the stated reference
+            alt = to_ellipsoidal(lat, lon, alt, config.altitude_reference, config.altitude_offset_m)
+        except ValueError as exc:
+            raise AlignmentError(f"{config.images}: GPS altitudes: {exc}") from exc
+        frame = LocalFrame.centred_on(lat, lon, alt, plain_heights=config.altitude_reference,
+                                      offset_m=config.altitude_offset_m)
         gps_enu = np.full((len(usable), 3), np.nan)
         gps_enu[has_gps] = frame.to_enu(lat, lon, alt)
         crs = config.target_crs or utm_crs_for(frame.lon0, frame.lat0)
@@ -166,7 +171,8 @@ def run(config: AlignConfig, progress=None, is_canceled=None):
     # --- reconstruction and bundle adjustment ---
     report.start("reconstruction", "Incremental reconstruction and bundle adjustment")
     t = time.perf_counter()
-    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key} for p in usable]
+    cams = [{"K": p.K(), "width": p.width, "height": p.height, "camera_key": p.camera_key,
+             "capture_s": georef.capture_seconds(p), "up_cam": georef.recorded_up(p)} for p in usable]
     recon_path = ws / "reconstruction.npz"
     stamp = _reconstruction_stamp(track_set, cams, gps_enu, config)
     recon = _load_reconstruction(recon_path, stamp)

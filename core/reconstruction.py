@@ -5,10 +5,12 @@ The flow per component: a well-conditioned initial pair -> register the image th
 triangulated tracks (PnP RANSAC + refinement) -> triangulate the tracks it adds -> local bundle
 adjustment (new image and its neighbours; the rest fixed) -> global adjustment whenever the model grew
 by `global_ba_growth`. As soon as >= 3 registered images have non-collinear GPS, the component is
-moved onto the GPS by a similarity (Umeyama) and every later adjustment carries GPS priors, so the
-final model is metric and georeferenced; where flight lines were flown both ways, a GPS antenna offset
-along / across the direction of flight is estimated with it. When nothing more registers, the remaining
-images start a new component: unrelated parts are never forced into one model.
+moved onto the GPS by a similarity (Umeyama; levelled by the photos' attitude where they say where
+"down" is) and every later adjustment carries GPS priors, so the final model is metric and
+georeferenced; where flight lines were flown both ways, a GPS antenna offset along / across the
+direction of flight is estimated with it, and where the GPS altitudes drift in capture time, the drift
+(core/georef.py). When nothing more registers, the remaining images start a new component: unrelated
+parts are never forced into one model. Triangulation lives in core/triangulation.py.
 """
 import time
 from dataclasses import dataclass, field
@@ -16,26 +18,17 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .bundle import bundle_adjust, project, refine_points, robust_gps_sigmas
+from .bundle import bundle_adjust, project, refine_points
 from .cancel import check
+from .georef import GPS_OFFSET_PRIOR_SIGMA_M, Georeferencing, flight_frames, umeyama  # noqa: F401 (umeyama: export)
+from .triangulation import Triangulation
 
 INITIAL_GPS_SIGMA_H_M = 3.0  # start value while the horizontal GPS accuracy is being estimated
 INITIAL_GPS_SIGMA_V_M = 10.0  # start value for the vertical one (consumer GPS heights drift)
-GPS_SIGMA_FLOOR_H_M = 0.02  # estimated sigmas never go below these (RTK-grade at best)
-GPS_SIGMA_FLOOR_V_M = 0.03
 MIN_SIGMA_PX = 0.05  # floor of the estimated image noise (px): sub-0.05 px claims are not credible
-GROWTH_FTOL = 1e-4
+GROWTH_FTOL = 1e-4  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
 FOCAL_GATE_SIGMAS = 3.0  # a self-calibrated focal further than this many prior sigmas from EXIF is not trusted
-# GPS antenna offset along / across the direction of flight (an antenna lever arm on the aircraft,
-# or GPS latency): estimated only when flight lines were flown in opposite directions, which flips
-# it in the world so that no shift of the block can absorb it.
-GPS_OFFSET_MIN_IMAGES = 8  # fewer GPS images with a known flight direction: the offset is held at 0
-GPS_OFFSET_MIN_PER_HEADING = 2  # images needed on each of two headings more than 90 deg apart
-GPS_OFFSET_PRIOR_SIGMA_M = (1.0, 1.0, 0.01)  # along, across free; up is a vertical shift of the
-#   whole block, which the GPS cannot tell from the block's own height: held at 0
-FLIGHT_LINE_MIN_COS = 0.9  # a GPS step this parallel to the main flight axis gives an image's direction
-FLIGHT_STEP_MIN_M = 0.5  # shorter GPS steps (hovering) say nothing about the direction
-HELD_FOCAL_SIGMA = 1e-5  # relative std that holds a focal at its prior  # adjustments while the model grows stop earlier; the final ones converge to 1e-6
+HELD_FOCAL_SIGMA = 1e-5  # relative std that holds a focal at its prior
 
 
 @dataclass
@@ -71,69 +64,14 @@ class Reconstruction:
     # (N,) the focal self-calibration reached when the focal gate rejected it and held the EXIF focal
     # (see _Mapper.gate_focal); NaN where the focal was self-calibrated (or not registered)
     focal_rejected_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # (N,3) estimated GPS drift at each image (ENU m; the fix is compared with antenna + drift); zeros
+    # where none is modelled. gps_residual + gps_drift is the residual of the drift-corrected fix.
+    gps_drift: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    gps_drift_flights: list = field(default_factory=list)  # per flight of the largest component (georef.drift_report)
+    vertical_source: str = ""  # what the largest component's vertical rests on besides the GPS altitudes
 
 
-def umeyama(src, dst):
-    """Similarity (s, R, t) minimising |s R src + t - dst|^2 (Umeyama 1991)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.eye(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[2, 2] = -1
-    rot = u @ sign @ vt
-    var = (a**2).sum() / len(src)
-    scale = np.trace(np.diag(d) @ sign) / var
-    return scale, rot, mu_d - scale * rot @ mu_s
-
-
-def _dlt(P, xn, weight):
-    """Batched multi-view DLT. P (n,m,3,4) projection [R | -RC], xn (n,m,2) normalised, weight (n,m) 0/1."""
-    rows = np.concatenate(
-        [xn[..., 0:1] * P[..., 2, :] - P[..., 0, :], xn[..., 1:2] * P[..., 2, :] - P[..., 1, :]], axis=1
-    ) * np.concatenate([weight, weight], axis=1)[..., None]
-    rows /= np.maximum(np.linalg.norm(rows, axis=2, keepdims=True), 1e-300)
-    _, _, vt = np.linalg.svd(rows)
-    h = vt[:, -1]
-    return h[:, :3] / h[:, 3:4]
-
-
-def flight_frames(gps):
-    """Per image (N,3,3): columns along track, across track (to the left), up, in ENU; zeros where the
-    direction of flight is unknown (no GPS, hovering, an isolated shot).
-
-    The direction is that of the GPS step to the previous or the next GPS image (images are in capture
-    order: sorted by name) which is more parallel to the block's main flight axis, so the turn between
-    two lines does not count; a step less parallel than FLIGHT_LINE_MIN_COS gives no direction.
-    """
-    n = len(gps)
-    frames = np.zeros((n, 3, 3))
-    idx = np.flatnonzero(np.isfinite(gps).all(axis=1))
-    if len(idx) < 3:
-        return frames
-    step = np.diff(gps[idx, :2], axis=0)
-    length = np.linalg.norm(step, axis=1)
-    moving = length > FLIGHT_STEP_MIN_M
-    if moving.sum() < 2:
-        return frames
-    unit = np.zeros_like(step)
-    unit[moving] = step[moving] / length[moving, None]
-    axis = np.linalg.eigh(unit.T @ unit)[1][:, -1]  # main flight axis (sign-free)
-    parallel = np.abs(unit @ axis)
-    for k, i in enumerate(idx):
-        cands = [s for s in (k - 1, k) if 0 <= s < len(step) and moving[s]]  # steps before / after image i
-        if not cands:
-            continue
-        best = max(cands, key=lambda s: parallel[s])
-        if parallel[best] < FLIGHT_LINE_MIN_COS:
-            continue
-        a = unit[best]
-        frames[i] = [[a[0], -a[1], 0.0], [a[1], a[0], 0.0], [0.0, 0.0, 1.0]]
-    return frames
-
-
-class _Mapper:
+class _Mapper(Triangulation, Georeferencing):
     def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled):
         self.cfg = config
         self.progress = progress or (lambda f, m: None)
@@ -196,6 +134,7 @@ class _Mapper:
         self.anchor = {}  # component -> (i, j, baseline) scale gauge without GPS
         self.gps_offset = {}  # component -> estimated GPS antenna offset in flight frames (absent: 0)
         self.flight_frames = flight_frames(self.gps)
+        self.init_georef(cameras)
         self.update_normalised()
         self.covis = self.covisibility()
 
@@ -309,128 +248,6 @@ class _Mapper:
                         f"median angle {med_angle:.1f} deg)")
         return n_new >= self.cfg.min_inliers
 
-    def triangulate_two(self, oi, oj):
-        """Two-view DLT for matching observation pairs; returns X, passes-checks mask, angle (deg)."""
-        P = np.stack([self.projection(self.obs_image[oi]), self.projection(self.obs_image[oj])], axis=1)
-        xn = np.stack([self.xn[oi], self.xn[oj]], axis=1)
-        X = _dlt(P, xn, np.ones((len(oi), 2)))
-        ei, zi = self.reproj_error(oi, X)
-        ej, zj = self.reproj_error(oj, X)
-        angle = self.ray_angle(X, self.C[self.obs_image[oi]], self.C[self.obs_image[oj]])
-        good = (zi > 0) & (zj > 0) & (ei < self.cfg.max_reproj_error_px) & (ej < self.cfg.max_reproj_error_px)
-        good &= angle >= self.cfg.min_triangulation_angle_deg
-        return X, good, angle
-
-    def projection(self, images):
-        R = self.R[images]
-        return np.concatenate([R, -np.einsum("nij,nj->ni", R, self.C[images])[..., None]], axis=2)
-
-    @staticmethod
-    def ray_angle(X, Ca, Cb):
-        a, b = X - Ca, X - Cb
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
-        return np.degrees(np.arccos(np.clip(cos, -1, 1)))
-
-    # ---------------------------------------------------------------- triangulation
-    def triangulate_tracks(self, track_ids, comp):
-        """Triangulate tracks (without a point) from their observations in registered images of `comp`.
-
-        Per track, two-view hypotheses anchored on its first three observations are scored by how many
-        observations they explain; the best one's inliers go into a multi-view DLT and the checks
-        (reprojection, cheirality, triangulation angle, >= 2 views)."""
-        t0 = time.perf_counter()
-        cfg = self.cfg
-        track_ids = np.unique(np.asarray(track_ids, np.int64))
-        track_ids = track_ids[~self.has_point[track_ids]]
-        if not len(track_ids):
-            return 0
-        lo = np.searchsorted(self.obs_track, track_ids)
-        hi = np.searchsorted(self.obs_track, track_ids, side="right")
-        obs = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
-        img = self.obs_image[obs]
-        obs = obs[self.obs_valid[obs] & self.registered[img] & (self.component[img] == comp)]
-        trk = self.obs_track[obs]
-        utr, start, count = np.unique(trk, return_index=True, return_counts=True)
-        keep = count >= 2
-        if not keep.any():
-            self.timings["triangulate_s"] += time.perf_counter() - t0
-            return 0
-        sel = np.repeat(keep, count)
-        obs, trk = obs[sel], trk[sel]
-        utr, start, count = np.unique(trk, return_index=True, return_counts=True)
-        pos = np.arange(len(obs)) - np.repeat(start, count)  # position of each observation in its track
-        tix = np.repeat(np.arange(len(utr)), count)
-        # Hypotheses: (anchor k, other) for anchors k = 0..2.
-        ha, hb = [], []
-        for k in range(3):
-            m = pos > k
-            ha.append(start[tix[m]] + k)
-            hb.append(np.flatnonzero(m))
-        ha, hb = np.concatenate(ha), np.concatenate(hb)
-        X, good, _ = self.triangulate_two(obs[ha], obs[hb])
-        # Score each hypothesis over all observations of its track.
-        htr = tix[ha]
-        n_h = count[htr]
-        rep_h = np.repeat(np.arange(len(ha)), n_h)
-        rep_o = np.repeat(start[htr], n_h) + (np.arange(n_h.sum()) - np.repeat(np.cumsum(n_h) - n_h, n_h))
-        err, z = self.reproj_error(obs[rep_o], X[rep_h])
-        inl = (err < cfg.max_reproj_error_px) & (z > 0)
-        score = np.bincount(rep_h, weights=inl, minlength=len(ha)) * good - ~good
-        order = np.lexsort((-score, htr))
-        first = np.ones(len(order), bool)
-        first[1:] = htr[order][1:] != htr[order][:-1]
-        best = order[first]  # best hypothesis per track (index into ha), tracks in order
-        ok_track = score[best] >= 2
-        # Multi-view DLT on the best hypothesis' inliers.
-        inl_best = np.zeros(len(obs), bool)
-        hsel = np.zeros(len(ha), bool)
-        hsel[best[ok_track]] = True
-        m = hsel[rep_h] & inl
-        inl_best[rep_o[m]] = True
-        mv = int(count.max())
-        grid_obs = np.zeros((len(utr), mv), np.int64)
-        grid_w = np.zeros((len(utr), mv))
-        grid_obs[tix, pos] = np.arange(len(obs))
-        grid_w[tix, pos] = inl_best
-        P = self.projection(self.obs_image[obs[grid_obs]].ravel()).reshape(len(utr), mv, 3, 4)
-        Xm = _dlt(P, self.xn[obs[grid_obs]], grid_w)
-        err, z = self.reproj_error(obs, Xm[tix])
-        inl = inl_best & (err < cfg.max_reproj_error_px) & (z > 0)
-        n_inl = np.bincount(tix, weights=inl, minlength=len(utr))
-        angle = self.max_angle(Xm[tix], self.C[self.obs_image[obs]], tix, inl, len(utr))
-        accept = ok_track & (n_inl >= 2) & (angle >= cfg.min_triangulation_angle_deg) & np.isfinite(Xm).all(1)
-        t_acc = utr[accept]
-        self.points[t_acc] = Xm[accept]
-        self.has_point[t_acc] = True
-        self.point_comp[t_acc] = comp
-        acc_obs = accept[tix]
-        self.obs_ok[obs[acc_obs]] = inl[acc_obs]
-        self.timings["triangulate_s"] += time.perf_counter() - t0
-        return int(accept.sum())
-
-    @staticmethod
-    def max_angle(X, C, group, use, n_groups):
-        """Approximate widest ray angle (deg) per group: farthest ray from the mean, then from that ray."""
-        ray = X - C
-        ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-300)
-        ray = ray * use[:, None]
-        mean = np.column_stack([np.bincount(group, weights=ray[:, a], minlength=n_groups) for a in range(3)])
-        mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-300)
-        cos_m = np.where(use, (ray * mean[group]).sum(1), 2.0)
-        far = np.full(n_groups, -1, np.int64)
-        order = np.lexsort((cos_m, group))  # per group, smallest cosine first
-        first = np.ones(len(order), bool)
-        first[1:] = group[order][1:] != group[order][:-1]
-        far[group[order[first]]] = order[first]
-        ref = ray[far[group]]
-        cos_f = np.where(use, (ray * ref).sum(1), 2.0)
-        order = np.lexsort((cos_f, group))
-        first = np.ones(len(order), bool)
-        first[1:] = group[order][1:] != group[order][:-1]
-        mn = np.full(n_groups, 2.0)
-        mn[group[order[first]]] = cos_f[order[first]]
-        return np.degrees(np.arccos(np.clip(mn, -1, 1)))
-
     # ---------------------------------------------------------------- registration
     def active_obs(self, comp=None):
         img = self.obs_image
@@ -533,6 +350,9 @@ class _Mapper:
             gps_sigma_h=sigma_h, gps_sigma_v=sigma_v,
             gps_offset=self.gps_offset.get(comp), gps_offset_frames=self.flight_frames,
             estimate_gps_offset=estimate_offset, gps_offset_sigma_m=GPS_OFFSET_PRIOR_SIGMA_M,
+            **(self.gravity_options(comp, variable_images is None) if use_gps else {}),
+            **(self.drift_options(comp, variable_images is None) if use_gps else {}),
+            blocks=self.extra_blocks(comp, tracks_used, use_gps),
             focal_prior=self.focal_prior,
             focal_prior_sigma=np.where(self.focal_held, HELD_FOCAL_SIGMA, cfg.focal_prior_sigma),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
@@ -544,6 +364,8 @@ class _Mapper:
         self.points[tracks_used] = res.points
         if estimate_offset:
             self.gps_offset[comp] = res.gps_offset
+        if use_gps and variable_images is None and "gps_drift" in res.groups:
+            self.drift[comp] = res.groups["gps_drift"]
         if refine_intrinsics:
             self.focal, self.k1, self.k2 = res.focal, res.k1, res.k2
             self.update_normalised()
@@ -562,6 +384,11 @@ class _Mapper:
         self.ba_log.append((key[:-5], int(var_img.sum()), len(tracks_used), len(obs), res.nfev,
                             round(res.seconds, 3), round(res.initial_rms_px, 3), round(res.final_rms_px, 3)))
         return res
+
+    def extra_blocks(self, comp, tracks_used, use_gps):
+        """More residual blocks for an adjustment of `comp` (core/bundle_blocks.py; point indices are
+        positions in tracks_used): the hook for further evidence such as control points. None here."""
+        return []
 
     def select_points(self, obs, per_image):
         """Observations of a well-spread subset of points for adjustment: per image and cell of a 4x4
@@ -612,45 +439,6 @@ class _Mapper:
         nb = np.argsort(-counts, kind="stable")[:limit]
         return np.concatenate([[img], nb[counts[nb] > 0]])
 
-    # ---------------------------------------------------------------- GPS
-    def offset_observable(self, comp):
-        """Whether `comp` can tell a GPS offset in flight frames from a shift of the whole block: enough
-        GPS images with a known flight direction, GPS_OFFSET_MIN_PER_HEADING or more of them on each of
-        two headings more than 90 deg apart."""
-        imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
-        along = self.flight_frames[imgs, :2, 0]
-        along = along[np.linalg.norm(along, axis=1) > 0.5]  # known direction
-        if len(along) < GPS_OFFSET_MIN_IMAGES:
-            return False
-        opposite = (along @ along.T < 0).sum(axis=1) >= GPS_OFFSET_MIN_PER_HEADING
-        return bool(opposite.sum() >= 2 * GPS_OFFSET_MIN_PER_HEADING)
-
-    def antenna(self, images):
-        """Adjusted GPS antenna positions C + F L of `images` (L = 0 where not estimated)."""
-        offset = np.array([self.gps_offset.get(int(c), np.zeros(3)) for c in self.component[images]]).reshape(-1, 3)
-        return self.C[images] + np.einsum("nij,nj->ni", self.flight_frames[images], offset)
-
-    def maybe_align(self, comp, force=False):
-        if self.aligned.get(comp):
-            return
-        imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
-        if len(imgs) < 3:
-            return
-        g = self.gps[imgs] - self.gps[imgs].mean(0)
-        sv = np.linalg.svd(g, compute_uv=False)
-        if not force and (sv[1] < 0.05 * sv[0] or sv[1] / np.sqrt(len(imgs)) < 2.0 * self.sigma_h):
-            return  # (nearly) collinear: the roll about the line would be a guess
-        self.apply_similarity(comp, *umeyama(self.C[imgs], self.gps[imgs]))
-        self.aligned[comp] = True
-        self.log.append(f"component {comp}: aligned to GPS with {len(imgs)} images")
-
-    def apply_similarity(self, comp, s, rot, t):
-        imgs = self.registered & (self.component == comp)
-        self.C[imgs] = s * self.C[imgs] @ rot.T + t
-        self.R[imgs] = self.R[imgs] @ rot.T
-        pts = self.has_point & (self.point_comp == comp)
-        self.points[pts] = s * self.points[pts] @ rot.T + t
-
     def gate_focal(self, comp):
         """Hold a camera model's focal at EXIF when self-calibration ran too far from it.
 
@@ -671,80 +459,6 @@ class _Mapper:
         if len(runaway):
             self.update_normalised()
         return bool(len(runaway))
-
-    def log_flight_offset(self, imgs, res):
-        """Diagnose GPS residuals that follow the flight direction (GPS latency or an antenna offset in
-        the aircraft frame): they flip sign between opposite flight lines, so no similarity absorbs them.
-        Logged only; the direction of flight is taken from the GPS track in image order."""
-        if len(imgs) < 6:
-            return
-        gps = self.gps[imgs, :2]
-        d = np.gradient(gps, axis=0)
-        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-        if np.abs(d.mean(axis=0)).max() > 0.8:  # one heading only: indistinguishable from a shift
-            return
-        normal = np.column_stack([-d[:, 1], d[:, 0]])
-        A = np.column_stack([np.concatenate([d[:, 0], d[:, 1]]), np.concatenate([normal[:, 0], normal[:, 1]])])
-        b = np.concatenate([res[:, 0], res[:, 1]])
-        coef = np.linalg.lstsq(A, b, rcond=None)[0]
-        before = np.sqrt(np.mean(res[:, 0] ** 2 + res[:, 1] ** 2))
-        after = np.sqrt(np.mean(((b - A @ coef) ** 2).reshape(2, -1).sum(0)))
-        if after < 0.7 * before:
-            self.log.append(f"GPS residuals follow the flight direction: {coef[0]:+.2f} m along, {coef[1]:+.2f} m "
-                            f"across track (GPS latency or antenna offset); horizontal RMSE {before:.2f} m, "
-                            f"{after:.2f} m without it")
-
-    @staticmethod
-    def robust_similarity(centres, targets):
-        """Similarity of centres onto targets dropping wild GPS fixes (altitude jumps);
-        returns (s, R, t), residuals (fitted - target) of all, and the kept mask."""
-        keep = np.ones(len(centres), bool)
-        for _ in range(3):
-            sim = umeyama(centres[keep], targets[keep])
-            res = sim[0] * centres @ sim[1].T + sim[2] - targets
-            dist = np.linalg.norm(res, axis=1)
-            limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
-            new_keep = dist <= limit
-            if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
-                break
-            keep = new_keep
-        return sim, res, keep
-
-    def fit_to_gps(self, comp):
-        """Move `comp` onto its GPS by a robust similarity; estimate the GPS accuracy from what is left.
-
-        Called on a model adjusted WITHOUT GPS priors, so the residuals are the GPS noise and not
-        noise the model was bent to follow (estimating from a GPS-weighted adjustment feeds on itself).
-        """
-        imgs = np.flatnonzero(self.registered & (self.component == comp) & self.has_gps)
-        if len(imgs) < 3:
-            return
-        frames = self.flight_frames[imgs]
-        estimate_offset = self.offset_observable(comp)
-        offset = np.zeros(3)
-        for _ in range(3 if estimate_offset else 1):
-            sim, res, keep = self.robust_similarity(self.C[imgs], self.gps[imgs] - frames @ offset)
-            if estimate_offset:
-                # What the similarity could not absorb and follows the flight direction: the GPS offset
-                # (along, across; with a shift that the next similarity takes). Left in, it would pass
-                # for GPS noise and weaken the GPS weight (seen: 0.5 m std for 0.5 m offset, 3 cm noise).
-                k = int(keep.sum())
-                A = np.concatenate([np.tile(np.eye(3), (k, 1)), frames[keep][:, :, :2].reshape(-1, 2)], axis=1)
-                offset[:2] += np.linalg.lstsq(A, -res[keep].ravel(), rcond=None)[0][3:]
-        if estimate_offset:
-            sim, res, keep = self.robust_similarity(self.C[imgs], self.gps[imgs] - frames @ offset)
-            self.gps_offset[comp] = offset  # the start of the adjustments with GPS
-        self.apply_similarity(comp, *sim)
-        est = robust_gps_sigmas(res[keep], GPS_SIGMA_FLOOR_H_M, GPS_SIGMA_FLOOR_V_M)
-        if est is None:
-            return
-        dof = np.sqrt(3 * keep.sum() / max(3 * keep.sum() - 7 - 2 * estimate_offset, 1))  # unknowns absorbed
-        sigma_h = self.cfg.gps_sigma_h_m or est[0] * dof
-        sigma_v = self.cfg.gps_sigma_v_m or est[1] * dof
-        self.comp_sigma[comp] = (float(sigma_h), float(sigma_v))
-        self.log_flight_offset(imgs[keep], res[keep])
-        self.log.append(f"component {comp}: GPS std {sigma_h:.2f} m horizontal, {sigma_v:.2f} m vertical "
-                        f"({int((~keep).sum())} GPS outliers)")
 
     # ---------------------------------------------------------------- driver
     def initial_pair(self, comp):
@@ -880,6 +594,9 @@ class _Mapper:
             timings=dict(self.timings), log=list(self.log), ba_log=list(self.ba_log),
             gps_antenna_offset_m=np.array(self.gps_offset.get(largest, np.full(3, np.nan)), dtype=np.float64),
             focal_rejected_px=np.where(self.registered, self.focal_rejected[mdl], np.nan),
+            gps_drift=np.where(self.registered[:, None], self.drift_of(np.arange(self.n_images)), np.nan),
+            gps_drift_flights=self.drift_report(largest) if largest >= 0 else [],
+            vertical_source=self.vertical_source.get(largest, ""),
         )
 
 

@@ -30,10 +30,10 @@ import numpy as np
 
 from .camera import angles_from_rotation, rotation_from_gimbal
 from .geo import LocalFrame
+from .synthetic_exif import jpeg_with_metadata
 from .workspace import write_json
 
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # 43.27 mm: the diagonal definition of "35 mm equivalent"
-XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 MAX_TEXTURE_SIDE = 8192  # texels; 8192^2 x 3 bytes = 200 MB, enough for ~440 m at the default 5 cm texel
 IMAGE_NAME = re.compile(r"\.?img_\d{4}\.jpg(\.tmp)?")  # ours, or a temporary left by a killed run
 
@@ -58,6 +58,9 @@ class SurveySpec:
     position_jitter_m: float = 0.3  # std of the deviation from the planned waypoints (wind), per axis
     gps_noise_h_m: float = 0.0  # std of the Gaussian noise added to the EXIF GPS, east and north
     gps_noise_v_m: float = 0.0  # std of the Gaussian noise added to the EXIF GPS altitude
+    gps_drift_v_m: float = 0.0  # GPS altitude drift, linear in capture time: last photo's fix minus first's (m)
+    attitude_records: bool = True  # XMP gimbal / flight attitude written (False: a camera that records none)
+    attitude_noise_deg: float = 0.0  # std of the noise on the recorded gimbal yaw, pitch and roll (degrees)
     image_noise: float = 1.5  # std of the additive sensor noise, in 8-bit grey levels
     jpeg_quality: int = 92  # like a drone camera's "fine" JPEG
     texel_per_pixel: float = 1.4  # texture texels per image pixel at take-off height: texture a bit sharper
@@ -255,6 +258,7 @@ def _plan(spec):
     right = np.array([math.cos(yaw), -math.sin(yaw)])
     rng_pose = np.random.default_rng([spec.seed, 1])
     rng_gps = np.random.default_rng([spec.seed, 2])
+    n_images = spec.rows * spec.cols
     cams = []
     for line in range(spec.rows):
         across = (line - (spec.rows - 1) / 2.0) * step_across
@@ -273,8 +277,11 @@ def _plan(spec):
                     rng_gps.normal(0.0, spec.gps_noise_v_m),
                 ]
             )
+            drift = spec.gps_drift_v_m * len(cams) / max(n_images - 1, 1)  # photos 1 s apart, in this order
+            gps[2] += drift
             cams.append(
-                {"K": K, "R": np.ascontiguousarray(R), "C": C, "gps": gps, "heading": heading % 360.0}
+                {"K": K, "R": np.ascontiguousarray(R), "C": C, "gps": gps, "heading": heading % 360.0,
+                 "gps_drift": drift}
             )
     # Texture/terrain extent: every image corner ray down to the lowest ground possible, plus margin.
     corners = np.array(
@@ -490,106 +497,6 @@ class Scene:
         return cv2.add(img, 0.0, dtype=cv2.CV_8U)  # rounds and saturates
 
 
-# ---------------------------------------------------------------- metadata
-
-
-def _dms(value):
-    value = abs(float(value))
-    d = int(value)
-    m = int((value - d) * 60.0)
-    s = (value - d - m / 60.0) * 3600.0
-    return (float(d), float(m), round(s, 6))
-
-
-def _time_plus(start, seconds):
-    from datetime import datetime, timedelta
-
-    t = datetime.strptime(start, "%Y:%m:%d %H:%M:%S") + timedelta(seconds=seconds)
-    return t.strftime("%Y:%m:%d %H:%M:%S")
-
-
-def _signed(x):
-    return f"{x:+.2f}"
-
-
-def _dji_yaw(deg):
-    """DJI writes yaw in (-180, 180]."""
-    return 180.0 - (180.0 - deg) % 360.0
-
-
-def _xmp_packet(spec, rel_alt, abs_alt, gimbal, flight):
-    gimbal = (_dji_yaw(gimbal[0]), gimbal[1], gimbal[2])
-    flight = (_dji_yaw(flight[0]), flight[1], flight[2])
-    attrs = {
-        "tiff:Make": spec.make,
-        "tiff:Model": spec.model,
-        "dc:format": "image/jpeg",
-        "drone-dji:AbsoluteAltitude": _signed(abs_alt),
-        "drone-dji:RelativeAltitude": _signed(rel_alt),
-        "drone-dji:GimbalRollDegree": _signed(gimbal[2]),
-        "drone-dji:GimbalYawDegree": _signed(gimbal[0]),
-        "drone-dji:GimbalPitchDegree": _signed(gimbal[1]),
-        "drone-dji:FlightRollDegree": _signed(flight[2]),
-        "drone-dji:FlightYawDegree": _signed(flight[0]),
-        "drone-dji:FlightPitchDegree": _signed(flight[1]),
-    }
-    body = "\n".join(f'   {k}="{v}"' for k, v in attrs.items())
-    xml = (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
-        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-        '  <rdf:Description rdf:about="DJI Meta Data"\n'
-        '    xmlns:tiff="http://ns.adobe.com/tiff/1.0/"\n'
-        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
-        '    xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/"\n'
-        f"{body}>\n"
-        "  </rdf:Description>\n"
-        " </rdf:RDF>\n"
-        "</x:xmpmeta>\n"
-        '<?xpacket end="w"?>'
-    )
-    return XMP_HEADER + xml.encode("utf-8")
-
-
-def _insert_app1(jpeg, payload):
-    """Insert an APP1 segment after the leading APP0/APP1 segments of a JPEG."""
-    if len(payload) + 2 > 0xFFFF:
-        raise ValueError("APP1 payload too large")
-    pos = 2
-    while jpeg[pos] == 0xFF and jpeg[pos + 1] in (0xE0, 0xE1):
-        pos += 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-    seg = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
-    return jpeg[:pos] + seg + jpeg[pos:]
-
-
-def _jpeg_with_metadata(pixels, spec, index, lat, lon, alt, rel_alt, gimbal, flight):
-    import exif
-
-    ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    im = exif.Image(buf.tobytes())
-    im.make = spec.make
-    im.model = spec.model
-    im.software = "AlignKit synthetic survey"
-    im.orientation = exif.Orientation.TOP_LEFT
-    im.datetime_original = _time_plus(spec.start_time, index)
-    im.focal_length = round(float(spec.focal_mm), 4)
-    im.focal_length_in_35mm_film = int(round(spec.focal_35mm_exact))
-    im.pixel_x_dimension = int(spec.width)
-    im.pixel_y_dimension = int(spec.height)
-    im.gps_latitude = _dms(lat)
-    im.gps_latitude_ref = "N" if lat >= 0 else "S"
-    im.gps_longitude = _dms(lon)
-    im.gps_longitude_ref = "E" if lon >= 0 else "W"
-    im.gps_altitude = round(abs(float(alt)), 3)
-    im.gps_altitude_ref = (
-        exif.GpsAltitudeRef.ABOVE_SEA_LEVEL if alt >= 0 else exif.GpsAltitudeRef.BELOW_SEA_LEVEL
-    )
-    data = im.get_file()
-    return _insert_app1(data, _xmp_packet(spec, rel_alt, alt, gimbal, flight))
-
-
 # ---------------------------------------------------------------- the survey
 
 
@@ -626,14 +533,17 @@ def generate_survey(out_dir, spec=None, progress=None, decorate=None):
     lat_t, lon_t, alt_t = frame.to_geodetic(centers)
     lat_g, lon_g, alt_g = frame.to_geodetic(gps)
     rng_flight = np.random.default_rng([spec.seed, 6])
+    rng_record = np.random.default_rng([spec.seed, 7])
     cameras = []
     for i, cam in enumerate(scene.cameras):
         name = f"img_{i + 1:04d}.jpg"  # IMAGE_NAME
         gimbal = angles_from_rotation(cam["R"])
+        recorded = tuple(float(a) for a in np.asarray(gimbal) + rng_record.normal(0.0, spec.attitude_noise_deg, 3))
         # The drone body leans into the wind a little; the gimbal keeps the camera near nadir.
         flight = (cam["heading"], float(rng_flight.normal(0, 2.0)), float(rng_flight.normal(0, 2.0)))
-        data = _jpeg_with_metadata(
-            scene.photo(i), spec, i, lat_g[i], lon_g[i], alt_g[i], gps[i, 2], gimbal, flight
+        # RelativeAltitude is the barometer's: the GPS noise, not the GPS drift
+        data = jpeg_with_metadata(
+            scene.photo(i), spec, i, lat_g[i], lon_g[i], alt_g[i], gps[i, 2] - cam["gps_drift"], recorded, flight
         )
         tmp = img_dir / f".{name}.tmp"
         tmp.write_bytes(data)
@@ -650,6 +560,9 @@ def generate_survey(out_dir, spec=None, progress=None, decorate=None):
                 "lon": float(lon_t[i]),
                 "alt": float(alt_t[i]),
                 "gimbal_ypr_deg": list(gimbal),
+                "gimbal_recorded_ypr_deg": list(recorded) if spec.attitude_records else None,
+                "gps_drift_m": [0.0, 0.0, float(cam["gps_drift"])],
+                "capture_s": float(i),
                 "heading_deg": cam["heading"],
             }
         )
@@ -671,7 +584,8 @@ def generate_survey(out_dir, spec=None, progress=None, decorate=None):
             "k2": spec.k2,
         },
         "altitude_meaning": "EXIF GPSAltitude and XMP AbsoluteAltitude = h0 + ENU up (MSL-like); "
-        "RelativeAltitude = ENU up (above the take-off ground); both carry the vertical GPS noise",
+        "RelativeAltitude = ENU up (above the take-off ground); both carry the vertical GPS noise; "
+        "the GPS altitudes (not RelativeAltitude, a barometer's) also carry gps_drift_m, linear in capture time",
         "gimbal_convention": "DJI mechanical order: R_ned_from_gimbal = Rz(yaw) Rx(roll) Ry(pitch), pitch -90 = nadir",
         "cameras": cameras,
         "terrain": scene.terrain.to_dict(),

@@ -27,6 +27,7 @@ def small_problem(kind, **extra):
                       gps_drift=[5.0, -1.0], estimate_gps_drift=True, gps_drift_sigma_m=[50.0, 20.0]),
         "gravity": dict(gravity_up=R[:, :, 2] + np.random.default_rng(2).normal(0, 0.02, (3, 3)),
                         gravity_sigma_rad=[0.05, 0.03, 0.04]),
+        "mean_axis": dict(mean_axis=[0.1, 0.0, -1.0], mean_axis_sigma_rad=0.03),
         "point": dict(blocks=[PointPrior([0, 5, 7], X[[0, 5, 7]] + 0.1, [[0.02, 0.02, 0.05]] * 3)]),
         "group": dict(blocks=[GroupPrior("tilt", 2, [0.1, 0.2], mean=[0.05, 0.0])], groups={"tilt": [0.01, 0.02]}),
     }[kind]
@@ -35,7 +36,7 @@ def small_problem(kind, **extra):
                          fixed_images=fixed, **opts)
 
 
-KINDS = ["gps", "focal", "anchor", "offset", "drift", "gravity", "point", "group"]
+KINDS = ["gps", "focal", "anchor", "offset", "drift", "gravity", "mean_axis", "point", "group"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -53,7 +54,7 @@ def test_block_jacobian_matches_finite_differences(kind):
 
 
 @pytest.mark.parametrize("dense", [True, False])
-@pytest.mark.parametrize("kind", ["point", "gravity", "drift"])
+@pytest.mark.parametrize("kind", ["point", "gravity", "mean_axis", "drift"])
 def test_normal_equations_with_blocks_equal_the_sparse_product(kind, dense):
     x0, residuals, jacobian, _, n_obs_res, n_point_cols = small_problem(kind)
     x = x0 + np.random.default_rng(4).normal(0, 1e-3, x0.shape)

@@ -1,7 +1,8 @@
 """Generate a synthetic drone survey with ground truth (see core/synthetic.py).
 
 .venv/bin/python -m alignkit.tools.make_survey --out DIR [--rows 4 --cols 5 --altitude 60 --relief 8
-    --gps-noise-h 0 --gps-noise-v 0 --yaw 0 --seed 1 --width 1200 --height 900]
+    --gps-noise-h 0 --gps-noise-v 0 --gps-drift-v 0 --attitude-noise 0 [--no-attitude] --yaw 0 --seed 1
+    --width 1200 --height 900]
 """
 
 import argparse
@@ -27,6 +28,15 @@ def main(argv=None):
     ap.add_argument(
         "--gps-noise-v", type=float, default=d.gps_noise_v_m, help="vertical GPS noise std, metres"
     )
+    ap.add_argument(
+        "--gps-drift-v", type=float, default=d.gps_drift_v_m,
+        help="GPS altitude drift over the flight (linear in capture time), metres",
+    )
+    ap.add_argument(
+        "--attitude-noise", type=float, default=d.attitude_noise_deg,
+        help="std of the noise on the recorded gimbal angles (XMP), degrees",
+    )
+    ap.add_argument("--no-attitude", action="store_true", help="write no gimbal / flight attitude to XMP")
     ap.add_argument("--yaw", type=float, default=d.yaw_deg, help="heading of the first line, deg from north")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--width", type=int, default=d.width)
@@ -49,6 +59,9 @@ def main(argv=None):
             sidelap=a.sidelap,
             gps_noise_h_m=a.gps_noise_h,
             gps_noise_v_m=a.gps_noise_v,
+            gps_drift_v_m=a.gps_drift_v,
+            attitude_noise_deg=a.attitude_noise,
+            attitude_records=not a.no_attitude,
             yaw_deg=a.yaw,
             seed=a.seed,
             width=a.width,
