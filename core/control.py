@@ -280,6 +280,41 @@ def read_opensfm_json(path, image_sizes=None, text=None):
     return cs
 
 
+def control_from_points(points, crs, measurements=None, source="point layer", image_sizes=None):
+    """ControlSet from surveyed points [(name, x, y, z or None)] in `crs` (e.g. a QGIS point layer in any
+    CRS with a name field and Z or a height field, read by the caller) and image measurements
+    {name: [(photo, x, y), ...]} (the marking dialog's). Duplicate names are an error; a point without
+    a height is kept, flagged, and not used."""
+    errors, out, seen = [], [], set()
+    try:
+        crs = CRS.from_user_input(crs).to_string()
+    except CRSError:
+        raise ControlError(f"{source}: unknown CRS {crs!r}") from None
+    for k, (name, x, y, z) in enumerate(points):
+        name = str(name).strip() if name is not None else ""
+        if not name:
+            errors.append(f"feature {k + 1}: no name")
+            continue
+        if name in seen:
+            errors.append(f"feature {k + 1}: the name '{name}' is used twice")
+            continue
+        seen.add(name)
+        p = ControlPoint(name, np.array([x, y, np.nan if z is None else z], np.float64))
+        if not np.isfinite(p.xyz[2]):
+            p.problems.append("no surveyed height: not used")
+        for image, u, v in (measurements or {}).get(name, []):
+            if _check_measurement(errors, f"point '{name}'", image, u, v, image_sizes):
+                p.measurements.append(Measurement(image, float(u), float(v), 0, "user"))
+        out.append(p)
+    _raise_if(errors, source)
+    unknown = sorted(set(measurements or {}) - seen)
+    if unknown:
+        raise ControlError(f"{source}: measurements for point(s) not in the layer: {', '.join(unknown)}")
+    cs = ControlSet(source, crs, out, _crs_warnings(CRS.from_user_input(crs), source))
+    _flag_single_photo(cs)
+    return cs
+
+
 def _flag_single_photo(cs):
     for p in cs.points:
         n = len({m.image for m in p.measurements})
