@@ -10,9 +10,9 @@ Input formats:
   `observations` [{shot_id, projection}] in OpenSfM's normalised image coordinates
   (x_n = (x + 0.5 - w / 2) / max(w, h), with x a pixel-centre coordinate).
 
-Heights keep their meaning: a surveyed z is taken to be in the same vertical reference as the
-photos' GPS altitude (DESIGN.md: heights are passed through, never silently called ellipsoidal). A
-CRS with its own vertical datum is named in a warning, since the photos' altitude may not share it.
+Heights: with a compound CRS (e.g. EPSG:32632+5773) the surveyed heights go through its vertical datum;
+with a horizontal-only CRS they are taken in the same reference as the photos' GPS altitude (the
+alignment's stated altitude reference), and a warning says so.
 
 Every problem in a file is collected and reported together, each naming the file, the line and what
 is wrong (ControlError). A point measured in fewer than two photos is kept but flagged (`problems`)
@@ -110,9 +110,9 @@ def _crs_warnings(crs, source):
     out = []
     if crs.is_geographic:
         out.append(f"{source}: geographic CRS {crs.name}: x is longitude, y latitude (degrees)")
-    if len(crs.axis_info) > 2 or crs.is_compound:
-        out.append(f"{source}: the CRS {crs.name} has a vertical datum; surveyed heights are taken to share "
-                   "the photos' GPS altitude reference")
+    if len(crs.axis_info) <= 2 and not crs.is_compound:
+        out.append(f"{source}: the CRS {crs.name} has no vertical datum: surveyed heights are taken in the "
+                   "photos' GPS altitude reference")
     return out
 
 
@@ -280,6 +280,41 @@ def read_opensfm_json(path, image_sizes=None, text=None):
     return cs
 
 
+def control_from_points(points, crs, measurements=None, source="point layer", image_sizes=None):
+    """ControlSet from surveyed points [(name, x, y, z or None)] in `crs` (e.g. a QGIS point layer in any
+    CRS with a name field and Z or a height field, read by the caller) and image measurements
+    {name: [(photo, x, y), ...]} (the marking dialog's). Duplicate names are an error; a point without
+    a height is kept, flagged, and not used."""
+    errors, out, seen = [], [], set()
+    try:
+        crs = CRS.from_user_input(crs).to_string()
+    except CRSError:
+        raise ControlError(f"{source}: unknown CRS {crs!r}") from None
+    for k, (name, x, y, z) in enumerate(points):
+        name = str(name).strip() if name is not None else ""
+        if not name:
+            errors.append(f"feature {k + 1}: no name")
+            continue
+        if name in seen:
+            errors.append(f"feature {k + 1}: the name '{name}' is used twice")
+            continue
+        seen.add(name)
+        p = ControlPoint(name, np.array([x, y, np.nan if z is None else z], np.float64))
+        if not np.isfinite(p.xyz[2]):
+            p.problems.append("no surveyed height: not used")
+        for image, u, v in (measurements or {}).get(name, []):
+            if _check_measurement(errors, f"point '{name}'", image, u, v, image_sizes):
+                p.measurements.append(Measurement(image, float(u), float(v), 0, "user"))
+        out.append(p)
+    _raise_if(errors, source)
+    unknown = sorted(set(measurements or {}) - seen)
+    if unknown:
+        raise ControlError(f"{source}: measurements for point(s) not in the layer: {', '.join(unknown)}")
+    cs = ControlSet(source, crs, out, _crs_warnings(CRS.from_user_input(crs), source))
+    _flag_single_photo(cs)
+    return cs
+
+
 def _flag_single_photo(cs):
     for p in cs.points:
         n = len({m.image for m in p.measurements})
@@ -305,13 +340,13 @@ def assign_roles(cs, check_points=None):
 
 
 def to_local(cs, frame):
-    """Set each point's `enu` (the local frame of core.geo.LocalFrame) from the file's CRS. Explicit:
-    horizontal through pyproj to lat/lon, heights as they are (see the module's note)."""
+    """Set each point's `enu` (the local frame of core.geo.LocalFrame) from the file's CRS, explicitly
+    through pyproj: a CRS with a vertical datum converts its heights; a horizontal-only CRS's heights
+    are taken in the photos' altitude reference (the frame's, see core.geo)."""
     xyz = np.array([p.xyz for p in cs.points], np.float64).reshape(-1, 3)
-    if cs.crs == "EPSG:4979":
-        enu = frame.to_enu(xyz[:, 1], xyz[:, 0], np.nan_to_num(xyz[:, 2]))
-    else:
-        enu = frame.from_crs(np.nan_to_num(xyz), cs.crs)
+    # OpenSfM's latitude / longitude / altitude: a horizontal CRS, heights with the photos' meaning.
+    crs = "EPSG:4326" if cs.crs == "EPSG:4979" else cs.crs
+    enu = frame.from_crs(np.nan_to_num(xyz), crs)
     for p, e in zip(cs.points, enu):
         p.enu = np.where(np.isfinite(p.xyz), e, np.nan) if np.isfinite(p.xyz[:2]).all() else np.full(3, np.nan)
     return cs

@@ -25,6 +25,10 @@ FREED_FOCAL_SIGMA = 0.25  # relative focal prior once control settles the focal 
 TIE_POINTS_PER_IMAGE = 400  # tie points per image in the control adjustment (the rest follow the cameras)
 MIN_SPREAD_RATIO = 0.25  # control spans the block when its smaller horizontal extent is this share of the block's
 MAX_ITERATIONS = 60
+MIN_CONTROL_RELIEF = 0.05  # control height range / flying height needed to free the focal
+MAX_CONTROL_MISFIT = 3.0  # RMS prior sigmas: a freed focal that pulls the block off its control is not trusted
+HELD_FOCAL_SIGMA = 1e-5  # relative: a focal the reconstruction held at EXIF stays there (as in reconstruction.py)
+GPS_BIAS_SIGMA_M = 100.0  # prior on the GPS block bias against control: free in practice (datum differences)
 FTOL = 1e-6  # relative cost decrease that ends the adjustment, as the reconstruction's final ones
 MIN_SIGMA_PX = 0.05
 
@@ -90,7 +94,7 @@ def spans_block(control_en, camera_en):
 def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None):
     """Bundle-adjust `recon` with control points. control: [(name, enu (3,), sigma (3,), img (m,), xy (m,2))]
     for the usable control points (image indices into cams). Returns (Reconstruction, {name: adjusted
-    ENU}, log lines). The input reconstruction is not modified."""
+    ENU}, log lines, whether the focal was freed). The input reconstruction is not modified."""
     t0 = time.perf_counter()
     log = []
     reg = recon.registered.copy()
@@ -116,14 +120,15 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
                     for _, _, _, im, xy in used]).reshape(-1, 3)
     surveyed = np.array([u[1] for u in used]).reshape(-1, 3)
     spread = spans_block(surveyed[:, :2], C[reg, :2])
+    height = float(np.median(C[reg, 2])) - float(np.mean(surveyed[:, 2])) if len(used) else 0.0
+    relief = float(np.ptp(surveyed[:, 2])) / max(height, 1e-9) if len(used) else 0.0
     if len(used) >= 3 and spread:
         s, rot, t = umeyama(tri, surveyed)  # start on the control: the adjustment then only refines
         C = np.where(reg[:, None], s * C @ rot.T + t, 0.0)
         R = np.where(reg[:, None, None], R @ rot.T, np.eye(3))
         points = s * points @ rot.T + t
         tri = s * tri @ rot.T + t
-        log.append(f"control: {len(used)} control points span the block: the focal is freed, control settles "
-                   f"the focal/height trade-off (similarity to control: scale {s:.4f})")
+        log.append(f"control: {len(used)} control points span the block (similarity to control: scale {s:.4f})")
     elif used:
         shift = np.mean(surveyed - tri, axis=0)
         C = np.where(reg[:, None], C + shift, 0.0)
@@ -132,7 +137,11 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
         why = "fewer than three control points" if len(used) < 3 else "the control points do not span the block"
         log.append(f"control: {why} ({len(used)} used): georeferencing falls back to the GPS for what control "
                    "cannot fix (rotation, scale, focal)")
-    free_focal = len(used) >= 3 and spread
+    # The focal/height trade-off is settled by control at different heights (relief over the flying height).
+    free_focal = len(used) >= 3 and spread and relief >= MIN_CONTROL_RELIEF
+    if len(used) >= 3 and spread and not free_focal:
+        log.append(f"control: the control points are nearly level (height range {100 * relief:.1f}% of the flying "
+                   "height): they cannot settle the focal/height trade-off, the focal keeps its prior")
 
     # Tie points: a subset with the longest tracks (spread by a seeded shuffle), their observations.
     rng = np.random.default_rng(config.seed)
@@ -159,20 +168,68 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
                             recon.obs_xy)
     sigma_px = max(1.4826 * float(np.median(np.abs(res0[np.isfinite(res0)]))), MIN_SIGMA_PX) if len(res0) else 1.0
     gps = np.asarray(gps_enu, np.float64) if gps_enu is not None else np.full((n_img, 3), np.nan)
+    # The reconstruction's GPS drift in capture time (core.georef), when it modelled one, stays as it
+    # found it: the fixes are corrected by it, and the control adds one constant bias on top.
+    drift = np.asarray(getattr(recon, "gps_drift", np.zeros((0, 3))), np.float64)
+    gps_fix = gps - np.nan_to_num(drift) if drift.shape == gps.shape else gps
     offset = recon.gps_antenna_offset_m
     offset = np.zeros(3) if not np.isfinite(offset).all() else offset
-    x0, residuals, jacobian, unpack, n_obs_res, n_point_cols = build_problem(
-        R, C, focal_m, k1_m, k2_m, pp_m, model, all_points, obs_image, obs_point, obs_xy,
-        fixed_images=~reg, refine_focal=config.refine_focal or free_focal, refine_distortion=config.refine_distortion,
-        gps_enu=gps if np.isfinite(gps).all(1).any() else None,
-        gps_sigma_h=recon.gps_sigma_h_m, gps_sigma_v=recon.gps_sigma_v_m,
-        gps_offset=offset, gps_offset_frames=flight_frames(gps),
-        focal_prior=focal_prior, focal_prior_sigma=FREED_FOCAL_SIGMA if free_focal else config.focal_prior_sigma,
-        blocks=[PointPrior(n_tie + np.arange(len(used)), surveyed, np.array([u[2] for u in used]).reshape(-1, 3))],
-        loss=config.robust_loss, loss_scale_px=config.robust_scale_px, obs_sigma_px=sigma_px)
-    x, nfev, status = levenberg_marquardt(x0, residuals, jacobian, n_obs_res, n_point_cols, config.robust_loss,
-                                          config.robust_scale_px / sigma_px, MAX_ITERATIONS, FTOL, is_canceled)
-    Rn, Cn, _, fn, k1n, k2n, Pn = unpack(x)
+    rejected = np.asarray(recon.focal_rejected_px, np.float64)
+    held = np.isfinite(rejected[ref]) if len(rejected) == n_img else np.zeros(len(first), bool)
+    sigmas = np.array([u[2] for u in used]).reshape(-1, 3)
+
+    frames = flight_frames(gps)
+    with_gps = reg & np.isfinite(gps).all(1)
+    bias0 = (np.mean(gps_fix[with_gps] - C[with_gps] - frames[with_gps] @ offset, axis=0) if with_gps.any()
+             else np.zeros(3))
+
+    def solve(free):
+        # Freed: a weak prior at EXIF. Otherwise as the reconstruction had it (held where its gate held it).
+        prior = focal_prior if free else np.where(held, focal_m, focal_prior)
+        sigma = FREED_FOCAL_SIGMA if free else np.where(held, HELD_FOCAL_SIGMA, config.focal_prior_sigma)
+        x0, residuals, jacobian, unpack, n_obs_res, n_point_cols = build_problem(
+            R, C, focal_m, k1_m, k2_m, pp_m, model, all_points, obs_image, obs_point, obs_xy,
+            fixed_images=~reg, refine_focal=config.refine_focal or free, refine_distortion=config.refine_distortion,
+            gps_enu=gps_fix if np.isfinite(gps).all(1).any() else None,
+            gps_sigma_h=recon.gps_sigma_h_m, gps_sigma_v=recon.gps_sigma_v_m,
+            gps_offset=offset, gps_offset_frames=frames,
+            # The GPS's own datum (a constant ENU bias against the surveyed control) is estimated: its
+            # estimated sigmas describe its scatter, not its offset from the control's reference.
+            gps_drift_basis=np.broadcast_to(np.eye(3), (n_img, 3, 3)), gps_drift=bias0, estimate_gps_drift=True,
+            gps_drift_sigma_m=GPS_BIAS_SIGMA_M,
+            focal_prior=prior, focal_prior_sigma=sigma,
+            blocks=[PointPrior(n_tie + np.arange(len(used)), surveyed, sigmas)],
+            loss=config.robust_loss, loss_scale_px=config.robust_scale_px, obs_sigma_px=sigma_px)
+        x, nfev, status = levenberg_marquardt(x0, residuals, jacobian, n_obs_res, n_point_cols, config.robust_loss,
+                                              config.robust_scale_px / sigma_px, MAX_ITERATIONS, FTOL, is_canceled)
+        return unpack(x), nfev, status, unpack.groups(x).get("gps_drift", np.zeros(3))
+
+    def control_misfit(P):  # RMS of the control residuals in prior sigmas
+        return float(np.sqrt(np.mean(((P[n_tie:] - surveyed) / sigmas) ** 2))) if len(used) else 0.0
+
+    # A focal the reconstruction held (its self-calibration ran off) stays held unless the control
+    # contradicts it; a self-calibrated one is freed. The other choice is tried when the control is missed.
+    allowed = free_focal
+    free_focal = allowed and not held.any()
+    sol = solve(free_focal)
+    misfit = control_misfit(sol[0][6])
+    if allowed and misfit > MAX_CONTROL_MISFIT:
+        other = solve(not free_focal)
+        misfit_other = control_misfit(other[0][6])
+        log.append(f"control: with the focal {'freed' if free_focal else 'held'} the control points are missed by "
+                   f"{misfit:.1f} sigmas ({misfit_other:.1f} with it {'held' if free_focal else 'freed'})")
+        if misfit_other < misfit:
+            sol, free_focal = (other[0], sol[1] + other[1], other[2], other[3]), not free_focal
+        else:
+            sol = (sol[0], sol[1] + other[1], sol[2], sol[3])
+    (Rn, Cn, _, fn, k1n, k2n, Pn), nfev, status, bias = sol
+    if free_focal:
+        log.append("control: the control points span the block in plan and height: the focal is freed, the control "
+                   "settles the focal/height trade-off")
+    elif allowed:
+        agree = "agrees with it" if control_misfit(Pn) <= MAX_CONTROL_MISFIT else "does not free it either"
+        log.append("control: the focal stays held at its prior (the reconstruction found its self-calibration "
+                   f"unreliable) and the control {agree}")
     adjusted = {u[0]: Pn[n_tie + k] for k, u in enumerate(used)}
     # Every point follows the adjusted cameras (the subset's start from their adjusted position).
     pts = points.copy()
@@ -184,11 +241,12 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
     out = _updated(recon, Rn, Cn, f_img, k1_img, k2_img, pp_img, pts, gps, offset)
     focal_change = 100.0 * (fn / focal_m - 1.0)
     log.append(f"control adjustment: {len(used)} control points, {n_tie} tie points, {nfev} iterations ({status}), "
-               f"focal {', '.join(f'{f:.1f} px ({c:+.2f}%)' for f, c in zip(fn, focal_change))}, "
+               f"focal {', '.join(f'{f:.1f} px ({c:+.2f}%)' for f, c in zip(fn, focal_change))}, GPS bias against "
+               f"the control {-bias[0]:+.2f} / {-bias[1]:+.2f} / {-bias[2]:+.2f} m (E/N/U), "
                f"{time.perf_counter() - t0:.1f} s")
     out.log = list(recon.log) + log
     out.timings = dict(recon.timings, control_adjust_s=time.perf_counter() - t0)
-    return out, adjusted, log
+    return out, adjusted, log, free_focal
 
 
 def reprojection_all(R, C, focal, k1, k2, pp, points, obs_image, obs_point, obs_xy):

@@ -58,9 +58,9 @@ def run_control(config, priors, usable, recon, cams, gps_enu, frame, crs, is_can
     n_control = sum(1 for c in control if recon.registered[c[3]].sum() >= 2)
     log = []
     if n_control:
-        recon, adjusted, log = adjust_with_control(recon, cams, gps_enu, control, config, is_canceled)
+        recon, adjusted, log, freed = adjust_with_control(recon, cams, gps_enu, control, config, is_canceled)
     else:
-        adjusted = {}
+        adjusted, freed = {}, False
         warnings.append(f"{config.gcp_file}: no usable control point (each needs two registered photos): "
                         "georeferenced by GPS alone")
     if 0 < n_control < 3:
@@ -114,7 +114,7 @@ def run_control(config, priors, usable, recon, cams, gps_enu, frame, crs, is_can
         "control_rmse_m": rmse([r for r in rows if r["role"] == "control"]),
         "check_rmse_m": rmse([r for r in rows if r["role"] == "check"]),
         "control_source": str(config.gcp_file),
-        "control_focal_freed": bool(n_control >= 3 and spans_block(enu_ctl, recon.C[recon.registered, :2])),
+        "control_focal_freed": bool(freed),
         "warnings": warnings,
         "log": log,
         "layer": Layer("control_points", "PointZ", CONTROL_FIELDS, feats),
@@ -160,8 +160,8 @@ def control_section_html(summary):
         return ""
     out = ["<h2>Ground control and check points</h2>"]
     if summary.get("control_focal_freed"):
-        out.append("<p>Three or more control points span the block: the focal length was freed and the "
-                   "control settles the focal/height trade-off.</p>")
+        out.append("<p>The control points span the block in plan and height: the focal length was freed and "
+                   "the control settles the focal/height trade-off.</p>")
     rm = []
     for label, key in (("control (in the adjustment)", "control_rmse_m"), ("check (independent)", "check_rmse_m")):
         r = summary.get(key) or {}

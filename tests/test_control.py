@@ -162,3 +162,23 @@ def test_predict_pixels_matches_the_true_projection():
     got = predict_pixels(X, [R, R, R], C, [500] * 3, [0.01] * 3, [0] * 3, [(400, 300)] * 3, names=["a", "b", "c"])
     assert [g[0] for g in got] == ["a"]  # b sees it outside its frame; c has no pose
     np.testing.assert_allclose(got[0][1:], project(K, R, C[0], X, 0.01)[0], atol=1e-9)
+
+
+def test_control_from_a_point_layer_in_another_crs():
+    from alignkit.core.control import control_from_points
+
+    lat, lon, h = 46.5012, 6.6023, 412.25
+    e, n = Transformer.from_crs("EPSG:4326", "EPSG:2056", always_xy=True).transform(lon, lat)
+    cs = control_from_points([("A", e, n, h), ("B", e + 10, n, None)], "EPSG:2056",
+                             {"A": [("a.jpg", 10, 20), ("b.jpg", 30, 40)], "B": [("a.jpg", 1, 1), ("c.jpg", 2, 2)]},
+                             image_sizes=SIZES)
+    a, b = cs.points
+    assert a.usable and [m.source for m in a.measurements] == ["user", "user"]
+    assert not b.usable and "no surveyed height" in b.problems[0]
+    np.testing.assert_allclose(to_local(cs, FRAME).points[0].enu, FRAME.to_enu(lat, lon, h)[0], atol=5e-3)
+    with pytest.raises(ControlError, match="feature 2: the name 'A' is used twice"):
+        control_from_points([("A", 0, 0, 0), ("A", 1, 1, 1)], "EPSG:2056")
+    with pytest.raises(ControlError, match="measurements for point\\(s\\) not in the layer: Z"):
+        control_from_points([("A", 0, 0, 0)], "EPSG:2056", {"Z": [("a.jpg", 1, 1)]})
+    with pytest.raises(ControlError, match="point 'A': pixel \\(999, 1\\) is outside photo 'a.jpg'"):
+        control_from_points([("A", 0, 0, 0)], "EPSG:2056", {"A": [("a.jpg", 999, 1)]}, image_sizes=SIZES)

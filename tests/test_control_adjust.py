@@ -88,15 +88,16 @@ def test_control_moves_the_block_onto_truth_and_frees_the_focal(block):
     C, R, gps, cams, gcp, meas, rec = block
     before = np.linalg.norm(rec.C - C, axis=1)
     cfg = AlignConfig(refine_distortion=False)
-    out, adjusted, log = adjust_with_control(rec, cams, gps, _control(gcp, meas, range(5)), cfg)
+    out, adjusted, log, freed = adjust_with_control(rec, cams, gps, _control(gcp, meas, range(5)), cfg)
     after = np.linalg.norm(out.C - C, axis=1)
     print(f"camera centre error: GPS only median {np.median(before):.2f} m, with control max {after.max():.4f} m; "
           f"focal {out.focal[0]:.1f} px (true {F})")
     assert np.median(before) > 1.0
-    gsd = 70.0 / F
-    assert after.max() < 2 * gsd  # what is left is the focal/height trade-off the 6 m relief leaves open
+    # What is left is the focal/height trade-off that 12 m of relief under 70 m leaves open (the GPS
+    # heights no longer help: their bias against the control is estimated): 0.2 % of the height.
+    assert after.max() < 0.002 * 70.0
     assert abs(out.focal[0] / F - 1) < 0.003  # the EXIF focal was 4 % short
-    assert "focal is freed" in log[0]
+    assert freed and "focal is freed" in log[-2]
     for k in range(5):  # control points adjusted onto their survey
         assert np.linalg.norm(adjusted[f"p{k}"] - gcp[k]) < 0.02
     for k in range(5, 8):  # check points: triangulated from the adjusted cameras, never adjusted
@@ -107,7 +108,8 @@ def test_control_moves_the_block_onto_truth_and_frees_the_focal(block):
 
 def test_fewer_than_three_control_points_fall_back_to_gps(block):
     C, R, gps, cams, gcp, meas, rec = block
-    out, adjusted, log = adjust_with_control(rec, cams, gps, _control(gcp, meas, [0, 4]), AlignConfig())
+    out, adjusted, log, freed = adjust_with_control(rec, cams, gps, _control(gcp, meas, [0, 4]), AlignConfig())
+    assert not freed
     assert "fewer than three control points (2 used)" in log[0] and "falls back to the GPS" in log[0]
     assert sorted(adjusted) == ["p0", "p4"]
     for k in (0, 4):

@@ -52,3 +52,10 @@ def test_bad_control_file_is_a_clear_error_before_any_work(alignkit_provider, su
         processing.run("alignkit:alignphotos", {"IMAGES": str(survey / "images"), "OUTPUT": str(tmp_path / "r.gpkg"),
                                                 "GCP_FILE": str(survey / "gcp_list.txt"), "CHECK_POINTS": "zz"})
     assert not (tmp_path / "r.gpkg").exists() and not (tmp_path / "r_workspace").exists()
+
+
+def test_parameters_of_the_contract(alignkit_provider):
+    alg = alignkit_provider.algorithm("alignphotos")
+    for name in ("GCP_FILE", "CHECK_POINTS", "REFERENCE_DEM"):
+        p = alg.parameterDefinition(name)
+        assert p is not None and p.flags() & p.FlagOptional, name
