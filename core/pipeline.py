@@ -297,6 +297,18 @@ def _run_locks(paths):
     """Create the output folder and the workspace, lock both (the lock files are the proof that both
     can be written), and clear what interrupted runs left there."""
     gpkg, ws = paths["gpkg"], paths["workspace"]
+    created = not ws.exists()
+    try:
+        with _locked(paths, gpkg, ws):
+            yield
+    finally:
+        if created:  # a run that failed before writing anything leaves no empty workspace behind
+            with contextlib.suppress(OSError):
+                ws.rmdir()  # only succeeds when empty
+
+
+@contextlib.contextmanager
+def _locked(paths, gpkg, ws):
     with contextlib.ExitStack() as stack:
         for folder, lock, what in ((gpkg.parent, Path(f"{gpkg}{workspace.LOCK_SUFFIX}"), f"the output {gpkg}"),
                                    (ws, ws / workspace.LOCK_SUFFIX, f"the workspace {ws}")):
