@@ -332,9 +332,14 @@ def _locked(paths, gpkg, ws):
 def _leave_out_duplicates(priors):
     """Mark exact duplicates (same file content) unusable, naming the photo they repeat: a photo
     matched with its own copy is a degenerate pair and adds nothing."""
+    sizes = {}
+    for p in priors:
+        with contextlib.suppress(OSError):
+            sizes.setdefault(os.path.getsize(p.path), []).append(p)
+    same_size = {id(p) for group in sizes.values() if len(group) > 1 for p in group}  # only these are read
     first_of = {}
     for p in sorted(priors, key=lambda q: (len(q.name), q.name)):  # "a.jpg" is kept, "a copy.jpg" left out
-        if p.status == "unusable":
+        if p.status == "unusable" or id(p) not in same_size:
             continue
         digest = hashlib.blake2b(digest_size=16)
         try:

@@ -122,6 +122,8 @@ def _lock_fd(fd):
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
             return False
+        if exc.errno in (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return True  # a file system without locks (some network shares): run unguarded, as before
         raise
 
 

@@ -178,7 +178,7 @@ def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path, slow_fsync)
     assert not out.exists() and not (tmp_path / "r_summary.json").exists()
     features_dir = tmp_path / "r_workspace" / "features"
     # Complete images: their .json marker (written last) is there. The others may be redone.
-    complete = [p.name[: -len(".json")] for p in features_dir.glob("*.json")]
+    complete = [p.stem for p in features_dir.glob("[0-9][0-9][0-9][0-9][0-9].json")]  # not .tmp-* ones
     assert complete, "the cancelled run kept no completed image"
     done = {p.name: p.stat().st_mtime_ns for stem in complete for p in features_dir.glob(f"{stem}.*")}
     # What a killed write leaves (the cancel's terminate() is one): removed by the next run.
