@@ -124,3 +124,17 @@ def test_result_layers_show_field_aliases_with_units(tmp_path, qgis_new_project)
     assert alias(layers["footprints"], "ground_z").startswith("Ground height (m")
     assert alias(layers["pairs"], "inliers") == "Verified matches"
     assert layers["cameras"].renderer().type() == "RuleRenderer"  # the symbology still applies
+
+
+def test_priors_layers_show_field_aliases(tmp_path, qgis_new_project):
+    from alignkit.core import priors
+    from alignkit.core.gpkg import write_geopackage
+    from alignkit.ui import layers as layer_loader
+
+    gpkg = tmp_path / "p.gpkg"
+    write_geopackage(gpkg, "EPSG:32633", [priors.Layer("cameras", "PointZ", priors.CAMERA_FIELDS, []),
+                                          priors.Layer("footprints", "Polygon", priors.FOOTPRINT_FIELDS, [])])
+    layers = layer_loader.styled_layers(gpkg, layer_loader.PRIORS_STYLES, str(tmp_path), store_styles=False)
+    cams, fps = layers["cameras"], layers["footprints"]
+    assert cams.attributeAlias(cams.fields().indexOf("rel_alt")) == "Height above take-off (m, DJI)"
+    assert fps.attributeAlias(fps.fields().indexOf("gsd_cm")) == "Ground sampling distance (cm/px)"

@@ -57,5 +57,8 @@
     <alias field="ground_z" name="Ground height (m, the cameras' height reference)"/>
     <alias field="gsd_cm" name="Ground sampling distance (cm/px)"/>
     <alias field="area_m2" name="Area (m²)"/>
+    <alias field="height_above_ground" name="Height above ground (m)"/>
+    <alias field="ground_alt" name="Ground altitude (m)"/>
+    <alias field="orientation_source" name="Orientation from"/>
   </aliases>
 </qgis>

@@ -1,5 +1,5 @@
 <!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis simplifyDrawingHints="1" styleCategories="Symbology|Rendering" minScale="100000000" hasScaleBasedVisibilityFlag="0" simplifyDrawingTol="1" simplifyLocal="1" symbologyReferenceScale="-1" simplifyMaxScale="1" maxScale="0" version="3.22.16-Białowieża" simplifyAlgorithm="0">
+<qgis simplifyDrawingHints="1" styleCategories="Symbology|Rendering|Fields" minScale="100000000" hasScaleBasedVisibilityFlag="0" simplifyDrawingTol="1" simplifyLocal="1" symbologyReferenceScale="-1" simplifyMaxScale="1" maxScale="0" version="3.22.16-Białowieża" simplifyAlgorithm="0">
   <renderer-v2 forceraster="0" type="RuleRenderer" symbollevels="0" enableorderby="0" referencescale="-1">
     <rules key="{36d0e31e-ff67-4a5c-b2fd-00ba3a55dde6}">
       <rule symbol="0" key="{ca208659-18b8-4632-8a07-8f5eba4abedc}" filter="&quot;status&quot; = 'ok' AND &quot;problem&quot; IS NULL" label="Metadata complete"/>
@@ -248,4 +248,29 @@
   <featureBlendMode>0</featureBlendMode>
   <layerOpacity>1</layerOpacity>
   <layerGeometryType>0</layerGeometryType>
+  <aliases>
+    <alias field="image" name="Photo"/>
+    <alias field="status" name="Status"/>
+    <alias field="problem" name="Problem"/>
+    <alias field="make" name="Camera make"/>
+    <alias field="model" name="Camera model"/>
+    <alias field="width" name="Width (px)"/>
+    <alias field="height" name="Height (px)"/>
+    <alias field="capture_time" name="Capture time"/>
+    <alias field="focal_mm" name="Focal length (mm)"/>
+    <alias field="focal_35mm" name="Focal length, 35 mm equivalent (mm)"/>
+    <alias field="sensor_width_mm" name="Sensor width (mm)"/>
+    <alias field="focal_px" name="Focal length (px)"/>
+    <alias field="focal_source" name="Focal length from"/>
+    <alias field="lat" name="Latitude (deg, WGS 84)"/>
+    <alias field="lon" name="Longitude (deg, WGS 84)"/>
+    <alias field="gps_alt" name="GPS altitude (m, EXIF; roughly above sea level on DJI)"/>
+    <alias field="rel_alt" name="Height above take-off (m, DJI)"/>
+    <alias field="abs_alt" name="Absolute altitude (m, DJI XMP)"/>
+    <alias field="gimbal_yaw" name="Gimbal yaw (deg, clockwise from north)"/>
+    <alias field="gimbal_pitch" name="Gimbal pitch (deg, -90 = nadir)"/>
+    <alias field="gimbal_roll" name="Gimbal roll (deg)"/>
+    <alias field="flight_yaw" name="Flight yaw (deg, clockwise from north)"/>
+    <alias field="path" name="Photo file"/>
+  </aliases>
 </qgis>
