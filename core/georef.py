@@ -208,6 +208,12 @@ def levelled_fit(centres, up_block, targets, basis_z=None):
     return (s, rot @ A, t), res, keep, coef[1:]
 
 
+def _vertical_spread(res, keep):
+    """Robust std (1.4826 MAD) of the vertical residuals of the kept fixes."""
+    z = res[keep, 2]
+    return float(1.4826 * np.median(np.abs(z - np.median(z)))) if len(z) else 0.0
+
+
 def off_nadir_deg(R):
     """(n,) angle (deg) between each camera's optical axis and straight down (ENU)."""
     axis = np.asarray(R)[:, 2, :]  # camera z in world: the third row of world->camera
@@ -247,6 +253,8 @@ class Georeferencing:
         self.vertical_source = {}  # component -> what its vertical rests on besides the GPS altitudes
         self.levelled = {}  # component -> (GPS-alone tilt, tolerance, evidence) when the last fit was levelled
         self.fitted = set()  # components placed by fit_to_gps: their adjustments carry the vertical evidence
+        self.disagreement = {}  # component -> (tilt, evidence) when the GPS vertical was kept against it
+        self.evidence_rejected = set()  # components whose attitude evidence the GPS contradicted: no gravity prior
 
     # ---------------------------------------------------------------- vertical evidence
     def vertical_evidence(self, comp):
@@ -303,8 +311,10 @@ class Georeferencing:
 
         The plain robust similarity (the GPS alone decides the block's vertical), unless it tilts the
         block further from what the photos' attitude says than that evidence's accuracy allows
-        (TILT_TOLERANCE_DEG): then the GPS altitudes are not to be trusted for the vertical, and the fit
-        is levelled by the attitude, with a drift in capture time when that explains the altitudes."""
+        (TILT_TOLERANCE_DEG): then the fit is levelled by the attitude, with a drift in capture time when
+        that explains the altitudes far better than both the levelled and the GPS-tilted block do. When
+        levelling makes the altitudes fit much worse and no drift explains it, the GPS is consistent and
+        the attitude evidence is what is wrong: the GPS fit stands and the evidence is dropped."""
         sim, res, keep = self.robust_similarity(self.C[imgs], targets)
         if evidence is None:
             return sim, res, keep, None
@@ -317,22 +327,35 @@ class Georeferencing:
             tol = max(tol, 3.0 * ATTITUDE_SIGMA_DEG / np.sqrt(max(n_rec, 1)))
         if tilt <= tol:
             return sim, res, keep, None
-        self.levelled[comp] = (tilt, tol, evidence[0])  # logged by the caller, once
+        plain = (sim, res, keep)
         sim, res, keep, _ = levelled_fit(self.C[imgs], v, targets)
         used = np.abs(self.drift_basis[imgs][:, 2, :]).sum(axis=0) > 0
-        if not allow_drift or len(imgs) < DRIFT_MIN_IMAGES or not used.any():
-            return sim, res, keep, None
-        sim_d, res_d, keep_d, coef = levelled_fit(self.C[imgs], v, targets, self.drift_basis[imgs][:, 2, used])
-        full = np.zeros(self.drift_basis.shape[2])
-        full[used] = coef
-        moved = self.drift_basis[imgs][:, 2, :] @ full
-        spread = 1.4826 * np.median(np.abs(res[keep, 2] - np.median(res[keep, 2])))
-        spread_d = 1.4826 * np.median(np.abs(res_d[keep_d, 2] - np.median(res_d[keep_d, 2])))
-        if spread > DRIFT_MIN_GAIN * max(spread_d, GPS_SIGMA_FLOOR_V_M) and np.ptp(moved) > DRIFT_MIN_M:
-            return sim_d, res_d, keep_d, full
+        spread_plain, spread = _vertical_spread(plain[1], plain[2]), _vertical_spread(res, keep)
+        if allow_drift and len(imgs) >= DRIFT_MIN_IMAGES and used.any():
+            sim_d, res_d, keep_d, coef = levelled_fit(self.C[imgs], v, targets, self.drift_basis[imgs][:, 2, used])
+            full = np.zeros(self.drift_basis.shape[2])
+            full[used] = coef
+            moved = self.drift_basis[imgs][:, 2, :] @ full
+            floor = DRIFT_MIN_GAIN * max(_vertical_spread(res_d, keep_d), GPS_SIGMA_FLOOR_V_M)
+            # A drift: the levelled block explains the altitudes far better with it, and so much
+            # better than the tilted one that the GPS's tilt cannot stand in for it.
+            if spread > floor and spread_plain > floor and np.ptp(moved) > DRIFT_MIN_M:
+                self.levelled[comp] = (tilt, tol, evidence[0])  # logged by the caller, once
+                return sim_d, res_d, keep_d, full
+        if spread > DRIFT_MIN_GAIN * max(spread_plain, GPS_SIGMA_FLOOR_V_M):
+            # Levelled, the altitudes fit much worse and no drift explains it: the GPS is consistent
+            # and the attitude evidence is what disagrees (a mounting offset?). The GPS stands.
+            self.disagreement[comp] = (tilt, evidence[0])
+            self.evidence_rejected.add(comp)
+            return (*plain, None)
+        self.levelled[comp] = (tilt, tol, evidence[0])
         return sim, res, keep, None
 
     def levelled_note(self, comp):
+        if comp in self.disagreement:
+            tilt, source = self.disagreement.pop(comp)
+            return (f"; its {source} disagree with the GPS by {tilt:.1f} deg in the vertical, and no GPS drift "
+                    f"explains it: the GPS vertical kept (check the attitude records / camera mount)")
         if comp not in self.levelled:
             return ""
         tilt, tol, source = self.levelled.pop(comp)
@@ -343,7 +366,7 @@ class Georeferencing:
         """bundle_adjust keywords of `comp`'s vertical evidence (empty without, and while the component
         grows: from fit_to_gps on): recorded attitude per camera; the nadir "looks down on average" only
         when the whole block is adjusted."""
-        ev = self.vertical_evidence(comp) if comp in self.fitted else None
+        ev = self.vertical_evidence(comp) if comp in self.fitted and comp not in self.evidence_rejected else None
         if ev is None:
             return {}
         self.vertical_source[comp] = ev[0]
@@ -492,7 +515,7 @@ class Georeferencing:
             self.gps_offset[comp] = offset  # the start of the adjustments with GPS
         self.apply_similarity(comp, *sim)
         self.fitted.add(comp)
-        if evidence is not None:
+        if evidence is not None and comp not in self.evidence_rejected:
             self.vertical_source[comp] = evidence[0]
         note = self.levelled_note(comp)
         if note:

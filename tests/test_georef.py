@@ -115,3 +115,19 @@ def test_flights_drift_basis_and_helpers():
     xy = np.random.default_rng(1).uniform(-20, 20, (200, 2))
     slope, normal, spread = plane_fit(np.column_stack([xy, np.tan(np.radians(7.0)) * xy[:, 0] + 3.0]))
     assert abs(slope - 7.0) < 1e-9 and spread < 1e-9
+
+
+def test_attitude_records_that_contradict_a_consistent_gps_are_dropped():
+    """Records biased by 8 deg (a camera mount offset) on a block whose GPS is consistent (no drift): the
+    GPS vertical stands, the log says why, and no drift is invented."""
+    truth = survey(rows=4, cols=6, gps_noise_h=1.0, gps_noise_v=0.3, seed=3)
+    cams = cameras_for(len(truth.C))
+    bias = Rotation.from_euler("x", 8.0, degrees=True).as_matrix()
+    for i, c in enumerate(cams):
+        c["capture_s"] = 2.0 * i
+        c["up_cam"] = truth.R[i] @ bias @ [0.0, 0.0, 1.0]  # the world's up, seen through a tilted mount
+    rec = reconstruct(truth.tracks, cams, truth.gps, None, AlignConfig(seed=1))
+    assert rec.registered.all()
+    assert any("disagree with the GPS by" in line for line in rec.log)
+    assert not rec.gps_drift_flights[0]["modelled"]
+    assert ground_tilt_deg(rec, truth) < 0.5
