@@ -45,7 +45,8 @@ DRIFT_DEGREE = 2  # degree of the GPS altitude drift polynomial in capture time 
 DRIFT_MIN_IMAGES = 8  # fewer GPS images in a component: no drift is estimated
 DRIFT_MIN_GAIN = 2.0  # the drift is modelled when it divides the GPS altitudes' spread by this much
 DRIFT_MIN_M = 1.0  # ... and moves them by more than this over a flight
-DRIFT_PRIOR_SIGMA_M = 1000.0  # zero-mean prior on the drift coefficients: free, but never singular
+DRIFT_PRIOR_SIGMA_M = 1000.0  # zero-mean prior on the vertical drift coefficients: free, but never singular
+DRIFT_H_PRIOR_SIGMA_M = 2.0  # ... on the horizontal (linear) ones: a consumer GPS wanders metres, not tens
 
 
 def umeyama(src, dst):
@@ -134,11 +135,12 @@ def flights_from_times(capture_s, gap_s=FLIGHT_GAP_S):
     return flight
 
 
-def drift_basis(capture_s, flight, degree=DRIFT_DEGREE):
-    """(N,3,k) per image, the ENU offset of its GPS fix per drift coefficient: per flight, the
-    vertical drift is a polynomial in the flight's normalised time tau in [0, 1]; the first flight's
-    has no constant term (heights tied to its first fix), later flights have one. Zero rows for images
-    without capture time. Returns the basis and, per coefficient, (flight, power)."""
+def drift_basis(capture_s, flight, degree=DRIFT_DEGREE, horizontal=True):
+    """(N,3,k) per image, the ENU offset of its GPS fix per drift coefficient, and per coefficient its
+    (flight, axis, power). Per flight, the vertical drift is a polynomial in the flight's normalised
+    time tau in [0, 1] (the first flight's without constant term: heights are tied to its first fix;
+    later flights have one), and, when `horizontal`, east and north drift linearly in tau (held by a
+    prior: weaker). Zero rows for images without capture time."""
     t = np.asarray(capture_s, np.float64)
     n = len(t)
     labels, columns = [], []
@@ -147,12 +149,21 @@ def drift_basis(capture_s, flight, degree=DRIFT_DEGREE):
         t0, t1 = t[sel].min(), t[sel].max()
         tau = np.where(sel, (t - t0) / max(t1 - t0, 1.0), 0.0)
         for p in range(0 if f else 1, degree + 1):
-            columns.append(np.where(sel, tau**p, 0.0))
-            labels.append((f, p))
+            columns.append((2, np.where(sel, tau**p, 0.0)))
+            labels.append((f, "up", p))
+        if horizontal:
+            for axis, name in ((0, "east"), (1, "north")):
+                columns.append((axis, np.where(sel, tau, 0.0)))
+                labels.append((f, name, 1))
     basis = np.zeros((n, 3, len(columns)))
-    if columns:
-        basis[:, 2, :] = np.column_stack(columns)
+    for k, (axis, values) in enumerate(columns):
+        basis[:, axis, k] = values
     return basis, labels
+
+
+def drift_prior_sigma(labels):
+    """Zero-mean prior sigma of each drift coefficient: vertical free, horizontal held to a few metres."""
+    return np.array([DRIFT_PRIOR_SIGMA_M if axis == "up" else DRIFT_H_PRIOR_SIGMA_M for _, axis, _ in labels])
 
 
 def rotation_onto_up(v):
@@ -383,7 +394,7 @@ class Georeferencing:
         if comp not in self.drift:
             return {}
         return {"gps_drift_basis": self.drift_basis, "gps_drift": self.drift[comp], "estimate_gps_drift": estimate,
-                "gps_drift_sigma_m": DRIFT_PRIOR_SIGMA_M}
+                "gps_drift_sigma_m": drift_prior_sigma(self.drift_labels)}
 
     def drift_report(self, comp):
         """Per flight of `comp`: what the drift model estimated (for the summary's gps_drift)."""
@@ -396,14 +407,14 @@ class Georeferencing:
             entry = {"flight": int(f), "images": int(len(sel)),
                      "start": float(np.nanmin(self.capture_s[sel])), "duration_s": float(np.ptp(self.capture_s[sel]))}
             if comp in self.drift:
-                cols = [k for k, (ff, _) in enumerate(self.drift_labels) if ff == f]
-                coef = self.drift[comp][cols]
-                powers = [p for ff, p in self.drift_labels if ff == f]
+                coef = {(axis, p): self.drift[comp][k] for k, (ff, axis, p) in enumerate(self.drift_labels) if ff == f}
                 tau = np.linspace(0.0, 1.0, 101)
-                d = sum(c * tau**p for c, p in zip(coef, powers))
+                d = sum(c * tau**p for (axis, p), c in coef.items() if axis == "up")
                 entry.update(modelled=True, vertical_start_m=float(d[0]), vertical_end_m=float(d[-1]),
                              vertical_drift_m=float(d[-1] - d[0]), vertical_range_m=float(np.ptp(d)),
-                             coefficients={f"tau^{p}": float(c) for c, p in zip(coef, powers)})
+                             east_drift_m=float(coef.get(("east", 1), 0.0)),
+                             north_drift_m=float(coef.get(("north", 1), 0.0)),
+                             coefficients={f"{axis} tau^{p}": float(c) for (axis, p), c in coef.items()})
             else:
                 entry.update(modelled=False, vertical_drift_m=0.0)
             out.append(entry)
