@@ -5,10 +5,13 @@ fitted to the GPS alone follows whatever the GPS does: with metres of horizontal
 drift of tens of metres in capture time, it tilts the block to follow the drift (issue 11: a 40-degree
 hillside). So where the photos say where "down" is -- recorded gimbal pitch / roll (DJI XMP), or, for
 a nadir block without records, the geometry (cameras looking down on average) -- the fit is levelled
-by that: the vertical comes from the attitude, the horizontal position, heading and scale from the
-horizontal GPS, and the height from the GPS altitudes with a drift polynomial in capture time per
-flight when the altitudes disagree with the levelled block. The adjustments then carry the same
-evidence as residual blocks (gravity prior, GPS prior with the drift terms).
+by that whenever the GPS alone would tilt the block further than the attitude's accuracy allows: the
+vertical comes from the attitude, the horizontal position, heading and scale from the horizontal GPS,
+and the height from the GPS altitudes with a drift polynomial in capture time per flight when that
+explains them (if nothing explains the disagreement, the GPS is consistent and the attitude evidence
+is dropped). The adjustments then carry the same evidence as residual blocks (gravity or mean-axis
+prior; GPS prior with the drift terms, vertical free, horizontal linear and held to a few metres).
+While a component grows, its provisional GPS alignment is the plain similarity, as before.
 
 Heights are tied to the GPS altitude at the start of the first flight (the drift polynomial has no
 constant term there); later flights get their own constant (a battery change restarts the GPS).
