@@ -79,6 +79,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "points": int(len(recon.points)),
         "mean_reproj_px": float(recon.mean_reproj_px),
         "gps_fit_rmse_m": _gps_fit_rmse(recon),
+        "gps_fit_rmse_drift_corrected_m": _gps_fit_rmse(recon, drift_corrected=True),
         "gps_residual_rmse_m": _gps_rmse(recon),
         "gps_sigma_h_m": _float_or_none(recon.gps_sigma_h_m),
         "gps_sigma_v_m": _float_or_none(recon.gps_sigma_v_m),
@@ -151,11 +152,12 @@ def _gps_rmse(recon):
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) if len(r) else None
 
 
-def _gps_fit_rmse(recon):
+def _gps_fit_rmse(recon, drift_corrected=False):
     """RMSE of the camera centres to their GPS positions after the best similarity transform.
 
     The figure COLMAP's model_aligner reports: how well the block's shape agrees with the GPS,
     whatever the georeferencing. Largest component; None with fewer than 3 GPS positions.
+    drift_corrected: against the GPS minus the drift the adjustment estimated (the same without one).
     """
     ok = recon.registered & np.isfinite(recon.gps_residual).all(axis=1)
     if ok.sum() < 3:
@@ -164,6 +166,8 @@ def _gps_fit_rmse(recon):
     ok &= recon.component == comps[counts.argmax()]
     centres = recon.C[ok]
     gps = centres - recon.gps_residual[ok]
+    if drift_corrected and len(recon.gps_drift):
+        gps = gps - recon.gps_drift[ok]
     scale, rot, t = umeyama(centres, gps)
     r = scale * centres @ rot.T + t - gps
     return float(np.sqrt(np.mean(np.sum(r**2, axis=1))))

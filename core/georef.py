@@ -5,10 +5,13 @@ fitted to the GPS alone follows whatever the GPS does: with metres of horizontal
 drift of tens of metres in capture time, it tilts the block to follow the drift (issue 11: a 40-degree
 hillside). So where the photos say where "down" is -- recorded gimbal pitch / roll (DJI XMP), or, for
 a nadir block without records, the geometry (cameras looking down on average) -- the fit is levelled
-by that: the vertical comes from the attitude, the horizontal position, heading and scale from the
-horizontal GPS, and the height from the GPS altitudes with a drift polynomial in capture time per
-flight when the altitudes disagree with the levelled block. The adjustments then carry the same
-evidence as residual blocks (gravity prior, GPS prior with the drift terms).
+by that whenever the GPS alone would tilt the block further than the attitude's accuracy allows: the
+vertical comes from the attitude, the horizontal position, heading and scale from the horizontal GPS,
+and the height from the GPS altitudes with a drift polynomial in capture time per flight when that
+explains them (if nothing explains the disagreement, the GPS is consistent and the attitude evidence
+is dropped). The adjustments then carry the same evidence as residual blocks (gravity or mean-axis
+prior; GPS prior with the drift terms, vertical free, horizontal linear and held to a few metres).
+While a component grows, its provisional GPS alignment is the plain similarity, as before.
 
 Heights are tied to the GPS altitude at the start of the first flight (the drift polynomial has no
 constant term there); later flights get their own constant (a battery change restarts the GPS).
@@ -45,7 +48,8 @@ DRIFT_DEGREE = 2  # degree of the GPS altitude drift polynomial in capture time 
 DRIFT_MIN_IMAGES = 8  # fewer GPS images in a component: no drift is estimated
 DRIFT_MIN_GAIN = 2.0  # the drift is modelled when it divides the GPS altitudes' spread by this much
 DRIFT_MIN_M = 1.0  # ... and moves them by more than this over a flight
-DRIFT_PRIOR_SIGMA_M = 1000.0  # zero-mean prior on the drift coefficients: free, but never singular
+DRIFT_PRIOR_SIGMA_M = 1000.0  # zero-mean prior on the vertical drift coefficients: free, but never singular
+DRIFT_H_PRIOR_SIGMA_M = 2.0  # ... on the horizontal (linear) ones: a consumer GPS wanders metres, not tens
 
 
 def umeyama(src, dst):
@@ -134,11 +138,12 @@ def flights_from_times(capture_s, gap_s=FLIGHT_GAP_S):
     return flight
 
 
-def drift_basis(capture_s, flight, degree=DRIFT_DEGREE):
-    """(N,3,k) per image, the ENU offset of its GPS fix per drift coefficient: per flight, the
-    vertical drift is a polynomial in the flight's normalised time tau in [0, 1]; the first flight's
-    has no constant term (heights tied to its first fix), later flights have one. Zero rows for images
-    without capture time. Returns the basis and, per coefficient, (flight, power)."""
+def drift_basis(capture_s, flight, degree=DRIFT_DEGREE, horizontal=True):
+    """(N,3,k) per image, the ENU offset of its GPS fix per drift coefficient, and per coefficient its
+    (flight, axis, power). Per flight, the vertical drift is a polynomial in the flight's normalised
+    time tau in [0, 1] (the first flight's without constant term: heights are tied to its first fix;
+    later flights have one), and, when `horizontal`, east and north drift linearly in tau (held by a
+    prior: weaker). Zero rows for images without capture time."""
     t = np.asarray(capture_s, np.float64)
     n = len(t)
     labels, columns = [], []
@@ -147,12 +152,21 @@ def drift_basis(capture_s, flight, degree=DRIFT_DEGREE):
         t0, t1 = t[sel].min(), t[sel].max()
         tau = np.where(sel, (t - t0) / max(t1 - t0, 1.0), 0.0)
         for p in range(0 if f else 1, degree + 1):
-            columns.append(np.where(sel, tau**p, 0.0))
-            labels.append((f, p))
+            columns.append((2, np.where(sel, tau**p, 0.0)))
+            labels.append((f, "up", p))
+        if horizontal:
+            for axis, name in ((0, "east"), (1, "north")):
+                columns.append((axis, np.where(sel, tau, 0.0)))
+                labels.append((f, name, 1))
     basis = np.zeros((n, 3, len(columns)))
-    if columns:
-        basis[:, 2, :] = np.column_stack(columns)
+    for k, (axis, values) in enumerate(columns):
+        basis[:, axis, k] = values
     return basis, labels
+
+
+def drift_prior_sigma(labels):
+    """Zero-mean prior sigma of each drift coefficient: vertical free, horizontal held to a few metres."""
+    return np.array([DRIFT_PRIOR_SIGMA_M if axis == "up" else DRIFT_H_PRIOR_SIGMA_M for _, axis, _ in labels])
 
 
 def rotation_onto_up(v):
@@ -208,6 +222,12 @@ def levelled_fit(centres, up_block, targets, basis_z=None):
     return (s, rot @ A, t), res, keep, coef[1:]
 
 
+def _vertical_spread(res, keep):
+    """Robust std (1.4826 MAD) of the vertical residuals of the kept fixes."""
+    z = res[keep, 2]
+    return float(1.4826 * np.median(np.abs(z - np.median(z)))) if len(z) else 0.0
+
+
 def off_nadir_deg(R):
     """(n,) angle (deg) between each camera's optical axis and straight down (ENU)."""
     axis = np.asarray(R)[:, 2, :]  # camera z in world: the third row of world->camera
@@ -247,6 +267,8 @@ class Georeferencing:
         self.vertical_source = {}  # component -> what its vertical rests on besides the GPS altitudes
         self.levelled = {}  # component -> (GPS-alone tilt, tolerance, evidence) when the last fit was levelled
         self.fitted = set()  # components placed by fit_to_gps: their adjustments carry the vertical evidence
+        self.disagreement = {}  # component -> (tilt, evidence) when the GPS vertical was kept against it
+        self.evidence_rejected = set()  # components whose attitude evidence the GPS contradicted: no gravity prior
 
     # ---------------------------------------------------------------- vertical evidence
     def vertical_evidence(self, comp):
@@ -303,8 +325,10 @@ class Georeferencing:
 
         The plain robust similarity (the GPS alone decides the block's vertical), unless it tilts the
         block further from what the photos' attitude says than that evidence's accuracy allows
-        (TILT_TOLERANCE_DEG): then the GPS altitudes are not to be trusted for the vertical, and the fit
-        is levelled by the attitude, with a drift in capture time when that explains the altitudes."""
+        (TILT_TOLERANCE_DEG): then the fit is levelled by the attitude, with a drift in capture time when
+        that explains the altitudes far better than both the levelled and the GPS-tilted block do. When
+        levelling makes the altitudes fit much worse and no drift explains it, the GPS is consistent and
+        the attitude evidence is what is wrong: the GPS fit stands and the evidence is dropped."""
         sim, res, keep = self.robust_similarity(self.C[imgs], targets)
         if evidence is None:
             return sim, res, keep, None
@@ -317,22 +341,35 @@ class Georeferencing:
             tol = max(tol, 3.0 * ATTITUDE_SIGMA_DEG / np.sqrt(max(n_rec, 1)))
         if tilt <= tol:
             return sim, res, keep, None
-        self.levelled[comp] = (tilt, tol, evidence[0])  # logged by the caller, once
+        plain = (sim, res, keep)
         sim, res, keep, _ = levelled_fit(self.C[imgs], v, targets)
         used = np.abs(self.drift_basis[imgs][:, 2, :]).sum(axis=0) > 0
-        if not allow_drift or len(imgs) < DRIFT_MIN_IMAGES or not used.any():
-            return sim, res, keep, None
-        sim_d, res_d, keep_d, coef = levelled_fit(self.C[imgs], v, targets, self.drift_basis[imgs][:, 2, used])
-        full = np.zeros(self.drift_basis.shape[2])
-        full[used] = coef
-        moved = self.drift_basis[imgs][:, 2, :] @ full
-        spread = 1.4826 * np.median(np.abs(res[keep, 2] - np.median(res[keep, 2])))
-        spread_d = 1.4826 * np.median(np.abs(res_d[keep_d, 2] - np.median(res_d[keep_d, 2])))
-        if spread > DRIFT_MIN_GAIN * max(spread_d, GPS_SIGMA_FLOOR_V_M) and np.ptp(moved) > DRIFT_MIN_M:
-            return sim_d, res_d, keep_d, full
+        spread_plain, spread = _vertical_spread(plain[1], plain[2]), _vertical_spread(res, keep)
+        if allow_drift and len(imgs) >= DRIFT_MIN_IMAGES and used.any():
+            sim_d, res_d, keep_d, coef = levelled_fit(self.C[imgs], v, targets, self.drift_basis[imgs][:, 2, used])
+            full = np.zeros(self.drift_basis.shape[2])
+            full[used] = coef
+            moved = self.drift_basis[imgs][:, 2, :] @ full
+            floor = DRIFT_MIN_GAIN * max(_vertical_spread(res_d, keep_d), GPS_SIGMA_FLOOR_V_M)
+            # A drift: the levelled block explains the altitudes far better with it, and so much
+            # better than the tilted one that the GPS's tilt cannot stand in for it.
+            if spread > floor and spread_plain > floor and np.ptp(moved) > DRIFT_MIN_M:
+                self.levelled[comp] = (tilt, tol, evidence[0])  # logged by the caller, once
+                return sim_d, res_d, keep_d, full
+        if spread > DRIFT_MIN_GAIN * max(spread_plain, GPS_SIGMA_FLOOR_V_M):
+            # Levelled, the altitudes fit much worse and no drift explains it: the GPS is consistent
+            # and the attitude evidence is what disagrees (a mounting offset?). The GPS stands.
+            self.disagreement[comp] = (tilt, evidence[0])
+            self.evidence_rejected.add(comp)
+            return (*plain, None)
+        self.levelled[comp] = (tilt, tol, evidence[0])
         return sim, res, keep, None
 
     def levelled_note(self, comp):
+        if comp in self.disagreement:
+            tilt, source = self.disagreement.pop(comp)
+            return (f"; its {source} disagree with the GPS by {tilt:.1f} deg in the vertical, and no GPS drift "
+                    f"explains it: the GPS vertical kept (check the attitude records / camera mount)")
         if comp not in self.levelled:
             return ""
         tilt, tol, source = self.levelled.pop(comp)
@@ -343,7 +380,7 @@ class Georeferencing:
         """bundle_adjust keywords of `comp`'s vertical evidence (empty without, and while the component
         grows: from fit_to_gps on): recorded attitude per camera; the nadir "looks down on average" only
         when the whole block is adjusted."""
-        ev = self.vertical_evidence(comp) if comp in self.fitted else None
+        ev = self.vertical_evidence(comp) if comp in self.fitted and comp not in self.evidence_rejected else None
         if ev is None:
             return {}
         self.vertical_source[comp] = ev[0]
@@ -360,7 +397,7 @@ class Georeferencing:
         if comp not in self.drift:
             return {}
         return {"gps_drift_basis": self.drift_basis, "gps_drift": self.drift[comp], "estimate_gps_drift": estimate,
-                "gps_drift_sigma_m": DRIFT_PRIOR_SIGMA_M}
+                "gps_drift_sigma_m": drift_prior_sigma(self.drift_labels)}
 
     def drift_report(self, comp):
         """Per flight of `comp`: what the drift model estimated (for the summary's gps_drift)."""
@@ -373,14 +410,14 @@ class Georeferencing:
             entry = {"flight": int(f), "images": int(len(sel)),
                      "start": float(np.nanmin(self.capture_s[sel])), "duration_s": float(np.ptp(self.capture_s[sel]))}
             if comp in self.drift:
-                cols = [k for k, (ff, _) in enumerate(self.drift_labels) if ff == f]
-                coef = self.drift[comp][cols]
-                powers = [p for ff, p in self.drift_labels if ff == f]
+                coef = {(axis, p): self.drift[comp][k] for k, (ff, axis, p) in enumerate(self.drift_labels) if ff == f}
                 tau = np.linspace(0.0, 1.0, 101)
-                d = sum(c * tau**p for c, p in zip(coef, powers))
+                d = sum(c * tau**p for (axis, p), c in coef.items() if axis == "up")
                 entry.update(modelled=True, vertical_start_m=float(d[0]), vertical_end_m=float(d[-1]),
                              vertical_drift_m=float(d[-1] - d[0]), vertical_range_m=float(np.ptp(d)),
-                             coefficients={f"tau^{p}": float(c) for c, p in zip(coef, powers)})
+                             east_drift_m=float(coef.get(("east", 1), 0.0)),
+                             north_drift_m=float(coef.get(("north", 1), 0.0)),
+                             coefficients={f"{axis} tau^{p}": float(c) for (axis, p), c in coef.items()})
             else:
                 entry.update(modelled=False, vertical_drift_m=0.0)
             out.append(entry)
@@ -492,7 +529,7 @@ class Georeferencing:
             self.gps_offset[comp] = offset  # the start of the adjustments with GPS
         self.apply_similarity(comp, *sim)
         self.fitted.add(comp)
-        if evidence is not None:
+        if evidence is not None and comp not in self.evidence_rejected:
             self.vertical_source[comp] = evidence[0]
         note = self.levelled_note(comp)
         if note:
