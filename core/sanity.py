@@ -46,7 +46,7 @@ def sanity_checks(recon, usable, capture_s=None):
                "ground_plane_spread_m": None, "gps_residual_trend_m": [], "relative_altitude_median_m": None,
                "vertical_source": recon.vertical_source or "GPS altitudes", "gps_drift": list(recon.gps_drift_flights)}
     comp = _largest(recon)
-    if comp < 0:
+    if comp < 0 or not recon.georeferenced:  # a local frame has no up: nothing to check
         return figures, warnings
     imgs = np.flatnonzero(recon.registered & (recon.component == comp))
     R = recon.R[imgs]

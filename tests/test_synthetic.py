@@ -254,3 +254,29 @@ def test_regenerating_into_a_folder_replaces_the_old_survey_and_refuses_foreign_
     assert (tmp_path / "images" / "holiday.jpg").read_bytes() == b"not ours"
     with pytest.raises(ValueError, match="overlap"):
         SurveySpec(overlap=1.0)
+
+
+def test_gps_drift_and_attitude_records_are_simulated_with_their_truth(tmp_path):
+    """--gps-drift-v: the EXIF GPS altitude drifts linearly over the flight (RelativeAltitude, a
+    barometer's, does not); --attitude-noise: the XMP gimbal angles are the truth plus noise;
+    --no-attitude: no gimbal or flight angles at all."""
+    from alignkit.core.camera import read_priors
+
+    args = ["--rows", "2", "--cols", "3", "--width", "160", "--height", "120", "--gps-drift-v", "50"]
+    assert make_survey.main(["--out", str(tmp_path / "a"), *args, "--attitude-noise", "2"]) == 0
+    assert make_survey.main(["--out", str(tmp_path / "b"), *args, "--no-attitude"]) == 0
+    gt = load_ground_truth(tmp_path / "a")
+    drift = np.array([c["gps_drift_m"][2] for c in gt["cameras"]])
+    assert np.allclose(drift, 50.0 * np.arange(6) / 5) and np.allclose(gt["gps"][:, 2] - gt["C"][:, 2], drift)
+    priors = sorted(read_priors(str(tmp_path / "a" / "images")), key=lambda p: p.name)
+    frame = LocalFrame(**gt["origin"])
+    for p, c in zip(priors, gt["cameras"]):
+        assert abs(p.gps_alt - frame.h0 - c["gps_enu"][2]) < 0.05  # rounding of the stored altitude
+        assert abs(p.rel_alt - (c["gps_enu"][2] - c["gps_drift_m"][2])) < 0.01
+        recorded = np.array(c["gimbal_recorded_ypr_deg"])
+        assert abs(p.gimbal_pitch - recorded[1]) < 0.01 and abs(p.gimbal_roll - recorded[2]) < 0.01
+    noise = np.array([np.subtract(c["gimbal_recorded_ypr_deg"][1:], c["gimbal_ypr_deg"][1:]) for c in gt["cameras"]])
+    assert 0.3 < np.abs(noise).mean() < 5.0
+    bare = read_priors(str(tmp_path / "b" / "images"))
+    assert all(p.gimbal_pitch is None and p.flight_yaw is None for p in bare)
+    assert load_ground_truth(tmp_path / "b")["cameras"][0]["gimbal_recorded_ypr_deg"] is None
