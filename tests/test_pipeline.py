@@ -192,7 +192,8 @@ def test_cancel_leaves_no_output_and_rerun_resumes(survey, tmp_path, slow_fsync)
     leftovers = [p for p in tmp_path.rglob(".tmp-*")]
     assert leftovers == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == [
-        "r.gpkg", "r_report.html", "r_sparse.ply", "r_summary.json", "r_workspace"]
+        "r.gpkg", "r_bundle", "r_cameras.csv", "r_colmap", "r_report.html", "r_sparse.ply", "r_summary.json",
+        "r_workspace"]
 
 
 def strip_metadata(src_dir, dst_dir, names=None):

@@ -223,7 +223,11 @@ def test_end_to_end_on_rendered_synthetic_survey(tmp_path):
     assert np.linalg.norm(rec.C - truth.C, axis=1).mean() < 0.5
     points = s * rec.points @ rot.T + t
     dz = points[:, 2] - synthetic.terrain_height(gt, points[:, 0], points[:, 1])
-    assert np.median(np.abs(dz)) < 0.002 * spec.altitude_m and len(rec.points) > 2000
+    # The ground's shape to 1 per mille of the flying height; its level moves with the focal (focal and
+    # flying height trade off on a nadir block: 0.2 % of focal is 0.12 m here), so it is held to what the
+    # focal check above allows, not tighter.
+    assert np.median(np.abs(dz - np.median(dz))) < 0.001 * spec.altitude_m and len(rec.points) > 2000
+    assert abs(np.median(dz)) < (abs(rec.focal[0] / true_focal - 1) + 0.001) * spec.altitude_m
 
 
 
