@@ -73,7 +73,7 @@ def _folder_key(folder):
     import hashlib
 
     path = os.path.normcase(os.path.abspath(str(folder)))
-    return SETTINGS_PREFIX + "outputs/" + hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
+    return SETTINGS_PREFIX + "outputs/" + hashlib.blake2b(path.encode("utf-8"), digest_size=8).hexdigest()[:16]
 
 
 class AlignKitDock(StackTab, QgsDockWidget):
