@@ -9,6 +9,7 @@ import html
 import io
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -191,6 +192,8 @@ def build_report_html(gpkg_path, summary):
                               "Reprojection error histogram"))
     parts.append(_figure_html(_track_figure(track_len), "Track length histogram"))
     parts.append(_figure_html(_gps_figure(cam_rows, cam_geoms), "GPS residuals over the camera layout"))
+    parts.append(_figure_html(_gps_time_figure(cam_rows),
+                              "GPS residuals against capture time (a drifting GPS altitude shows as a trend)"))
     parts.append(_figure_html(_coverage_figure(fp_geoms, cam_rows, cam_geoms), "Coverage (footprint overlap)"))
     parts.append("</div>")
 
@@ -317,6 +320,36 @@ def _gps_figure(cam_rows, cam_geoms):
     ax.set_ylabel(f"northing - {xy0[1]:.1f} (m)")
     ax.text(0.01, 0.01, f"arrows x{gain:.0f}; largest horizontal residual {horizontal.max():.2f} m",
             transform=ax.transAxes, fontsize=8, color="0.3")
+    return fig
+
+
+def _gps_time_figure(cam_rows):
+    """Adjusted minus GPS position of each registered photo against its capture time: what the block's
+    geometry says of the GPS over the flight (a drift is a trend, not scatter)."""
+    fig, ax = _new_figure(5.6, 4.0)
+    ax.set_title("Adjusted minus GPS position against capture time")
+    rows = []
+    for row in cam_rows:
+        stamp = row.get("capture_time")
+        d = (row.get("gps_dx"), row.get("gps_dy"), row.get("gps_dz"))
+        if not row.get("registered") or not stamp or None in d:
+            continue
+        try:
+            t = datetime.fromisoformat(str(stamp))
+        except ValueError:
+            continue
+        rows.append((t.replace(tzinfo=None).timestamp(), *d))
+    if len(rows) < 2:
+        _no_data(ax, "no capture times or GPS residuals")
+        return fig
+    r = np.array(sorted(rows), dtype=np.float64)
+    minutes = (r[:, 0] - r[0, 0]) / 60.0
+    for k, (label, colour) in enumerate((("east", "#1b9e77"), ("north", "#7570b3"), ("up", "#d95f02"))):
+        ax.plot(minutes, r[:, k + 1], marker="o", ms=3, lw=1, color=colour, label=label)
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel("minutes since the first photo")
+    ax.set_ylabel("adjusted - GPS (m)")
+    ax.legend(loc="best")
     return fig
 
 

@@ -18,6 +18,7 @@ from qgis.core import (
 from ..core import pipeline
 from ..core.cancel import Canceled
 from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
+from ..core.geo import ALTITUDE_REFERENCES
 from ..ui.layers import RESULT_STYLES
 from .base import AlignKitAlgorithm, feedback_progress, publish_geopackage
 from .help import help_html
@@ -95,6 +96,12 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
                                          defaultValue=0, minValue=0, maxValue=256),
             QgsProcessingParameterFile("WORKSPACE", "Workspace folder (default: beside the output)",
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
+            QgsProcessingParameterEnum(
+                "ALTITUDE_REFERENCE", "Meaning of the photos' GPS altitude (makers differ; egm96 is an assumption)",
+                options=list(ALTITUDE_REFERENCES), defaultValue=defaults.altitude_reference, usesStaticStrings=True),
+            QgsProcessingParameterNumber(
+                "ALTITUDE_OFFSET_M", "Ellipsoidal height minus GPS altitude (m; with ALTITUDE_REFERENCE offset)",
+                type=QgsProcessingParameterNumber.Double, defaultValue=defaults.altitude_offset_m),
         ]
         for p in advanced:
             p.setFlags(p.flags() | p.FlagAdvanced)
@@ -162,6 +169,8 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             focal_px=self.parameterAsDouble(parameters, "FOCAL_PX", context),
             gcp_file=self.parameterAsFile(parameters, "GCP_FILE", context) or "",
             check_points=self.parameterAsString(parameters, "CHECK_POINTS", context) or "",
+            altitude_reference=self.parameterAsEnumString(parameters, "ALTITUDE_REFERENCE", context) or "egm96",
+            altitude_offset_m=self.parameterAsDouble(parameters, "ALTITUDE_OFFSET_M", context),
             **PRESETS[preset],
         )
         dem = self.parameterAsRasterLayer(parameters, "REFERENCE_DEM", context)

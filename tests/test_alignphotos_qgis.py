@@ -18,7 +18,8 @@ def test_alignphotos_writes_the_contract_with_styles_inside(alignkit_provider, t
     feedback = QgsProcessingFeedback()
     focal = load_ground_truth(survey)["camera_model"]["focal_px"]  # a calibrated focal, given by the user
     result = processing.run("alignkit:alignphotos", {"IMAGES": str(survey / "images"), "OUTPUT": str(out),
-                                                     "PRESET": "fast", "TARGET_CRS": "EPSG:2056", "FOCAL_PX": focal},
+                                                     "PRESET": "fast", "TARGET_CRS": "EPSG:2056", "FOCAL_PX": focal,
+                                                     "ALTITUDE_REFERENCE": "ellipsoidal"},
                             feedback=feedback)
     assert result["OUTPUT"] == str(out) and result["REGISTERED"] == 8
     # the results list every file written beside the GeoPackage
@@ -32,6 +33,7 @@ def test_alignphotos_writes_the_contract_with_styles_inside(alignkit_provider, t
     assert summary["crs"] == "EPSG:2056" and summary["config"]["max_features"] == 4000
     assert summary["config"]["focal_px"] == pytest.approx(focal)
     assert summary["camera_models"][0]["focal_source"] == "user"
+    assert summary["config"]["altitude_reference"] == "ellipsoidal"  # the GPS altitude's meaning, as given
     for name, count in (("cameras", 8), ("footprints", 8)):
         layer = QgsVectorLayer(f"{out}|layername={name}", name, "ogr")
         assert layer.isValid() and layer.crs().authid() == "EPSG:2056" and layer.featureCount() == count

@@ -32,13 +32,13 @@ def result(tmp_path):
     return fx.write_result(tmp_path / "survey_alignkit.gpkg")
 
 
-def test_report_is_written_beside_the_geopackage_with_four_png_plots(result):
+def test_report_is_written_beside_the_geopackage_with_five_png_plots(result):
     path = report.write_report(result)
     assert path == result.with_name("survey_alignkit_report.html")
     text = path.read_text(encoding="utf-8")
     parsed = _Collector()
     parsed.feed(text)
-    assert len(parsed.images) == 4  # reprojection, track length, GPS residuals, coverage
+    assert len(parsed.images) == 5  # reprojection, track length, GPS residuals in plan and in time, coverage
     for src in parsed.images:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
