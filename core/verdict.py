@@ -20,6 +20,7 @@ TIE_POINTS_MIN_PER_PHOTO = 500  # median observations of sparse points per regis
 REPROJECTION_MAX_PX = 1.0  # mean reprojection error; sub-pixel is the mark of a consistent block
 FOCAL_CHANGE_MAX_PERCENT = 5.0  # Pix4D's camera-optimisation mark: adjusted focal within 5 % of the initial
 GPS_FIT_MAX_M = 5.0  # RMS of camera centres to their GPS after a similarity: consumer GNSS is ~1-3 m horizontally, more in height
+OVERLAP_MIN_PHOTOS = 5  # Pix4D's overlap figure: ground seen by 5 or more photos is green
 CONTROL_RMSE_MAX_M = 0.1  # check / control point RMSE that a survey would accept without remark
 
 
@@ -90,6 +91,20 @@ def _camera(summary):
                  f"focal within {FOCAL_CHANGE_MAX_PERCENT:g} % of its initial value, calibrated", text)
 
 
+def _overlap(summary):
+    value = summary.get("overlap_median")
+    if value is None:
+        return None
+    below = summary.get("area_below_5_photos_percent") or 0.0
+    ok = value >= OVERLAP_MIN_PHOTOS
+    where = f"{below:.0f} % of the covered area (mostly its edges) is seen by fewer than {OVERLAP_MIN_PHOTOS}."
+    text = (f"Each ground point is seen by {value:.0f} photos (median); {where}" if ok else
+            f"Ground points are seen by only {value:.0f} photos (median); {where} Fly with more overlap "
+            "(about 80 % forward and 70 % side) for a reliable model.")
+    return _item("Overlap", ok, round(float(value)), f"at least {OVERLAP_MIN_PHOTOS} photos per ground point "
+                 "(median)", text)
+
+
 def _georeferencing(summary):
     if not summary.get("georeferenced", summary.get("crs") is not None):
         return _item("Georeferencing", False, None, "GPS on at least 3 photos",
@@ -121,7 +136,7 @@ def _georeferencing(summary):
 def quality_verdict(summary):
     """[{item, ok, value, threshold, text}] for the items a surveyor checks first."""
     items = [_registered(summary), _tie_points(summary), _reprojection(summary), _camera(summary),
-             _georeferencing(summary)]
+             _overlap(summary), _georeferencing(summary)]
     return [i for i in items if i is not None]
 
 

@@ -95,3 +95,12 @@ def test_the_log_names_photos_not_indices():
                          "component 0: 18 images, 5376 points", "initial pair 3-99 (bad index)"], names)
     assert lines == ["component 0: initial pair DJI_0024.JPG / DJI_0033.JPG (812 shared tracks, 640 points, 4.1 deg)",
                      "component 0: 18 images, 5376 points", "initial pair 3-99 (bad index)"]
+
+
+def test_overlap_is_judged_on_the_photos_per_ground_point():
+    good = by_item(quality_verdict(dict(GOOD, overlap_median=7.0, area_below_5_photos_percent=18.4)))["Overlap"]
+    assert good["ok"] and good["value"] == 7 and "at least 5 photos" in good["threshold"]
+    assert "7 photos" in good["text"] and "18 %" in good["text"]
+    thin = by_item(quality_verdict(dict(GOOD, overlap_median=3.0, area_below_5_photos_percent=71.0)))["Overlap"]
+    assert not thin["ok"] and "only 3 photos" in thin["text"] and "71 %" in thin["text"]
+    assert [v["item"] for v in quality_verdict(dict(GOOD, overlap_median=6.0))][-2:] == ["Overlap", "Georeferencing"]
