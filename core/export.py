@@ -6,7 +6,7 @@ Without GPS the frame is local: layers are written without a CRS rather than wit
 import numpy as np
 
 from .camera import angles_from_rotation, focal_source_words
-from .footprints import coverage_stats, ground_footprint, gsd_cm, polygon_area
+from .footprints import coverage_stats, flight_area, ground_footprint, gsd_cm, polygon_area
 from .geo import to_ellipsoidal, vertical_reference
 from .georef import capture_seconds
 from .gpkg import Layer, write_geopackage
@@ -51,6 +51,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
 
     points_xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
     footprints = _footprints(usable, recon)
+    flown = flight_area(recon.C[recon.registered, :2])
     layers = [
         _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs),
         _footprints_layer(footprints, to_crs, metric=frame is not None),
@@ -93,7 +94,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "pairs_verified": len(pair_matches),
         "camera_models": models,
         "height_above_ground_m": height,
-        **_coverage_summary(footprints, metric=frame is not None),
+        **_coverage_summary(footprints, metric=frame is not None, flown=flown),
         "warnings": list(warnings) + calibration_warnings + sanity_warnings,
         "log": list(recon.log),
         "outputs": {k: str(v) for k, v in paths.items()},
@@ -244,10 +245,11 @@ def _footprints_layer(footprints, to_crs, metric=True):
     return Layer("footprints", "Polygon", FOOTPRINT_FIELDS, feats)
 
 
-def _coverage_summary(footprints, metric=True):
+def _coverage_summary(footprints, metric=True, flown=None):
     """gsd_cm_median, area_covered_m2 (union of the footprints), overlap_median (photos per ground point
-    over the covered area), area_below_5_photos_percent. Lengths and areas None without GPS."""
-    stats = coverage_stats([poly[:, :2] for _, poly, _, _ in footprints])
+    over the covered area), area_below_5_photos_percent, overlap_median_flight_area (the same median
+    inside `flown`, the hull of the camera positions). Lengths and areas None without GPS."""
+    stats = coverage_stats([poly[:, :2] for _, poly, _, _ in footprints], inner=flown)
     gsd = [g for _, _, _, g in footprints]
     stats["gsd_cm_median"] = float(np.median(gsd)) if gsd and metric else None
     if not metric:

@@ -111,13 +111,39 @@ def coverage_grid(rings, cells=240):
 OVERLAP_GOOD_PHOTOS = 5  # Pix4D's overlap figure: ground seen by 5 or more photos is green
 
 
-def coverage_stats(rings, cells=400):
-    """Area covered (union of the footprints), photos per ground point over it (median) and the share
-    of it seen by fewer than OVERLAP_GOOD_PHOTOS photos. `rings` in metres; None values without any."""
+def flight_area(centres_xy):
+    """Convex hull (M, 2) of the camera positions: the ground under the flight lines; None for fewer than
+    three positions or positions on one line (a single strip has no area between its lines)."""
+    xy = np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)
+    if len(xy) < 3:
+        return None
+    origin = xy.mean(axis=0)
+    hull = cv2.convexHull((xy - origin).astype(np.float32)).reshape(-1, 2).astype(np.float64) + origin
+    if len(hull) < 3 or polygon_area(hull) < 1e-6 * max(np.ptp(xy, axis=0).max(), 1e-9) ** 2:
+        return None
+    return hull
+
+
+def coverage_stats(rings, cells=400, inner=None):
+    """Area covered (union of the footprints), photos per ground point over it (median), the share of it
+    seen by fewer than OVERLAP_GOOD_PHOTOS photos, and (given `inner`, e.g. flight_area) the median over
+    the part inside that polygon: the block's outer edges are thinly covered in any survey.
+    `rings` in metres; None values without any."""
     counts, extent = coverage_grid(rings, cells)
+    none = {"area_covered_m2": None, "overlap_median": None, "area_below_5_photos_percent": None,
+            "overlap_median_flight_area": None}
     if counts is None or not (counts > 0).any():
-        return {"area_covered_m2": None, "overlap_median": None, "area_below_5_photos_percent": None}
-    cell_area = (extent[1] - extent[0]) / counts.shape[1] * (extent[3] - extent[2]) / counts.shape[0]
+        return none
+    ny, nx = counts.shape
+    cell_area = (extent[1] - extent[0]) / nx * (extent[3] - extent[2]) / ny
     seen = counts[counts > 0]
+    inside_median = None
+    if inner is not None:
+        xs = extent[0] + (extent[1] - extent[0]) * (np.arange(nx) + 0.5) / nx
+        ys = extent[2] + (extent[3] - extent[2]) * (np.arange(ny) + 0.5) / ny
+        gx, gy = np.meshgrid(xs, ys)
+        inside = _inside(np.asarray(inner, dtype=np.float64)[:, :2], gx, gy) & (counts > 0)
+        inside_median = float(np.median(counts[inside])) if inside.any() else None
     return {"area_covered_m2": float(len(seen) * cell_area), "overlap_median": float(np.median(seen)),
-            "area_below_5_photos_percent": float(100.0 * np.mean(seen < OVERLAP_GOOD_PHOTOS))}
+            "area_below_5_photos_percent": float(100.0 * np.mean(seen < OVERLAP_GOOD_PHOTOS)),
+            "overlap_median_flight_area": inside_median}

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from .camera import focal_source_words
 from .config import PRESETS
 
 REGISTERED_MIN_SHARE = 0.95  # Pix4D's green mark: more than 95 % of the photos calibrated
@@ -81,7 +82,7 @@ def _camera(summary):
         cost = f" Each 1 % of focal error moves the ground by {height / 100:.2f} m here." if height else ""
         text = (f"The photos could not determine the focal length of {name} (the flight's geometry cannot tell it "
                 f"from the flying height): it is held at {worst.get('focal_prior_px', 0):.0f} px "
-                f"({worst.get('focal_source')}).{cost} Give a calibrated focal length, or add oblique photos.")
+                f"({focal_source_words(worst.get('focal_source'))}).{cost} Give a calibrated focal length, or add oblique photos.")
     elif ok:
         text = f"The focal length of {name} was calibrated {change:+.1f} % from its initial value."
     else:
@@ -92,17 +93,23 @@ def _camera(summary):
 
 
 def _overlap(summary):
-    value = summary.get("overlap_median")
+    """Judged under the flight lines (the hull of the camera positions) where there is such an area: outside
+    them, the block's rim is seen by few photos in any survey."""
+    whole = summary.get("overlap_median")
+    inner = summary.get("overlap_median_flight_area")
+    value = inner if inner is not None else whole
     if value is None:
         return None
-    below = summary.get("area_below_5_photos_percent") or 0.0
+    where = "under the flight lines" if inner is not None else "over the covered area"
+    below = summary.get("area_below_5_photos_percent")
+    rim = ("" if below is None else f" Over the whole covered area, including its rim, the median is {whole:.0f} "
+           f"and {below:.0f} % is seen by fewer than {OVERLAP_MIN_PHOTOS}.")
     ok = value >= OVERLAP_MIN_PHOTOS
-    where = f"{below:.0f} % of the covered area (mostly its edges) is seen by fewer than {OVERLAP_MIN_PHOTOS}."
-    text = (f"Each ground point is seen by {value:.0f} photos (median); {where}" if ok else
-            f"Ground points are seen by only {value:.0f} photos (median); {where} Fly with more overlap "
+    text = (f"Ground {where} is seen by {value:.0f} photos (median).{rim}" if ok else
+            f"Ground {where} is seen by only {value:.0f} photos (median).{rim} Fly with more overlap "
             "(about 80 % forward and 70 % side) for a reliable model.")
     return _item("Overlap", ok, round(float(value)), f"at least {OVERLAP_MIN_PHOTOS} photos per ground point "
-                 "(median)", text)
+                 "(median, under the flight lines)", text)
 
 
 def _georeferencing(summary):

@@ -9,6 +9,7 @@ from alignkit.core.camera import rotation_from_gimbal
 from alignkit.core.footprints import (
     coverage_grid,
     coverage_stats,
+    flight_area,
     ground_footprint,
     gsd_cm,
     image_border,
@@ -89,7 +90,24 @@ def test_coverage_of_a_strip_of_overlapping_footprints():
     assert stats["area_below_5_photos_percent"] == pytest.approx(100.0 * 8 / 15, abs=1.0)
     counts, extent = coverage_grid(rings, cells=150)  # 1 m cells
     assert counts.max() == 6 and (extent[1] - extent[0]) == pytest.approx(150.0)
-    assert coverage_stats([]) == {"area_covered_m2": None, "overlap_median": None, "area_below_5_photos_percent": None}
+    assert stats["overlap_median_flight_area"] is None  # no flight area given
+    assert set(coverage_stats([]).values()) == {None}
+    # A single strip has no area between flight lines.
+    assert flight_area([[10.0 * k, 0.0] for k in range(6)]) is None
+
+
+def test_overlap_under_the_flight_lines_leaves_out_the_rim():
+    # Two strips of six 100 x 75 m footprints, cameras 10 m apart along x and the strips 40 m apart in y.
+    # Under the flight lines (x 0..50, y 0..40) each of a strip's footprints reaches every x (|x - 10k| <= 50);
+    # strip A reaches y <= 37.5 and strip B y >= 2.5: 12 photos over 35/40 of that area, 6 over the rest.
+    a = _nadir_strip(6, 10.0)
+    b = [p + np.array([0.0, 40.0, 0.0]) for p in a]
+    centres = [[10.0 * k, y] for y in (0.0, 40.0) for k in range(6)]
+    hull = flight_area(centres)
+    assert polygon_area(hull) == pytest.approx(50.0 * 40.0)
+    stats = coverage_stats([p[:, :2] for p in a + b], inner=hull)
+    assert stats["overlap_median_flight_area"] == 12
+    assert stats["overlap_median"] < 12  # the rim pulls the whole area's median down
 
 
 def test_coverage_counts_an_l_shaped_union_once():
