@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from osgeo import ogr
 
-from .footprints import OVERLAP_GOOD_PHOTOS, coverage_grid
+from .footprints import OVERLAP_GOOD_PHOTOS, coverage_grid, flight_area
 from .verdict import quality_verdict, verdict_line
 from .workspace import atomic_output
 
@@ -167,6 +167,8 @@ def build_report_html(gpkg_path, summary):
         ("Ground sampling distance (median, cm/px)", _fmt(summary.get("gsd_cm_median"))),
         ("Area covered by the photos (m²)", _fmt(summary.get("area_covered_m2"), 0)),
         ("Photos seeing each ground point (median)", _fmt(summary.get("overlap_median"), 0)),
+        ("Photos seeing each ground point under the flight lines (median)",
+         _fmt(summary.get("overlap_median_flight_area"), 0)),
         (f"Covered area seen by fewer than {OVERLAP_GOOD_PHOTOS} photos (%)",
          _fmt(summary.get("area_below_5_photos_percent"), 1)),
     ]
@@ -386,7 +388,12 @@ def _coverage_figure(fp_geoms, cam_rows, cam_geoms):
     if len(pos):
         ax.scatter(pos[:, 0] - x0, pos[:, 1] - y0, s=8, color="white", edgecolor="k", linewidth=0.4)
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
-                                               markeredgecolor="k", label="camera"))
+                              markeredgecolor="k", label="camera"))
+        hull = flight_area(pos)
+        if hull is not None:
+            ring = np.vstack([hull, hull[:1]])
+            ax.plot(ring[:, 0] - x0, ring[:, 1] - y0, color="k", linestyle="--", linewidth=0.8)
+            handles.append(Line2D([], [], color="k", linestyle="--", linewidth=0.8, label="flight lines' area"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8,
               title="share of the covered area", title_fontsize=8)
     ax.set_xlabel(f"easting - {x0:.1f} (m)")

@@ -311,6 +311,7 @@ def _grab_report_first_screen(gpkg, path):
     figures = [("Ground sampling distance (median)", f"{report._fmt(summary.get('gsd_cm_median'))} cm/px"),
                ("Area covered by the photos", f"{report._fmt(summary.get('area_covered_m2'), 0)} m²"),
                ("Photos seeing each ground point (median)", report._fmt(summary.get("overlap_median"), 0)),
+               ("... under the flight lines (median)", report._fmt(summary.get("overlap_median_flight_area"), 0)),
                ("Covered area seen by fewer than 5 photos", f"{report._fmt(summary.get('area_below_5_photos_percent'), 1)} %")]
     text = (report._HEAD.format(title="AlignKit report")
             + f"<h1>AlignKit alignment report</h1><p class='muted'>{html_mod.escape(Path(gpkg).name)}</p>"
