@@ -7,6 +7,11 @@ profile with the plugin linked and enabled, and starts the `qgis` application wi
 Inside QGIS, `drive()` opens the dock from the plugin's toolbar action, runs Preview and Align
 through the dock (the same buttons and background tasks a user gets), waits for the task, zooms
 to the result and saves the main window as PNG. Without a DISPLAY it re-runs itself under xvfb-run.
+
+    python -m alignkit.tools.screenshot --images .../brighton_beach/images --out docs
+
+does the same on real photos (balanced preset, one worker): the dock after Align with its verdict line
+and the layers, and the report's first screen (verdict, GSD and coverage, the overlap map).
 """
 import argparse
 import json
@@ -177,30 +182,11 @@ def _wait(condition, timeout):
 def _run_demo(job):
     import qgis.utils
     from qgis.core import QgsCoordinateTransform, QgsProject
-    from qgis.PyQt.QtWidgets import QDockWidget
 
     from alignkit.ui.naming import survey_name
 
     iface = qgis.utils.iface
-    window = iface.mainWindow()
-    window.showNormal()
-    window.resize(*WINDOW_SIZE)
-    window.move(0, 0)
-    if "alignkit" not in qgis.utils.plugins:  # not auto-started: load it the way the Plugin Manager does
-        qgis.utils.loadPlugin("alignkit")
-        qgis.utils.startPlugin("alignkit")
-    plugin = qgis.utils.plugins["alignkit"]
-    for name in ("Browser", "BrowserPanel"):  # more room for the map; Layers stays
-        browser = window.findChild(QDockWidget, name)
-        if browser is not None:
-            browser.hide()
-    plugin.action.trigger()
-    dock = plugin.dock
-    if dock is None:
-        raise RuntimeError(f"the AlignKit dock did not open; missing packages: {plugin.missing}")
-    dock.setMinimumWidth(430)
-    dock.set_folder(job["images"])
-    dock.set_output(job["output"])
+    window, dock = _open_dock(iface, job)
     dock.preset_combo.setCurrentText("fast")
     shots = []
 
