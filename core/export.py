@@ -6,7 +6,7 @@ Without GPS the frame is local: layers are written without a CRS rather than wit
 import numpy as np
 
 from .camera import angles_from_rotation, focal_source_words
-from .footprints import ground_footprint
+from .footprints import coverage_stats, flight_area, ground_footprint, gsd_cm, polygon_area
 from .geo import to_ellipsoidal, vertical_reference
 from .georef import capture_seconds
 from .gpkg import Layer, write_geopackage
@@ -50,9 +50,11 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         cam_xyz[recon.registered] = to_crs(recon.C[recon.registered])
 
     points_xyz = to_crs(recon.points) if len(recon.points) else np.zeros((0, 3))
+    footprints = _footprints(usable, recon)
+    flown = flight_area(recon.C[recon.registered, :2])
     layers = [
         _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs),
-        _footprints_layer(usable, recon, to_crs),
+        _footprints_layer(footprints, to_crs, metric=frame is not None),
         _points_layer(recon, points_xyz),
         _pairs_layer(usable, pair_matches, recon, cam_xyz),
         *extra_layers,
@@ -92,6 +94,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "pairs_verified": len(pair_matches),
         "camera_models": models,
         "height_above_ground_m": height,
+        **_coverage_summary(footprints, metric=frame is not None, flown=flown),
         "warnings": list(warnings) + calibration_warnings + sanity_warnings,
         "log": list(recon.log),
         "outputs": {k: str(v) for k, v in paths.items()},
@@ -205,26 +208,53 @@ def _cameras_layer(priors, index_of, problems, recon, cam_xyz, frame, to_crs):
     return Layer("cameras", "PointZ", CAMERA_FIELDS, feats)
 
 
-def _footprints_layer(usable, recon, to_crs):
-    """Corner rays of each registered photo on a plane at the median height of the points it sees."""
-    feats = []
+def _footprints(usable, recon):
+    """[(name, ENU polygon (M, 3), ground_z, gsd_cm)] of the registered photos: the image border's rays on
+    a plane at the median height of the points the photo sees; GSD from the camera's adjusted height
+    above that plane and its adjusted focal."""
+    out = []
     obs_img, obs_pt = recon.obs_image, recon.obs_point
     global_ground = np.median(recon.points[:, 2]) if len(recon.points) else 0.0
     for i, p in enumerate(usable):
         if not recon.registered[i]:
             continue
         seen = obs_pt[obs_img == i]
-        ground_z = np.median(recon.points[seen, 2]) if len(seen) >= 10 else global_ground
+        ground_z = float(np.median(recon.points[seen, 2]) if len(seen) >= 10 else global_ground)
         K = np.array([[recon.focal[i], 0, p.K()[0, 2]], [0, recon.focal[i], p.K()[1, 2]], [0, 0, 1.0]])
         poly = ground_footprint(K, recon.R[i], recon.C[i], ground_z, p.width, p.height,
                                 dist=(recon.k1[i], recon.k2[i]))
-        if poly is None:
-            continue
+        if poly is not None:
+            out.append((p.name, poly, ground_z, gsd_cm(recon.C[i][2] - ground_z, recon.focal[i])))
+    return out
+
+
+FOOTPRINT_FIELDS = [("image", "str"), ("ground_z", "real"), ("gsd_cm", "real"), ("area_m2", "real")]
+
+
+def _footprints_layer(footprints, to_crs, metric=True):
+    """The footprints in the output CRS. gsd_cm and area_m2 are measured in the ENU frame (true metres);
+    without GPS (`metric` False) the frame's scale is arbitrary and they are left empty."""
+    feats = []
+    for name, poly, ground_z, gsd in footprints:
         out = to_crs(np.vstack([poly, [np.r_[poly[:, :2].mean(axis=0), ground_z]]]))
         ring = [tuple(c[:2]) for c in out[:-1]]
         # ground_z in the layers' vertical reference (that of every other height), at the footprint's centre
-        feats.append(([ring], {"image": p.name, "ground_z": float(out[-1, 2])}))
-    return Layer("footprints", "Polygon", [("image", "str"), ("ground_z", "real")], feats)
+        feats.append(([ring], {"image": name, "ground_z": float(out[-1, 2]),
+                               "gsd_cm": float(gsd) if metric else None,
+                               "area_m2": polygon_area(poly[:, :2]) if metric else None}))
+    return Layer("footprints", "Polygon", FOOTPRINT_FIELDS, feats)
+
+
+def _coverage_summary(footprints, metric=True, flown=None):
+    """gsd_cm_median, area_covered_m2 (union of the footprints), overlap_median (photos per ground point
+    over the covered area), area_below_5_photos_percent, overlap_median_flight_area (the same median
+    inside `flown`, the hull of the camera positions). Lengths and areas None without GPS."""
+    stats = coverage_stats([poly[:, :2] for _, poly, _, _ in footprints], inner=flown)
+    gsd = [g for _, _, _, g in footprints]
+    stats["gsd_cm_median"] = float(np.median(gsd)) if gsd and metric else None
+    if not metric:
+        stats["area_covered_m2"] = None
+    return stats
 
 
 def _points_layer(recon, xyz):

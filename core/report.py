@@ -12,13 +12,15 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.path import Path as MplPath
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from osgeo import ogr
 
+from .footprints import OVERLAP_GOOD_PHOTOS, coverage_grid, flight_area
 from .verdict import quality_verdict, verdict_line
 from .workspace import atomic_output
 
@@ -162,6 +164,13 @@ def build_report_html(gpkg_path, summary):
         ("CRS", summary.get("crs") or crs_name or "none (local frame, not georeferenced)"),
         ("Heights", summary.get("height_reference", "")),
         ("Cameras above the sparse ground (median, m)", _fmt(summary.get("height_above_ground_m"), 1)),
+        ("Ground sampling distance (median, cm/px)", _fmt(summary.get("gsd_cm_median"))),
+        ("Area covered by the photos (m²)", _fmt(summary.get("area_covered_m2"), 0)),
+        ("Photos seeing each ground point (median)", _fmt(summary.get("overlap_median"), 0)),
+        ("Photos seeing each ground point under the flight lines (median)",
+         _fmt(summary.get("overlap_median_flight_area"), 0)),
+        (f"Covered area seen by fewer than {OVERLAP_GOOD_PHOTOS} photos (%)",
+         _fmt(summary.get("area_below_5_photos_percent"), 1)),
     ]
 
     parts = [_HEAD.format(title=html.escape(f"AlignKit report: {Path(gpkg_path).name}"))]
@@ -194,7 +203,7 @@ def build_report_html(gpkg_path, summary):
     parts.append(_figure_html(_gps_figure(cam_rows, cam_geoms), "GPS residuals over the camera layout"))
     parts.append(_figure_html(_gps_time_figure(cam_rows),
                               "GPS residuals against capture time (a drifting GPS altitude shows as a trend)"))
-    parts.append(_figure_html(_coverage_figure(fp_geoms, cam_rows, cam_geoms), "Coverage (footprint overlap)"))
+    parts.append(_figure_html(_coverage_figure(fp_geoms, cam_rows, cam_geoms), f"Overlap (red and yellow: fewer than {OVERLAP_GOOD_PHOTOS} photos, weak ground)"))
     parts.append("</div>")
 
     parts.append("<h2>Cameras</h2>")
@@ -353,46 +362,53 @@ def _gps_time_figure(cam_rows):
     return fig
 
 
-def coverage_grid(rings, cells=COVERAGE_CELLS):
-    """Count of footprints covering each cell centre: (counts (ny, nx) int, (xmin, xmax, ymin, ymax))."""
-    rings = [r[:, :2] for r in rings if r is not None and len(r) >= 3]
-    if not rings:
-        return None, None
-    allxy = np.vstack(rings)
-    xmin, ymin = allxy.min(axis=0)
-    xmax, ymax = allxy.max(axis=0)
-    step = max(xmax - xmin, ymax - ymin, 1e-9) / cells
-    xs = np.arange(xmin + step / 2, xmax, step)
-    ys = np.arange(ymin + step / 2, ymax, step)
-    gx, gy = np.meshgrid(xs, ys)
-    centres = np.column_stack([gx.ravel(), gy.ravel()])
-    counts = np.zeros(len(centres), dtype=np.int32)
-    for ring in rings:
-        counts += MplPath(ring).contains_points(centres)
-    return counts.reshape(gy.shape), (xmin, xs[-1] + step / 2, ymin, ys[-1] + step / 2)
+# Pix4D's overlap figure: red and yellow flag ground seen by too few photos for a reliable result.
+OVERLAP_CLASSES = [(1, 2, "#d7301f", "1-2 photos"), (3, OVERLAP_GOOD_PHOTOS - 1, "#fdd835", "3-4 photos"),
+                   (OVERLAP_GOOD_PHOTOS, None, "#2e9e4f", f"{OVERLAP_GOOD_PHOTOS}+ photos")]
 
 
 def _coverage_figure(fp_geoms, cam_rows, cam_geoms):
     fig, ax = _new_figure(5.6, 5.0)
-    ax.set_title("Coverage: photos seeing each ground point")
-    counts, extent = coverage_grid(fp_geoms)
+    ax.set_title("Overlap: photos seeing each ground point")
+    counts, extent = coverage_grid(fp_geoms, COVERAGE_CELLS)
     if counts is None:
         _no_data(ax, "no footprints")
         return fig
     x0, y0 = extent[0], extent[2]
-    shown = np.ma.masked_equal(counts, 0)
-    top = max(int(counts.max()), 1)
-    cmap = matplotlib.colormaps["viridis"].resampled(top)  # one colour per overlap count
-    im = ax.imshow(shown, origin="lower", cmap=cmap, vmin=0.5, vmax=top + 0.5,
-                   extent=(0, extent[1] - x0, 0, extent[3] - y0), interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="overlapping photos", shrink=0.8, ticks=range(1, top + 1, max(1, top // 8)))
+    classes = np.zeros(counts.shape, dtype=np.int32)
+    for k, (low, high, _, _) in enumerate(OVERLAP_CLASSES, start=1):
+        classes[(counts >= low) & ((counts <= high) if high is not None else True)] = k
+    covered = max(int((counts > 0).sum()), 1)
+    ax.imshow(np.ma.masked_equal(classes, 0), origin="lower", cmap=ListedColormap([c[2] for c in OVERLAP_CLASSES]),
+              vmin=0.5, vmax=len(OVERLAP_CLASSES) + 0.5, extent=(0, extent[1] - x0, 0, extent[3] - y0),
+              interpolation="nearest")
+    handles = [Patch(color=colour, label=f"{label}: {100 * (classes == k).sum() / covered:.0f} %")
+               for k, (_, _, colour, label) in enumerate(OVERLAP_CLASSES, start=1)]
     pos = np.array([g[0, :2] for r, g in zip(cam_rows, cam_geoms) if g is not None and r.get("registered")])
     if len(pos):
-        ax.scatter(pos[:, 0] - x0, pos[:, 1] - y0, s=6, color="white", edgecolor="k", linewidth=0.3)
+        ax.scatter(pos[:, 0] - x0, pos[:, 1] - y0, s=8, color="white", edgecolor="k", linewidth=0.4)
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
+                              markeredgecolor="k", label="camera"))
+        hull = flight_area(pos)
+        if hull is not None:
+            ring = np.vstack([hull, hull[:1]])
+            ax.plot(ring[:, 0] - x0, ring[:, 1] - y0, color="k", linestyle="--", linewidth=0.8)
+            handles.append(Line2D([], [], color="k", linestyle="--", linewidth=0.8, label="flight lines' area"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8,
+              title="share of the covered area", title_fontsize=8)
     ax.set_xlabel(f"easting - {x0:.1f} (m)")
     ax.set_ylabel(f"northing - {y0:.1f} (m)")
     ax.set_aspect("equal")
     return fig
+
+
+def write_coverage_png(gpkg_path, out_path, dpi=100):
+    """The report's overlap figure of an alignment as a PNG file (for documentation and slides)."""
+    layers, _ = read_geopackage(gpkg_path)
+    cam_rows, cam_geoms = layers["cameras"]
+    fig = _coverage_figure(layers["footprints"][1], cam_rows, cam_geoms)
+    atomic_output(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    return Path(out_path)
 
 
 def _figure_html(fig, caption):

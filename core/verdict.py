@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from .camera import focal_source_words
 from .config import PRESETS
 
 REGISTERED_MIN_SHARE = 0.95  # Pix4D's green mark: more than 95 % of the photos calibrated
@@ -20,6 +21,7 @@ TIE_POINTS_MIN_PER_PHOTO = 500  # median observations of sparse points per regis
 REPROJECTION_MAX_PX = 1.0  # mean reprojection error; sub-pixel is the mark of a consistent block
 FOCAL_CHANGE_MAX_PERCENT = 5.0  # Pix4D's camera-optimisation mark: adjusted focal within 5 % of the initial
 GPS_FIT_MAX_M = 5.0  # RMS of camera centres to their GPS after a similarity: consumer GNSS is ~1-3 m horizontally, more in height
+OVERLAP_MIN_PHOTOS = 5  # Pix4D's overlap figure: ground seen by 5 or more photos is green
 CONTROL_RMSE_MAX_M = 0.1  # check / control point RMSE that a survey would accept without remark
 
 
@@ -80,7 +82,7 @@ def _camera(summary):
         cost = f" Each 1 % of focal error moves the ground by {height / 100:.2f} m here." if height else ""
         text = (f"The photos could not determine the focal length of {name} (the flight's geometry cannot tell it "
                 f"from the flying height): it is held at {worst.get('focal_prior_px', 0):.0f} px "
-                f"({worst.get('focal_source')}).{cost} Give a calibrated focal length, or add oblique photos.")
+                f"({focal_source_words(worst.get('focal_source'))}).{cost} Give a calibrated focal length, or add oblique photos.")
     elif ok:
         text = f"The focal length of {name} was calibrated {change:+.1f} % from its initial value."
     else:
@@ -88,6 +90,26 @@ def _camera(summary):
                 "model and the photos' EXIF.")
     return _item("Camera optimisation", ok, round(float(change), 2),
                  f"focal within {FOCAL_CHANGE_MAX_PERCENT:g} % of its initial value, calibrated", text)
+
+
+def _overlap(summary):
+    """Judged under the flight lines (the hull of the camera positions) where there is such an area: outside
+    them, the block's rim is seen by few photos in any survey."""
+    whole = summary.get("overlap_median")
+    inner = summary.get("overlap_median_flight_area")
+    value = inner if inner is not None else whole
+    if value is None:
+        return None
+    where = "under the flight lines" if inner is not None else "over the covered area"
+    below = summary.get("area_below_5_photos_percent")
+    rim = ("" if below is None else f" Over the whole covered area, including its rim, the median is {whole:.0f} "
+           f"and {below:.0f} % is seen by fewer than {OVERLAP_MIN_PHOTOS}.")
+    ok = value >= OVERLAP_MIN_PHOTOS
+    text = (f"Ground {where} is seen by {value:.0f} photos (median).{rim}" if ok else
+            f"Ground {where} is seen by only {value:.0f} photos (median).{rim} Fly with more overlap "
+            "(about 80 % forward and 70 % side) for a reliable model.")
+    return _item("Overlap", ok, round(float(value)), f"at least {OVERLAP_MIN_PHOTOS} photos per ground point "
+                 "(median, under the flight lines)", text)
 
 
 def _georeferencing(summary):
@@ -121,7 +143,7 @@ def _georeferencing(summary):
 def quality_verdict(summary):
     """[{item, ok, value, threshold, text}] for the items a surveyor checks first."""
     items = [_registered(summary), _tie_points(summary), _reprojection(summary), _camera(summary),
-             _georeferencing(summary)]
+             _overlap(summary), _georeferencing(summary)]
     return [i for i in items if i is not None]
 
 

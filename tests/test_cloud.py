@@ -8,6 +8,7 @@ from osgeo import ogr
 from alignkit.core import pipeline, workspace
 from alignkit.core.cloud import clean_cloud, stray_points
 from alignkit.core.config import AlignConfig
+from alignkit.core.footprints import coverage_stats, flight_area, ground_footprint, polygon_area
 from alignkit.core.geo import LocalFrame
 from alignkit.core.reconstruction import Reconstruction
 from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth, terrain_height
@@ -163,8 +164,44 @@ def test_the_summary_carries_the_verdict_and_provenance(aligned):
     survey, out, summary = aligned
     # a generated block with exact EXIF and 1 m / 2 m GPS noise: every item passes
     assert [v["item"] for v in summary["verdict"]] == ["Images registered", "Matches per image", "Reprojection error",
-                                                       "Camera optimisation", "Georeferencing"]
+                                                       "Camera optimisation", "Overlap", "Georeferencing"]
     assert all(v["ok"] for v in summary["verdict"]), summary["verdict"]
-    assert summary["verdict_summary"] == "all 5 quality checks passed"
+    assert summary["verdict_summary"] == "all 6 quality checks passed"
+    # overlap is judged under the flight lines: the rim of a 12-photo block is most of its area
+    items = {v["item"]: v for v in summary["verdict"]}
+    assert items["Overlap"]["value"] == round(summary["overlap_median_flight_area"]) >= 5 > summary["overlap_median"]
     prov = summary["provenance"]
     assert prov["photos"] == 12 and prov["images_folder"] == str(survey / "images") and prov["preset"] == "custom"
+
+
+@pytest.mark.slow
+def test_gsd_and_coverage_of_a_generated_survey_against_the_truth(aligned):
+    survey, out, summary = aligned
+    gt = load_ground_truth(survey)
+    spec = gt["spec"]
+    names = [c["image"] for c in gt["cameras"]]
+    ds = ogr.Open(str(out))
+    rows = {f.GetField("image"): (f.GetField("gsd_cm"), f.GetField("area_m2")) for f in ds.GetLayerByName("footprints")}
+    ds = None
+    assert len(rows) == summary["registered"] == len(names)
+    pitch_over_focal = spec["sensor_width_mm"] / spec["width"] / spec["focal_mm"]  # = 1 / focal_px
+    gsd_true, area_true = {}, {}
+    for k, name in enumerate(names):
+        # the truth: the camera's height above the true terrain inside its true footprint
+        plane = ground_footprint(gt["K"][k], gt["R"][k], gt["C"][k], 0.0, spec["width"], spec["height"])
+        e, n = np.meshgrid(np.linspace(plane[:, 0].min(), plane[:, 0].max(), 15),
+                           np.linspace(plane[:, 1].min(), plane[:, 1].max(), 15))
+        ground = float(np.median(terrain_height(gt, e.ravel(), n.ravel())))
+        gsd_true[name] = 100.0 * (gt["C"][k][2] - ground) * pitch_over_focal
+        fp = ground_footprint(gt["K"][k], gt["R"][k], gt["C"][k], ground, spec["width"], spec["height"])
+        area_true[name] = polygon_area(fp[:, :2])
+    for name, (gsd, area) in rows.items():
+        assert gsd == pytest.approx(gsd_true[name], rel=0.03), name
+        assert area == pytest.approx(area_true[name], rel=0.06), name
+    assert summary["gsd_cm_median"] == pytest.approx(float(np.median(list(gsd_true.values()))), rel=0.03)
+    truth = coverage_stats([ground_footprint(gt["K"][k], gt["R"][k], gt["C"][k], 0.0, spec["width"],
+                                             spec["height"])[:, :2] for k in range(len(names))],
+                           inner=flight_area(gt["C"][:, :2]))
+    assert summary["area_covered_m2"] == pytest.approx(truth["area_covered_m2"], rel=0.06)
+    assert abs(summary["overlap_median"] - truth["overlap_median"]) <= 1
+    assert abs(summary["overlap_median_flight_area"] - truth["overlap_median_flight_area"]) <= 1

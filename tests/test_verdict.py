@@ -95,3 +95,17 @@ def test_the_log_names_photos_not_indices():
                          "component 0: 18 images, 5376 points", "initial pair 3-99 (bad index)"], names)
     assert lines == ["component 0: initial pair DJI_0024.JPG / DJI_0033.JPG (812 shared tracks, 640 points, 4.1 deg)",
                      "component 0: 18 images, 5376 points", "initial pair 3-99 (bad index)"]
+
+
+def test_overlap_is_judged_on_the_photos_per_ground_point_under_the_flight_lines():
+    good = by_item(quality_verdict(dict(GOOD, overlap_median=3.0, overlap_median_flight_area=7.0,
+                                        area_below_5_photos_percent=68.8)))["Overlap"]
+    assert good["ok"] and good["value"] == 7 and "at least 5 photos" in good["threshold"]
+    assert "under the flight lines is seen by 7 photos" in good["text"]
+    assert "rim, the median is 3 and 69 % is seen by fewer than 5" in good["text"]
+    thin = by_item(quality_verdict(dict(GOOD, overlap_median=2.0, overlap_median_flight_area=3.0,
+                                        area_below_5_photos_percent=91.0)))["Overlap"]
+    assert not thin["ok"] and "only 3 photos" in thin["text"] and "more overlap" in thin["text"]
+    strip = by_item(quality_verdict(dict(GOOD, overlap_median=4.0, area_below_5_photos_percent=60.0)))["Overlap"]
+    assert not strip["ok"] and "over the covered area is seen by only 4" in strip["text"]
+    assert [v["item"] for v in quality_verdict(dict(GOOD, overlap_median=6.0))][-2:] == ["Overlap", "Georeferencing"]

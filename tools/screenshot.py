@@ -7,6 +7,11 @@ profile with the plugin linked and enabled, and starts the `qgis` application wi
 Inside QGIS, `drive()` opens the dock from the plugin's toolbar action, runs Preview and Align
 through the dock (the same buttons and background tasks a user gets), waits for the task, zooms
 to the result and saves the main window as PNG. Without a DISPLAY it re-runs itself under xvfb-run.
+
+    python -m alignkit.tools.screenshot --images .../brighton_beach/images --out docs
+
+does the same on real photos (balanced preset, one worker): the dock after Align with its verdict line
+and the layers, and the report's first screen (verdict, GSD and coverage, the overlap map).
 """
 import argparse
 import json
@@ -31,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--out", default="docs", help="folder for the PNGs")
     parser.add_argument("--work", default="out/screenshot", help="folder for the survey, profile and results")
     parser.add_argument("--timeout", type=int, default=900, help="seconds before QGIS is stopped")
+    parser.add_argument("--images", help="a folder of real photos (e.g. brighton_beach/images): align them with "
+                                         "the balanced preset and picture the dock and the report's first screen")
     args = parser.parse_args(argv)
 
     if not os.environ.get("DISPLAY"):
@@ -45,20 +52,28 @@ def main(argv=None):
     work = Path(args.work).resolve()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    survey = work / "survey"
-    if not (survey / "ground_truth.json").exists():
-        print(f"generating the demo survey in {survey}")
-        generate_survey(survey, SurveySpec(**DEMO_SPEC))
+    if args.images:
+        images = Path(args.images).resolve()
+        if not images.is_dir():
+            sys.exit(f"{images}: no such folder of photos")
+        stem = images.parent.name if images.name == "images" else images.name
+    else:
+        survey = work / "survey"
+        if not (survey / "ground_truth.json").exists():
+            print(f"generating the demo survey in {survey}")
+            generate_survey(survey, SurveySpec(**DEMO_SPEC))
+        images, stem = survey / "images", "survey"
     results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
-    for old in results.glob("survey_alignkit*"):
+    for old in results.glob(f"{stem}_alignkit*"):
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
     profile = Path(tempfile.mkdtemp(prefix="alignkit-qgis-profile-"))
     try:
         _prepare_profile(profile)
-        job = {"images": str(survey / "images"), "output": str(results / "survey_alignkit.gpkg"),
-               "shots": str(out), "status": str(work / "screenshot_status.json"), "timeout": args.timeout}
+        job = {"images": str(images), "output": str(results / f"{stem}_alignkit.gpkg"), "real": bool(args.images),
+               "stem": stem, "shots": str(out), "status": str(work / "screenshot_status.json"),
+               "timeout": args.timeout}
         job_file = work / "screenshot_job.json"
         job_file.write_text(json.dumps(job, indent=1))
         code = work / "screenshot_code.py"
@@ -131,7 +146,7 @@ def drive(job_file):
 def _session(job):
     status = {"ok": False, "shots": []}
     try:
-        status["shots"] = _run_demo(job)
+        status["shots"] = _run_real(job) if job.get("real") else _run_demo(job)
         status["ok"] = True
     except Exception as exc:  # noqa: BLE001 (written to the status file for the launcher)
         status["error"] = f"{exc}\n{traceback.format_exc()}"
@@ -167,30 +182,11 @@ def _wait(condition, timeout):
 def _run_demo(job):
     import qgis.utils
     from qgis.core import QgsCoordinateTransform, QgsProject
-    from qgis.PyQt.QtWidgets import QDockWidget
 
     from alignkit.ui.naming import survey_name
 
     iface = qgis.utils.iface
-    window = iface.mainWindow()
-    window.showNormal()
-    window.resize(*WINDOW_SIZE)
-    window.move(0, 0)
-    if "alignkit" not in qgis.utils.plugins:  # not auto-started: load it the way the Plugin Manager does
-        qgis.utils.loadPlugin("alignkit")
-        qgis.utils.startPlugin("alignkit")
-    plugin = qgis.utils.plugins["alignkit"]
-    for name in ("Browser", "BrowserPanel"):  # more room for the map; Layers stays
-        browser = window.findChild(QDockWidget, name)
-        if browser is not None:
-            browser.hide()
-    plugin.action.trigger()
-    dock = plugin.dock
-    if dock is None:
-        raise RuntimeError(f"the AlignKit dock did not open; missing packages: {plugin.missing}")
-    dock.setMinimumWidth(430)
-    dock.set_folder(job["images"])
-    dock.set_output(job["output"])
+    window, dock = _open_dock(iface, job)
     dock.preset_combo.setCurrentText("fast")
     shots = []
 
@@ -226,6 +222,103 @@ def _run_demo(job):
     shots.append(_grab(window, iface, Path(job["shots"]) / "alignkit_photo_maptip.png"))
     tip.clear(iface.mapCanvas())
     return shots
+
+
+def _open_dock(iface, job):
+    """The main window at its picture size, AlignKit's dock opened from its toolbar action on the job's folder."""
+    import qgis.utils
+    from qgis.PyQt.QtWidgets import QDockWidget
+
+    window = iface.mainWindow()
+    window.showNormal()
+    window.resize(*WINDOW_SIZE)
+    window.move(0, 0)
+    if "alignkit" not in qgis.utils.plugins:  # not auto-started: load it the way the Plugin Manager does
+        qgis.utils.loadPlugin("alignkit")
+        qgis.utils.startPlugin("alignkit")
+    plugin = qgis.utils.plugins["alignkit"]
+    for name in ("Browser", "BrowserPanel"):  # more room for the map; Layers stays
+        browser = window.findChild(QDockWidget, name)
+        if browser is not None:
+            browser.hide()
+    plugin.action.trigger()
+    dock = plugin.dock
+    if dock is None:
+        raise RuntimeError(f"the AlignKit dock did not open; missing packages: {plugin.missing}")
+    dock.setMinimumWidth(430)
+    dock.set_folder(job["images"])
+    dock.set_output(job["output"])
+    return window, dock
+
+
+def _run_real(job):
+    """Real photos: Align with the balanced preset on one worker, then the dock with its verdict line and
+    the layers (`<stem>_alignment.png`) and the report's first screen (`<stem>_report.png`)."""
+    import qgis.utils
+    from qgis.core import QgsCoordinateTransform, QgsProject
+
+    from alignkit.ui.naming import survey_name
+
+    iface = qgis.utils.iface
+    window, dock = _open_dock(iface, job)
+    dock.preset_combo.setCurrentText("balanced")
+    dock.workers_spin.setValue(1)
+    dock.align()
+    if not _wait(lambda: not dock.is_running(), job["timeout"]):
+        dock.cancel()
+        raise RuntimeError("alignment did not finish in time")
+    if dock.last_result is None:
+        raise RuntimeError("alignment failed: " + dock.log.toPlainText())
+    bar = iface.messageBar()
+    for item in list(bar.items()):  # QGIS's own "Task complete" note hides AlignKit's verdict line
+        if "Task complete" in (item.title() or ""):
+            bar.popWidget(item)
+    _zoom_to_group(iface, survey_name(job["images"]), QgsProject, QgsCoordinateTransform)
+    shots = [_grab(window, iface, Path(job["shots"]) / f"alignkit_{job['stem']}_alignment.png")]
+    shots.append(_grab_report_first_screen(dock.last_result["output"],
+                                           Path(job["shots"]) / f"alignkit_{job['stem']}_report.png"))
+    return shots
+
+
+def _grab_report_first_screen(gpkg, path):
+    """The report's verdict, coverage figures and overlap map as Qt's rich text shows them, grabbed to PNG
+    (Qt's text engine takes no data: URLs, so the figure goes in as a document resource)."""
+    import html as html_mod
+
+    from qgis.PyQt.QtCore import QUrl
+    from qgis.PyQt.QtGui import QImage, QTextDocument
+    from qgis.PyQt.QtWidgets import QTextBrowser
+
+    from alignkit.core import report
+
+    summary = json.loads(report.summary_path_for(gpkg).read_text(encoding="utf-8"))
+    png = Path(path).with_suffix(".coverage.tmp.png")
+    report.write_coverage_png(gpkg, png, dpi=90)
+    figures = [("Ground sampling distance (median)", f"{report._fmt(summary.get('gsd_cm_median'))} cm/px"),
+               ("Area covered by the photos", f"{report._fmt(summary.get('area_covered_m2'), 0)} m²"),
+               ("Photos seeing each ground point (median)", report._fmt(summary.get("overlap_median"), 0)),
+               ("... under the flight lines (median)", report._fmt(summary.get("overlap_median_flight_area"), 0)),
+               ("Covered area seen by fewer than 5 photos", f"{report._fmt(summary.get('area_below_5_photos_percent'), 1)} %")]
+    text = (report._HEAD.format(title="AlignKit report")
+            + f"<h1>AlignKit alignment report</h1><p class='muted'>{html_mod.escape(Path(gpkg).name)}</p>"
+            + report._verdict_html(summary)
+            + "<h2>Coverage</h2><table cellspacing='0' cellpadding='3'><tr><td valign='top' style='border: none'>"
+            + report._table(["", ""], figures, header=False)
+            + "</td><td style='border: none'><img src='coverage.png'/></td></tr></table></body></html>")
+    view = QTextBrowser()
+    view.document().addResource(QTextDocument.ImageResource, QUrl("coverage.png"), QImage(str(png)))
+    view.setHtml(text)
+    view.resize(1100, 900)
+    view.show()
+    _wait(lambda: False, 1.0)
+    view.resize(1100, min(1400, int(view.document().size().height()) + 24))
+    _wait(lambda: False, 0.5)
+    ok = view.grab().save(str(path))
+    view.close()
+    png.unlink(missing_ok=True)
+    if not ok:
+        raise RuntimeError(f"could not write {path}")
+    return str(path)
 
 
 def _show_camera_map_tip(iface, result_group):
