@@ -134,12 +134,11 @@ def _camera_models(usable, recon, height):
         text = (f"{m['camera']}: the photos do not determine the focal length (self-calibration ran off to "
                 f"{m['focal_self_calibrated_px']:.0f} px, {100 * (m['focal_self_calibrated_px'] / m['focal_prior_px'] - 1):+.0f}% "
                 f"from its prior: focal and flying height trade off on nadir blocks); it is held at "
-                f"{focal_source_words(m['focal_source'])}, {m['focal_prior_px']:.0f} px "
-                f"({m['focal_source']}).")
+                f"{focal_source_words(m['focal_source'])}, {m['focal_prior_px']:.0f} px.")
         if height is not None and recon.georeferenced:
             text += (f" Heights above ground scale with it: each 1% of focal error moves the ground "
                      f"{height / 100:.2f} m (cameras {height:.0f} m above it). For survey-grade heights give a "
-                     f"calibrated focal length (focal_px) or add oblique photos.")
+                     f"calibrated focal length (the dock's Advanced › Focal length, FOCAL_PX in Processing) or add oblique photos.")
         warnings.append(text)
     return list(models.values()), warnings
 

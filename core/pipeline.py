@@ -382,7 +382,7 @@ def _focal_source_warnings(models, usable):
                          f"the focal was a guess ({m['focal_prior_px']:.0f} px, {camera.FALLBACK_FOCAL_FACTOR} x the "
                          f"long side), left free to self-calibrate: {m['focal_px']:.0f} px "
                          f"({m['focal_change_percent']:+.0f}%). Heights and scale rest on the photos alone; give a "
-                         "calibrated focal (focal_px) for survey work.")
+                         "calibrated focal length (Advanced › Focal length, FOCAL_PX) for survey work.")
         elif m.get("focal_source") == "borrowed":
             note = next((q for p in usable if p.camera_key == m["camera"] for q in p.problems
                          if q.startswith("focal length unknown: borrowed")), "borrowed from an identical camera")
