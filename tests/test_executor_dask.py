@@ -6,6 +6,7 @@ out of reach or a photo folder the workers do not see is refused before any work
 """
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -150,3 +151,50 @@ def test_cluster_alignment_equals_the_process_pool(cluster, survey, tmp_path):
         a, b = read_npz(matches["pool"] / name), read_npz(matches["dask"] / name)
         for key in ("matches", "n_inliers", "model"):
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
+
+
+@pytest.mark.qgis
+def test_processing_executor_parameter_reaches_the_run(alignkit_provider, tmp_path):
+    """EXECUTOR through Processing: an address nobody answers is a Processing error naming it."""
+    pytest.importorskip("distributed")
+    from qgis.core import QgsProcessingException
+
+    import processing
+    from alignkit.core.synthetic import SurveySpec, generate_survey
+
+    survey = generate_survey(tmp_path / "survey", SurveySpec(rows=1, cols=3, width=320, height=240))
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(QgsProcessingException, match=f"{address}.*cannot reach"):
+        processing.run("alignkit:alignphotos", {"IMAGES": str(survey / "images"),
+                                                "OUTPUT": str(tmp_path / "r.gpkg"), "EXECUTOR": f" {address} "})
+    assert not (tmp_path / "r.gpkg").exists()
+
+
+def test_a_killed_worker_loses_no_work(tmp_path):
+    """A worker killed mid-extraction: the scheduler reruns its tasks elsewhere, the store is complete
+    and byte-identical to one process's."""
+    distributed = pytest.importorskip("distributed")
+    from alignkit.core.features import extract_features
+    from alignkit.core.synthetic import SurveySpec, generate_survey
+
+    survey = generate_survey(tmp_path / "survey", SurveySpec(rows=2, cols=4, width=960, height=720))
+    paths = sorted((survey / "images").iterdir())
+    config = AlignConfig(max_image_size=960, max_features=2000)
+    serial = extract_features(paths, tmp_path / "serial", config, SerialExecutor())
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=":0") as local:
+        with make_executor(0, local.scheduler_address) as executor:
+            pids = executor._connect().run(os.getpid)
+            killed = []
+
+            def kill_one_worker(fraction, message):
+                if not killed:  # after the first image: the others are running or queued
+                    victim = pids[sorted(pids)[0]]
+                    os.kill(victim, signal.SIGKILL)  # kill -9: the nanny starts a new worker
+                    killed.append(victim)
+
+            store = extract_features(paths, tmp_path / "dask", config, executor, progress=kill_one_worker)
+    assert killed and not store.errors
+    for i in range(len(paths)):
+        assert store.images[i]["count"] == serial.images[i]["count"] > 0
+        np.testing.assert_array_equal(store.keypoints(i), serial.keypoints(i))
