@@ -21,8 +21,10 @@ from .cancel import Canceled, check
 POLL_S = 0.1  # how often a waiting map looks at is_canceled: cancel is honoured well within a second
 
 
-class ExecutorError(RuntimeError):
-    """An executor that cannot run: no Dask installed, a scheduler out of reach, a workspace not shared."""
+class ExecutorError(OSError):
+    """An executor that cannot run: no Dask installed, a scheduler out of reach, a workspace not shared,
+    a cluster that lost its tasks. An environment problem like an OSError (pipeline.run reports both
+    as an AlignmentError), not a bug in a task: a task's own exception is re-raised as it is."""
 
 
 class Executor:

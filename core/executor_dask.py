@@ -180,7 +180,7 @@ class DaskExecutor(Executor):
                 except queue.Empty:
                     future = None
                 if future is not None:
-                    result = future.result()  # re-raises a task's exception here
+                    result = self._result(future)
                     future.release()
                     done_count += 1
                     report_progress(progress, done_count, len(items), message)
@@ -196,6 +196,21 @@ class DaskExecutor(Executor):
                         client.cancel(pending, force=True)
                     except Exception:  # noqa: BLE001 - the scheduler may be gone: nothing left to cancel
                         pass
+
+    def _result(self, future):
+        """The task's result; its own exception re-raised; a cluster failure as an ExecutorError."""
+        try:
+            return future.result()
+        except self._distributed.client.FutureCancelledError as exc:  # the scheduler went away
+            raise ExecutorError(
+                f"EXECUTOR {self.address}: task {future.key} was lost ({exc}); is the Dask scheduler "
+                "still running? Run again to resume from the workspace"
+            ) from None
+        except self._distributed.KilledWorker as exc:  # every worker that tried it died
+            raise ExecutorError(
+                f"EXECUTOR {self.address}: task {future.key} killed the workers that ran it ({exc}); "
+                "out of memory? Give the workers more memory or use a smaller working image size"
+            ) from None
 
     def close(self):
         if self._client is not None:

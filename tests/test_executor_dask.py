@@ -198,3 +198,16 @@ def test_a_killed_worker_loses_no_work(tmp_path):
     for i in range(len(paths)):
         assert store.images[i]["count"] == serial.images[i]["count"] > 0
         np.testing.assert_array_equal(store.keypoints(i), serial.keypoints(i))
+
+
+def test_a_scheduler_that_goes_away_is_a_clear_error():
+    """The scheduler stops mid-map: an ExecutorError naming it (pipeline.run: an AlignmentError), no hang."""
+    distributed = pytest.importorskip("distributed")
+    local = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     dashboard_address=":0")
+    address = local.scheduler_address
+    with make_executor(0, address) as executor:
+        with pytest.raises(ExecutorError, match=f"{address}: task .* was lost"):
+            for _ in executor.map(time.sleep, [0.0, 60.0, 60.0], progress=lambda f, m: local.close()):
+                pass
+    local.close()
