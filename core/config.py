@@ -62,6 +62,7 @@ class AlignConfig:
 
     # --- execution ---
     workers: int = 0  # worker processes for per-image / per-pair work; 0 = number of CPU cores
+    executor: str = ""  # empty = the local process pool; tcp://host:port = a Dask scheduler (shared storage)
 
     def to_dict(self):
         return asdict(self)

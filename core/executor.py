@@ -4,6 +4,8 @@
 reads its inputs from and writes its product to the workspace itself, so no big arrays cross a
 process boundary and a distributed engine could take the pool's place with the same workspace.
 Results are yielded in completion order; put whatever identifies the item into the result.
+make_executor picks the engine: one process, a local process pool, or (an address given) a Dask
+distributed cluster (core/executor_dask.py, optional: only imported when an address is given).
 """
 
 import concurrent.futures as cf
@@ -19,7 +21,15 @@ from .cancel import Canceled, check
 POLL_S = 0.1  # how often a waiting map looks at is_canceled: cancel is honoured well within a second
 
 
+class ExecutorError(OSError):
+    """An executor that cannot run: no Dask installed, a scheduler out of reach, a workspace not shared,
+    a cluster that lost its tasks. An environment problem like an OSError (pipeline.run reports both
+    as an AlignmentError), not a bug in a task: a task's own exception is re-raised as it is."""
+
+
 class Executor:
+    description = "executor"  # recorded in the run's summary
+
     def map(self, fn, items, progress=None, is_canceled=None, message="working"):
         raise NotImplementedError
 
@@ -33,20 +43,23 @@ class Executor:
         self.close()
 
 
-def _report(progress, done, total, message):
+def report_progress(progress, done, total, message):
     if progress is not None:
         progress(done / total if total else 1.0, message)
 
 
+
 class SerialExecutor(Executor):
     """Runs every item in this process, in order: for debugging, tests and tiny jobs."""
+
+    description = "serial (this process)"
 
     def map(self, fn, items, progress=None, is_canceled=None, message="working"):
         items = list(items)
         for done, item in enumerate(items, 1):
             check(is_canceled)
             result = fn(item)
-            _report(progress, done, len(items), message)
+            report_progress(progress, done, len(items), message)
             yield result
 
 
@@ -164,6 +177,10 @@ class ProcessExecutor(Executor):
         self.death_signal = death_signal  # Linux's PR_SET_PDEATHSIG; False leaves the watchdog alone
         self._pool = None  # kept between map calls: starting a worker (imports) costs about a second
 
+    @property
+    def description(self):
+        return f"process pool ({self.workers} workers)"
+
     def _get_pool(self):
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
@@ -192,7 +209,7 @@ class ProcessExecutor(Executor):
                 for future in done:
                     result = future.result()  # re-raises a worker's exception here
                     done_count += 1
-                    _report(progress, done_count, len(items), message)
+                    report_progress(progress, done_count, len(items), message)
                     yield result
                 if is_canceled is not None and is_canceled():
                     raise Canceled("cancelled by the user")
@@ -222,8 +239,21 @@ def _terminate(pool):
             process.kill()
 
 
-def make_executor(workers=0):
-    """A process pool of `workers` processes (0 = one per CPU core); 1 worker runs in this process."""
+def make_executor(workers=0, address="", shared=()):
+    """The executor for a run.
+
+    `address` (AlignConfig.executor) empty: a process pool of `workers` processes (0 = one per CPU
+    core; 1 runs in this process). `tcp://host:port`: the Dask scheduler there (DaskExecutor),
+    connected now, so an unreachable scheduler is an ExecutorError before any work; `shared`
+    (workspace, photo folder) is then checked to be seen by every worker. `workers` may be an
+    AlignConfig or its dict, which give both settings.
+    """
     if not isinstance(workers, int):  # an AlignConfig or its dict
-        workers = workers.get("workers", 0) if isinstance(workers, dict) else getattr(workers, "workers", 0)
+        get = workers.get if isinstance(workers, dict) else lambda key, default: getattr(workers, key, default)
+        address = address or get("executor", "")
+        workers = get("workers", 0)
+    if address and str(address).strip():
+        from .executor_dask import DaskExecutor
+
+        return DaskExecutor(address, shared=shared)
     return SerialExecutor() if workers == 1 else ProcessExecutor(workers)

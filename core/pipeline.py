@@ -22,7 +22,7 @@ from .cloud import clean_cloud
 from .config import AlignConfig
 from .control import read_control
 from .control_report import run_control
-from .executor import make_executor
+from .executor import ExecutorError, make_executor
 from .geo import LocalFrame, to_ellipsoidal, utm_crs_for
 from .verdict import assess
 
@@ -154,7 +154,11 @@ def _run(config, progress, is_canceled):
     check(is_canceled)
     ws.mkdir(parents=True, exist_ok=True)  # after the checks: a run refused for bad input leaves nothing
 
-    executor = make_executor(config.workers)
+    try:  # a Dask scheduler out of reach, or a workspace its workers do not see: refused before any work
+        executor = make_executor(config.workers, config.executor, shared=(ws, config.images))
+    except ExecutorError as exc:
+        raise AlignmentError(str(exc)) from None
+    timings["executor"] = executor.description
     try:
         # --- features ---
         n_done = features.count_complete([p.path for p in usable], ws, config)
@@ -430,7 +434,7 @@ def _reconstruction_stamp(track_set, cams, gps_enu, config):
     return h.hexdigest()
 
 
-_NOT_AFFECTING_RECONSTRUCTION = {"images", "output", "workspace", "target_crs", "workers",
+_NOT_AFFECTING_RECONSTRUCTION = {"images", "output", "workspace", "target_crs", "workers", "executor",
                                   "gcp_file", "check_points", "reference_dem"}  # final steps after it
 
 

@@ -94,6 +94,9 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
                                          type=QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber("WORKERS", "Worker processes (0 = all cores)",
                                          defaultValue=0, minValue=0, maxValue=256),
+            QgsProcessingParameterString(
+                "EXECUTOR", "Dask scheduler (tcp://host:port; empty = local process pool; shared storage)",
+                optional=True),
             QgsProcessingParameterFile("WORKSPACE", "Workspace folder (default: beside the output)",
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
             QgsProcessingParameterEnum(
@@ -166,6 +169,7 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             target_crs=crs.authid() if crs.isValid() else "",
             pair_neighbors=self.parameterAsInt(parameters, "PAIR_NEIGHBORS", context),
             workers=self.parameterAsInt(parameters, "WORKERS", context),
+            executor=(self.parameterAsString(parameters, "EXECUTOR", context) or "").strip(),
             focal_px=self.parameterAsDouble(parameters, "FOCAL_PX", context),
             gcp_file=self.parameterAsFile(parameters, "GCP_FILE", context) or "",
             check_points=self.parameterAsString(parameters, "CHECK_POINTS", context) or "",
