@@ -11,6 +11,7 @@ from .geo import to_ellipsoidal, vertical_reference
 from .georef import capture_seconds
 from .gpkg import Layer, write_geopackage
 from .reconstruction import umeyama
+from .residual_grid import residual_grids
 from .sanity import sanity_checks
 from .workspace import atomic_output
 
@@ -93,6 +94,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         **figures,
         "pairs_verified": len(pair_matches),
         "camera_models": models,
+        "residual_grid": residual_grids(usable, recon),  # mean image residual per sensor cell, per model
         "height_above_ground_m": height,
         **_coverage_summary(footprints, metric=frame is not None, flown=flown),
         "warnings": list(warnings) + calibration_warnings + sanity_warnings,
