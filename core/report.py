@@ -140,7 +140,7 @@ def build_report_html(gpkg_path, summary):
     cam_rows, cam_geoms = layers["cameras"]
     fp_rows, fp_geoms = layers["footprints"]
     points = layers["sparse_points"]
-    pair_rows, _ = layers["pairs"]
+    pair_rows, pair_geoms = layers["pairs"]
 
     registered = [bool(r.get("registered")) for r in cam_rows]
     reproj = points["reproj_px"][np.isfinite(points["reproj_px"])]
@@ -204,6 +204,7 @@ def build_report_html(gpkg_path, summary):
     parts.append(_figure_html(_gps_time_figure(cam_rows),
                               "GPS residuals against capture time (a drifting GPS altitude shows as a trend)"))
     parts.append(_figure_html(_coverage_figure(fp_geoms, cam_rows, cam_geoms), f"Overlap (red and yellow: fewer than {OVERLAP_GOOD_PHOTOS} photos, weak ground)"))
+    parts.extend(_calibration_figures_html(summary, pair_rows, pair_geoms, cam_rows, cam_geoms))
     parts.append("</div>")
 
     parts.append("<h2>Cameras</h2>")
@@ -218,6 +219,20 @@ def build_report_html(gpkg_path, summary):
         parts.append("<h2>Configuration</h2>" + _table(["setting", "value"], sorted(config.items())))
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _calibration_figures_html(summary, pair_rows, pair_geoms, cam_rows, cam_geoms):
+    """Residuals on the sensor grid (per camera model), the distortion curves, the graph of matches."""
+    from .report_calib import distortion_figure, match_graph_figure, residual_grid_figures
+
+    out = [_figure_html(fig, f"Image residuals averaged on the sensor grid{': ' + camera if camera else ''} "
+                             "(a pattern, e.g. radial arrows growing to the corners, is a distortion the "
+                             "camera model lacks)")
+           for fig, camera in residual_grid_figures(summary)]
+    out.append(_figure_html(distortion_figure(summary), "Distortion curve of each camera model"))
+    out.append(_figure_html(match_graph_figure(pair_rows, pair_geoms, cam_rows, cam_geoms),
+                            "Graph of matches: verified pairs over the camera positions"))
+    return out
 
 
 def _verdict_html(summary):

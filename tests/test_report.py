@@ -32,13 +32,15 @@ def result(tmp_path):
     return fx.write_result(tmp_path / "survey_alignkit.gpkg")
 
 
-def test_report_is_written_beside_the_geopackage_with_five_png_plots(result):
+def test_report_is_written_beside_the_geopackage_with_eight_png_plots(result):
     path = report.write_report(result)
     assert path == result.with_name("survey_alignkit_report.html")
     text = path.read_text(encoding="utf-8")
     parsed = _Collector()
     parsed.feed(text)
-    assert len(parsed.images) == 5  # reprojection, track length, GPS residuals in plan and in time, coverage
+    # reprojection, track length, GPS residuals in plan and in time, coverage; residuals on the sensor grid
+    # (a placeholder: the fixture's summary has none), distortion curve, graph of matches
+    assert len(parsed.images) == 8
     for src in parsed.images:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
@@ -111,3 +113,65 @@ def test_point_columns_read_the_same_with_and_without_gdal_arrow(result, monkeyp
     points = layers["sparse_points"]
     assert np.allclose(points["reproj_px"], [fx.point_error(k) for k in range(fx.N_POINTS)])
     assert np.array_equal(points["track_length"], [fx.point_track_length(k) for k in range(fx.N_POINTS)])
+
+
+def _grid(camera, width, height, dx):
+    """A 2 x 2 residual grid as export writes it (row-major, row 0 at the top); one empty cell."""
+    return {"camera": camera, "cells": [2, 2], "width": width, "height": height,
+            "x": [width / 4, 3 * width / 4] * 2, "y": [height / 4] * 2 + [3 * height / 4] * 2,
+            "dx": [dx, -dx, dx, None], "dy": [0.5, 0.5, -0.5, None], "count": [40, 50, 60, 0]}
+
+
+def test_report_draws_one_residual_grid_per_camera_model(result):
+    import json
+
+    summary_path = report.summary_path_for(result)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["residual_grid"] = [_grid("DJI FC300S 4000x2250 3.61mm", 4000, 2250, 1.5),
+                                _grid("other 1000x800 2mm", 1000, 800, 0.25)]
+    summary_path.write_text(json.dumps(summary), encoding="utf-8")
+    text = report.write_report(result).read_text(encoding="utf-8")
+    parsed = _Collector()
+    parsed.feed(text)
+    assert len(parsed.images) == 9  # two residual grids instead of the placeholder
+    assert "<figcaption>Image residuals averaged on the sensor grid: DJI FC300S 4000x2250 3.61mm" in text
+    assert "<figcaption>Image residuals averaged on the sensor grid: other 1000x800 2mm" in text
+    for src in parsed.images:
+        assert len(base64.b64decode(src.split(",", 1)[1])) > 5000
+    from alignkit.core.report_calib import residual_grid_figures
+
+    fig, camera = residual_grid_figures(summary)[0]
+    assert camera == "DJI FC300S 4000x2250 3.61mm"
+    quiver = fig.axes[0].collections[-1]
+    assert len(quiver.U) == 3  # the empty cell is not drawn
+    gain = 0.8 * min(4000 / 2, 2250 / 2) / np.hypot(1.5, 0.5)  # largest arrow: 0.8 of a cell
+    assert np.allclose(quiver.U, np.array([1.5, -1.5, 1.5]) * gain)
+    assert any(f"arrows x{gain:.0f}" in t.get_text() for t in fig.axes[0].texts)  # the scale is stated
+
+
+def test_distortion_curve_in_the_report_reaches_the_corner_with_the_model_values():
+    from alignkit.core.report_calib import distortion_figure
+
+    model = {"camera": "DJI FC300S 4000x2250 3.61mm", "focal_px": 2000.0, "k1": -0.1, "k2": 0.02}
+    fig = distortion_figure({"camera_models": [model]})
+    r, disp = fig.axes[0].lines[0].get_data()
+    assert r[-1] == pytest.approx(0.5 * np.hypot(4000, 2250))  # size read from the model's name
+    # at r = f (r_n = 1) the displacement is f (k1 + k2) = -160 px
+    assert np.interp(2000.0, r, disp) == pytest.approx(-160.0, rel=1e-3)
+
+
+def test_match_graph_draws_every_pair_wider_with_more_inliers(result):
+    from alignkit.core.report_calib import match_graph_figure
+
+    layers, _ = report.read_geopackage(result)
+    fig = match_graph_figure(*layers["pairs"], *layers["cameras"])
+    lines = next(c for c in fig.axes[0].collections if c.__class__.__name__ == "LineCollection")
+    assert len(lines.get_segments()) == 4  # the fixture's pairs 0-1, 1-2, 0-3, 3-4
+    inliers = [400, 350, 90, 1200]
+    widths = np.asarray(lines.get_linewidths())
+    assert np.array_equal(np.argsort(widths), np.argsort(inliers))
+    assert np.allclose(lines.get_array(), inliers)
+    # each line joins its two cameras (relative to the cameras' mean position)
+    cams = np.array([g[0, :2] for g in layers["cameras"][1]])
+    seg = lines.get_segments()[3]
+    assert np.allclose(seg + cams.mean(axis=0), [fx.camera_xy(3), fx.camera_xy(4)])
