@@ -9,6 +9,7 @@ from .report import _new_figure, _no_data
 from .residual_grid import distortion_curve
 
 MIN_CELL_OBSERVATIONS = 5  # a cell's mean from fewer observations is noise, not a pattern
+ARROW_FLOOR_PX = 0.25  # arrows are scaled as if the largest cell mean were at least this
 
 
 def residual_grid_figures(summary):
@@ -24,7 +25,7 @@ def residual_grid_figures(summary):
 
 def _residual_grid_figure(grid):
     fig, ax = _new_figure(5.6, 4.6)
-    ax.set_title("Mean image residual per sensor cell (observed - projected)", fontsize=10)
+    ax.set_title("Mean image residual per sensor cell (observed - projected)", fontsize=9)
     width, height = float(grid["width"]), float(grid["height"])
     nx, ny = grid["cells"]
     count = np.asarray(grid["count"], np.int64)
@@ -37,23 +38,23 @@ def _residual_grid_figure(grid):
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)  # image rows grow downwards
     ax.set_aspect("equal")
-    ax.set_xlabel(f"column (px); {grid.get('camera', '')}", fontsize=8)
     ax.set_ylabel("row (px)")
     if not keep.any():
+        ax.set_xlabel("column (px)")
         _no_data(ax, "no cell with enough observations")
         return fig
     x, y = np.asarray(grid["x"], float)[keep], np.asarray(grid["y"], float)[keep]
     dx = np.array([v for v, k in zip(grid["dx"], keep) if k], float)
     dy = np.array([v for v, k in zip(grid["dy"], keep) if k], float)
     size = np.hypot(dx, dy)
-    # Exaggerated so that the largest arrow is 0.8 of a cell: the scale is written on the plot.
-    gain = 0.8 * min(width / nx, height / ny) / max(float(size.max()), 1e-9)
+    # Exaggerated so that the largest arrow is 0.8 of a cell, but a mean below ARROW_FLOOR_PX stays short
+    # (noise is not blown up into a pattern); the scale is written under the plot.
+    gain = 0.8 * min(width / nx, height / ny) / max(float(size.max()), ARROW_FLOOR_PX)
     q = ax.quiver(x, y, dx * gain, dy * gain, size, cmap="viridis", angles="xy", scale_units="xy", scale=1,
                   width=0.006, pivot="middle")
-    fig.colorbar(q, ax=ax, label="mean residual (px)", shrink=0.8)
-    ax.text(0.01, -0.2, f"arrows x{gain:.0f}; largest cell mean {size.max():.2f} px; "
-            f"cells with {MIN_CELL_OBSERVATIONS}+ observations ({int(count.sum())} in all)",
-            transform=ax.transAxes, fontsize=8, color="0.3")
+    fig.colorbar(q, ax=ax, label="mean residual (px)", shrink=0.7)
+    ax.set_xlabel(f"column (px)\narrows x{gain:.0f}; largest cell mean {size.max():.2f} px; "
+                  f"{int(count.sum())} observations", fontsize=8)
     return fig
 
 
