@@ -82,3 +82,29 @@ def test_distortion_curve_at_a_known_radius():
     assert np.interp(2000.0, r, disp) == pytest.approx(2000.0 * (-0.1 + 0.02), rel=1e-3)
     # at the corner: r_n = 1.25
     assert disp[-1] == pytest.approx(2500.0 * (-0.1 * 1.25**2 + 0.02 * 1.25**4))
+
+
+class _Photo:
+    def __init__(self, key, width, height):
+        self.camera_key, self.width, self.height = key, width, height
+
+    def K(self):  # noqa: N802
+        return np.array([[F, 0, (self.width - 1) / 2.0], [0, F, (self.height - 1) / 2.0], [0, 0, 1.0]])
+
+
+def test_one_grid_per_camera_model_of_the_registered_photos():
+    from types import SimpleNamespace
+
+    from alignkit.core.residual_grid import residual_grids
+
+    R, C, focal, pp, pts, oi, op, xy = _nadir_block(K1_TRUE, n_images=3, n_points=5000)
+    usable = [_Photo("cam A", W, H), _Photo("cam B", W, H), _Photo("cam C", W, H)]
+    # image 1 (cam B) holds k1 = K1_TRUE, image 0 (cam A) lacks it; cam C is not registered
+    recon = SimpleNamespace(R=R, C=C, focal=focal, k1=np.array([0.0, K1_TRUE, 0.0]), k2=np.zeros(3),
+                            points=pts, obs_image=oi, obs_point=op, obs_xy=xy,
+                            registered=np.array([True, True, False]))
+    grids = residual_grids(usable, recon)
+    assert [g["camera"] for g in grids] == ["cam A", "cam B"]
+    a, b = (np.hypot(np.array(g["dx"], float), np.array(g["dy"], float)) for g in grids)
+    assert sum(grids[0]["count"]) == (oi == 0).sum() and sum(grids[1]["count"]) == (oi == 1).sum()
+    assert a.max() > 10 and b.max() < 1e-6  # the model without the distortion shows it, the other does not
