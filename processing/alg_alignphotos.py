@@ -1,6 +1,7 @@
 """alignkit:alignphotos — drone photos to a georeferenced sparse reconstruction (thin wrapper of core.pipeline)."""
 import os
 
+import pyproj
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
@@ -182,6 +183,15 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             config.reference_dem = dem.source()
         if crs.isValid() and not crs.authid():
             config.target_crs = crs.toWkt(crs.WKT_PREFERRED)
+        raw = parameters.get("TARGET_CRS")
+        if not crs.isValid() and isinstance(raw, str) and raw.strip():
+            # QGIS 3.22 cannot parse a compound code such as EPSG:32615+5773 (UTM + EGM96 heights) and
+            # would silently fall back to the default; PROJ, which core uses, can.
+            try:
+                config.target_crs = pyproj.CRS.from_user_input(raw.strip()).srs or raw.strip()
+            except pyproj.exceptions.CRSError as exc:
+                raise QgsProcessingException(f"TARGET_CRS: {raw.strip()!r} is not a CRS that QGIS or PROJ "
+                                             f"knows ({exc})") from None
         size = self.parameterAsInt(parameters, "MAX_IMAGE_SIZE", context)
         count = self.parameterAsInt(parameters, "MAX_FEATURES", context)
         if size:

@@ -52,3 +52,18 @@ def test_alignphotos_bad_folder_is_a_clear_processing_error(alignkit_provider, t
         processing.run("alignkit:alignphotos", {"IMAGES": str(tmp_path / "nowhere"),
                                                 "OUTPUT": str(tmp_path / "r.gpkg")})
     assert not (tmp_path / "r.gpkg").exists()
+
+
+def test_a_compound_target_crs_reaches_the_alignment(alignkit_provider):
+    """QGIS 3.22 cannot parse EPSG:32615+5773 (UTM + EGM96 heights): the code goes on to PROJ instead of
+    silently becoming the default CRS; a code neither knows is refused with the parameter named."""
+    from qgis.core import QgsProcessingContext
+
+    alg = alignkit_provider.algorithm("alignphotos")
+    base = {"IMAGES": "/nowhere", "OUTPUT": "/tmp/r.gpkg"}
+    context = QgsProcessingContext()
+    config = alg.config_from_parameters(dict(base, TARGET_CRS="EPSG:32615+5773"), context)
+    assert config.target_crs == "EPSG:32615+5773"
+    assert alg.config_from_parameters(dict(base, TARGET_CRS="EPSG:2056"), context).target_crs == "EPSG:2056"
+    with pytest.raises(QgsProcessingException, match="TARGET_CRS: 'EPSG:999999' is not a CRS"):
+        alg.config_from_parameters(dict(base, TARGET_CRS="EPSG:999999"), context)
