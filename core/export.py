@@ -60,7 +60,14 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         _pairs_layer(usable, pair_matches, recon, cam_xyz),
         *extra_layers,
     ]
-    write_geopackage(paths["gpkg"], crs, layers)
+    vref = None
+    if frame is not None and frame.plain_heights is not None:
+        vref = vertical_reference(crs, frame.plain_heights, frame.offset_m,
+                                  assumed=config.altitude_reference == "egm96" and not config.altitude_offset_m)
+    height_reference = vref["output"] if vref else \
+        "EXIF GPSAltitude as recorded (roughly above mean sea level on DJI photos), not converted"
+    # Each layer states its heights' reference (QGIS 3.22 shows a compound CRS by its horizontal part).
+    write_geopackage(paths["gpkg"], crs, layers, description=f"AlignKit result; heights (Z, ground_z): {height_reference}")
     write_ply(paths["ply"], points_xyz, recon.point_rgb)
 
     registered = int(recon.registered.sum())
@@ -68,12 +75,6 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
     models, calibration_warnings = _camera_models(usable, recon, height)
     capture_s = np.array([np.nan if (c := capture_seconds(p)) is None else c for p in usable])
     figures, sanity_warnings = sanity_checks(recon, usable, capture_s)
-    vref = None
-    if frame is not None and frame.plain_heights is not None:
-        vref = vertical_reference(crs, frame.plain_heights, frame.offset_m,
-                                  assumed=config.altitude_reference == "egm96" and not config.altitude_offset_m)
-    height_reference = vref["output"] if vref else \
-        "EXIF GPSAltitude as recorded (roughly above mean sea level on DJI photos), not converted"
     return {
         "images": len(priors),
         "usable": len(usable),

@@ -63,8 +63,9 @@ def check_identifier(name, what="layer"):
     return name
 
 
-def write_geopackage(path, crs, layers):
-    """Write `layers` (list of Layer) into a new GeoPackage at `path`, replacing any old file."""
+def write_geopackage(path, crs, layers, description=""):
+    """Write `layers` (list of Layer) into a new GeoPackage at `path`, replacing any old file.
+    `description` goes into every layer's gpkg_contents.description (e.g. the heights' reference)."""
     srs = spatial_reference(crs)
     for layer in layers:
         check_identifier(layer.name)
@@ -74,7 +75,7 @@ def write_geopackage(path, crs, layers):
     def write(tmp):
         ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
         for layer in layers:
-            _write_layer(ds, layer, srs)
+            _write_layer(ds, layer, srs, description)
         ds = None  # closes and flushes
         if srs is None:
             _mark_cartesian(tmp, [layer.name for layer in layers])
@@ -98,9 +99,10 @@ def _mark_cartesian(path, table_names):
         con.close()
 
 
-def _write_layer(ds, layer, srs):
+def _write_layer(ds, layer, srs, description=""):
     gtype = _GEOMETRY_TYPES[layer.geometry]
-    lyr = ds.CreateLayer(layer.name, srs=srs, geom_type=gtype, options=["SPATIAL_INDEX=YES"])
+    options = ["SPATIAL_INDEX=YES"] + ([f"DESCRIPTION={description}"] if description else [])
+    lyr = ds.CreateLayer(layer.name, srs=srs, geom_type=gtype, options=options)
     for name, kind in layer.fields:
         ftype, subtype = _FIELD_TYPES[kind]
         fdef = ogr.FieldDefn(name, ftype)

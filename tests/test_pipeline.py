@@ -84,6 +84,10 @@ def test_alignment_matches_ground_truth_and_the_contract(survey, tmp_path):
 
     cams, fields, crs = layer_rows(out, "cameras")
     assert crs == "EPSG:32632"
+    ds = ogr.Open(str(out))  # kept alive while its layers are read (OGR)
+    for name in ("cameras", "sparse_points", "footprints"):  # every layer states its heights' reference
+        description = ds.GetLayerByName(name).GetMetadataItem("DESCRIPTION")
+        assert summary["height_reference"] in description and "EGM96" in description
     for field in ("image", "registered", "yaw", "pitch", "roll", "focal_px", "n_observations",
                   "reproj_rmse_px", "gps_dx", "gps_dy", "gps_dz", "component"):
         assert field in fields
