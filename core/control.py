@@ -285,20 +285,24 @@ def control_from_points(points, crs, measurements=None, source="point layer", im
     CRS with a name field and Z or a height field, read by the caller) and image measurements
     {name: [(photo, x, y), ...]} (the marking dialog's). Duplicate names are an error; a point without
     a height is kept, flagged, and not used."""
-    errors, out, seen = [], [], set()
+    errors, out, seen = [], [], {}
     try:
         crs = CRS.from_user_input(crs).to_string()
     except CRSError:
         raise ControlError(f"{source}: unknown CRS {crs!r}") from None
     for k, (name, x, y, z) in enumerate(points):
+        where = f"feature {k + 1}"
         name = str(name).strip() if name is not None else ""
         if not name:
-            errors.append(f"feature {k + 1}: no name")
+            errors.append(f"{where}: no name")
             continue
         if name in seen:
-            errors.append(f"feature {k + 1}: the name '{name}' is used twice")
+            errors.append(f"{where}: the name '{name}' is used twice (also feature {seen[name]})")
             continue
-        seen.add(name)
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            errors.append(f"{where} ('{name}'): no position")
+            continue
+        seen[name] = k + 1
         p = ControlPoint(name, np.array([x, y, np.nan if z is None else z], np.float64))
         if not np.isfinite(p.xyz[2]):
             p.problems.append("no surveyed height: not used")
@@ -307,7 +311,9 @@ def control_from_points(points, crs, measurements=None, source="point layer", im
                 p.measurements.append(Measurement(image, float(u), float(v), 0, "user"))
         out.append(p)
     _raise_if(errors, source)
-    unknown = sorted(set(measurements or {}) - seen)
+    if not out:
+        raise ControlError(f"{source}: no points")
+    unknown = sorted(set(measurements or {}) - set(seen))
     if unknown:
         raise ControlError(f"{source}: measurements for point(s) not in the layer: {', '.join(unknown)}")
     cs = ControlSet(source, crs, out, _crs_warnings(CRS.from_user_input(crs), source))

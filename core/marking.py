@@ -11,7 +11,6 @@ remove, find a target (core.targets) near the prediction, save to the workspace
 (core.control.save_measurements) and export gcp_list.txt (core.control.write_gcp_list). Pixel
 convention as everywhere: the centre of the top-left pixel is (0, 0).
 """
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,6 @@ import numpy as np
 from . import camera
 from .control import (
     ControlError,
-    ControlPoint,
-    ControlSet,
     Measurement,
     load_measurements,
     predict_pixels,
@@ -209,38 +206,6 @@ def reflag(p):
     if n < 2:
         only = f" ({p.measurements[0].image})" if n == 1 else ""
         p.problems.append(f"measured in {n} photo{'' if n == 1 else 's'}{only}: needs two or more, not used")
-
-
-def control_from_rows(source, crs, rows):
-    """A ControlSet from surveyed points without measurements (e.g. a QGIS point layer):
-    rows [(name, x, y, z)] in `crs` (z None or NaN: not surveyed in height; kept, flagged)."""
-    errors, points, seen = [], [], {}
-    for k, (name, x, y, z) in enumerate(rows):
-        where = f"feature {k + 1}"
-        name = str(name).strip() if name is not None else ""
-        if not name:
-            errors.append(f"{where}: no name")
-            continue
-        if name in seen:
-            errors.append(f"{where}: name '{name}' is used twice (also feature {seen[name]})")
-            continue
-        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
-            errors.append(f"{where} ('{name}'): no position")
-            continue
-        seen[name] = k + 1
-        zz = np.nan if z is None or not math.isfinite(float(z)) else float(z)
-        p = ControlPoint(name, np.array([x, y, zz], np.float64))
-        if not np.isfinite(zz):
-            p.problems.append("no surveyed height: not used")
-        points.append(p)
-    if errors:
-        raise ControlError(f"{source}: {len(errors)} problem(s):\n  " + "\n  ".join(errors[:12]))
-    if not points:
-        raise ControlError(f"{source}: no points")
-    cs = ControlSet(str(source), crs, points)
-    for p in cs.points:
-        reflag(p)
-    return cs
 
 
 def merge_measurements(cs, saved):

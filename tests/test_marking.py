@@ -5,14 +5,13 @@ import pytest
 from osgeo import gdal
 
 from alignkit.core.camera import angles_from_rotation
-from alignkit.core.control import ControlError, load_measurements, read_control
+from alignkit.core.control import ControlError, control_from_points, load_measurements, read_control
 from alignkit.core.geo import LocalFrame
 from alignkit.core.gpkg import Layer, write_geopackage
 from alignkit.core.marking import (
     MEASUREMENTS_FILE,
     MarkingSession,
     cameras_from_alignment,
-    control_from_rows,
 )
 from alignkit.core.synthetic import SurveySpec, generate_survey, load_ground_truth, project
 from alignkit.core.workspace import write_json
@@ -66,7 +65,7 @@ def test_session_places_refuses_carries_over_and_exports(result, tmp_path):
     frame = LocalFrame(**gt["origin"])
     X = np.array([[3.0, -2.0, 0.5], [-8.0, 5.0, 0.0]])
     xyz = frame.to_crs(X, crs)
-    cs = control_from_rows("test rows", crs, [("A", *xyz[0]), ("B", xyz[1, 0], xyz[1, 1], None)])
+    cs = control_from_points([("A", *xyz[0]), ("B", xyz[1, 0], xyz[1, 1], None)], crs, source="test rows")
     assert cs.points[1].problems and "no surveyed height" in cs.points[1].problems[0]
     s = MarkingSession(cams, cs, tmp_path / MEASUREMENTS_FILE)
     preds = s.predictions("A")
@@ -106,8 +105,8 @@ def test_session_places_refuses_carries_over_and_exports(result, tmp_path):
 
 def test_bad_rows_are_named():
     with pytest.raises(ControlError) as err:
-        control_from_rows("layer gcps", "EPSG:32633", [("A", 1.0, 2.0, 3.0), ("A", 4.0, 5.0, 6.0), (None, 1.0, 1.0, 1.0),
-                                                       ("C", None, None, None)])
+        control_from_points([("A", 1.0, 2.0, 3.0), ("A", 4.0, 5.0, 6.0), (None, 1.0, 1.0, 1.0), ("C", None, None, None)],
+                            "EPSG:32633", source="layer gcps")
     text = str(err.value)
-    assert "layer gcps" in text and "feature 2: name 'A' is used twice" in text and "feature 3: no name" in text
+    assert "layer gcps" in text and "feature 2: the name 'A' is used twice (also feature 1)" in text and "feature 3: no name" in text
     assert "feature 4 ('C'): no position" in text

@@ -43,7 +43,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.control import ControlError, load_measurements
+from ..core.control import ControlError, control_from_points, load_measurements
 from ..core.marking import (
     DEFAULT_TARGET_SIDE_M,
     MEASUREMENTS_FILE,
@@ -52,7 +52,6 @@ from ..core.marking import (
     MarkingSession,
     cameras_from_alignment,
     cameras_from_priors,
-    control_from_rows,
     merge_measurements,
     read_crop,
 )
@@ -299,7 +298,7 @@ class GcpDialog(QDialog):
         if not crs.isValid():
             raise ValueError(f"layer {layer.name()}: no CRS; set the layer's CRS first")
         crs_text = crs.authid() if crs.authid().split(":")[0] in ("EPSG", "ESRI", "IGNF") else crs.toProj()
-        cs = control_from_rows(f"layer {layer.name()}", crs_text, rows)
+        cs = control_from_points(rows, crs_text, source=f"layer {layer.name()}")
         path = self.session.path if self.session else (
             self.cameras.workspace / MEASUREMENTS_FILE if self.cameras.workspace else None)
         if path is not None and Path(path).is_file():
