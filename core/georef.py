@@ -52,6 +52,12 @@ DRIFT_PRIOR_SIGMA_M = 1000.0  # zero-mean prior on the vertical drift coefficien
 DRIFT_H_PRIOR_SIGMA_M = 2.0  # ... on the horizontal (linear) ones: a consumer GPS wanders metres, not tens
 
 
+def _within_robust_limit(dist):
+    """GPS fixes kept by a robust fit: distances up to median + 3 robust sigmas (MAD), never under 0.5 m."""
+    limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
+    return dist <= limit
+
+
 def umeyama(src, dst):
     """Similarity (s, R, t) minimising |s R src + t - dst|^2 (Umeyama 1991)."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
@@ -210,9 +216,7 @@ def levelled_fit(centres, up_block, targets, basis_z=None):
         coef = np.linalg.lstsq(B[keep], y[keep], rcond=None)[0]
         fitted = np.column_stack([s * P[:, :2] @ rot2.T + t2, s * P[:, 2] + B @ coef])
         res = fitted - targets
-        dist = np.linalg.norm(res, axis=1)
-        limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
-        new_keep = dist <= limit
+        new_keep = _within_robust_limit(np.linalg.norm(res, axis=1))
         if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
             break
         keep = new_keep
@@ -494,9 +498,7 @@ class Georeferencing:
         for _ in range(3):
             sim = umeyama(centres[keep], targets[keep])
             res = sim[0] * centres @ sim[1].T + sim[2] - targets
-            dist = np.linalg.norm(res, axis=1)
-            limit = max(3.0 * 1.4826 * np.median(np.abs(dist - np.median(dist))) + np.median(dist), 0.5)
-            new_keep = dist <= limit
+            new_keep = _within_robust_limit(np.linalg.norm(res, axis=1))
             if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
                 break
             keep = new_keep
