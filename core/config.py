@@ -53,6 +53,7 @@ class AlignConfig:
     local_ba_images: int = 8  # neighbours adjusted with each newly registered image (the rest fixed)
     global_ba_growth: float = 1.25  # global adjustment whenever the component grew by this factor
     ba_max_iterations: int = 50  # least-squares function evaluations per adjustment
+    complete_tracks: bool = True  # look for each point by image correlation in the photos that see it unmatched
     ba_points_per_image: int = 800  # points per image in adjustments (spread, longest tracks); others follow; 0 = all
 
     # --- ground control ---

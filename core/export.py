@@ -81,6 +81,7 @@ def write_results(paths, priors, usable, problems, recon, pair_matches, frame, c
         "registered": registered,
         "components": int(len(set(recon.component[recon.registered].tolist()))),
         "points": int(len(recon.points)),
+        "mean_track_length": float(len(recon.obs_point) / max(len(recon.points), 1)),  # photos per point
         "mean_reproj_px": float(recon.mean_reproj_px),
         "gps_fit_rmse_m": _gps_fit_rmse(recon),
         "gps_fit_rmse_drift_corrected_m": _gps_fit_rmse(recon, drift_corrected=True),

@@ -237,12 +237,8 @@ def extract_image(item):
         }
     # The decoded image covers width x height original pixels (a reduced decode drops the last
     # reduction-1 rows/columns at most, so each decoded pixel is exactly one reduction x reduction block).
-    width, height = covered
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    ww, wh = working_size(width, height, params["max_image_size"])
-    if (ww, wh) != gray.shape[1::-1]:
-        gray = cv2.resize(gray, (ww, wh), interpolation=cv2.INTER_AREA)
-    sx, sy = width / ww, height / wh
+    gray, (sx, sy) = _working_gray(bgr, covered, params["max_image_size"])
+    ww, wh = gray.shape[1::-1]
     if params["doubled_octave"]:
         kp, desc, _ = sift_features(
             gray, params["max_features"], params["contrast_threshold"], params["max_tile_pixels"]
@@ -319,6 +315,25 @@ def decode_for_features(path, max_image_size):
     else:
         bgr = _decode_reduced_in_strips(path, width, height, r)
     return np.ascontiguousarray(bgr), r, (bgr.shape[1] * r, bgr.shape[0] * r), size
+
+
+def _working_gray(bgr, covered, max_image_size):
+    """The grey working image SIFT runs on, and its pixel size in original pixels (sx, sy)."""
+    width, height = covered
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    ww, wh = working_size(width, height, max_image_size)
+    if (ww, wh) != gray.shape[1::-1]:
+        gray = cv2.resize(gray, (ww, wh), interpolation=cv2.INTER_AREA)
+    return gray, (width / ww, height / wh)
+
+
+def working_gray(path, max_image_size):
+    """(grey working image, (sx, sy)) of a photo, as feature extraction sees it: original pixel
+    x = (x_working + 0.5) * sx - 0.5. Raises ValueError when the photo cannot be decoded."""
+    bgr, _, covered, _ = decode_for_features(path, max_image_size)
+    if bgr is None:
+        raise ValueError(f"{path}: OpenCV cannot decode this image")
+    return _working_gray(bgr, covered, max_image_size)
 
 
 def _is_jpeg(path):

@@ -213,7 +213,9 @@ def _run(config, progress, is_canceled):
     recon = _load_reconstruction(recon_path, stamp)
     reused["reconstruction"] = recon is not None
     if recon is None:
-        recon = reconstruction.reconstruct(track_set, cams, gps_enu, pair_matches, config, report, is_canceled)
+        recon = reconstruction.reconstruct(
+            track_set, cams, gps_enu, pair_matches, config, report, is_canceled,
+            read_gray=lambda k: features.working_gray(usable[k].path, config.max_image_size))
         _save_reconstruction(recon, recon_path, stamp)
     else:
         report(1.0, "Reusing the reconstruction in the workspace")

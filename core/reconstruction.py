@@ -10,7 +10,8 @@ moved onto the GPS by a similarity (Umeyama; levelled by the photos' attitude wh
 georeferenced; where flight lines were flown both ways, a GPS antenna offset along / across the
 direction of flight is estimated with it, and where the GPS altitudes drift in capture time, the drift
 (core/georef.py). When nothing more registers, the remaining images start a new component: unrelated
-parts are never forced into one model. Triangulation lives in core/triangulation.py.
+parts are never forced into one model. Triangulation lives in core/triangulation.py; the search for
+each point in the photos whose features missed it, in core/track_completion.py.
 """
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from .bundle import bundle_adjust, project, refine_points
 from .cancel import check
 from .georef import GPS_OFFSET_PRIOR_SIGMA_M, Georeferencing, flight_frames, umeyama  # noqa: F401 (umeyama: export)
+from .track_completion import GrayCache, TrackCompletion
 from .triangulation import Triangulation
 
 INITIAL_GPS_SIGMA_H_M = 3.0  # start value while the horizontal GPS accuracy is being estimated
@@ -72,12 +74,14 @@ class Reconstruction:
     vertical_source: str = ""  # what the largest component's vertical rests on besides the GPS altitudes
 
 
-class _Mapper(Triangulation, Georeferencing):
-    def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled):
+class _Mapper(Triangulation, Georeferencing, TrackCompletion):
+    def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray=None):
         self.cfg = config
+        self.photos = GrayCache(read_gray) if read_gray is not None else None  # for track completion
         self.progress = progress or (lambda f, m: None)
         self.is_canceled = is_canceled
-        self.timings = {"local_ba_s": 0.0, "global_ba_s": 0.0, "triangulate_s": 0.0, "register_s": 0.0}
+        self.timings = {"local_ba_s": 0.0, "global_ba_s": 0.0, "triangulate_s": 0.0, "register_s": 0.0,
+                        "complete_tracks_s": 0.0}
         self.log = []
         self.ba_log = []  # (kind, variable images, points, observations, evaluations, seconds, rms before, after)
         n = len(cameras)
@@ -111,6 +115,8 @@ class _Mapper(Triangulation, Georeferencing):
         self.obs_valid = np.zeros(len(key), bool)
         self.obs_valid[first_obs] = True
         self.obs_ok = self.obs_valid.copy()  # currently an inlier of its track
+        self.obs_found = np.zeros(len(key), bool)  # found by track completion, not by matching
+        self.refuted_looks = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # (track, image) completion refuted
 
         self.gps = np.full((n, 3), np.nan) if gps_enu is None else np.asarray(gps_enu, np.float64).reshape(n, 3)
         self.has_gps = np.isfinite(self.gps).all(axis=1)
@@ -553,7 +559,11 @@ class _Mapper(Triangulation, Georeferencing):
             self.adjust(comp, refine_intrinsics=True)
         for _ in range(2):
             self.retriangulate(comp)
+            # On the converged model (predictions within a pixel); the second round finds what the
+            # first one's observations moved into reach (brighton: ~15 % more).
+            self.complete_tracks(comp)
             self.adjust(comp, refine_intrinsics=True)
+            self.trim_found(comp)
             self.filter_outliers(comp)
         if comp in self.gps_offset:
             along, across, up = self.gps_offset[comp]
@@ -605,19 +615,22 @@ class _Mapper(Triangulation, Georeferencing):
         )
 
 
-def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, is_canceled=None):
+def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, is_canceled=None, read_gray=None):
     """Incremental SfM over `tracks` (obs_track, obs_image, obs_xy, track_rgb).
 
     cameras: per image dict(K 3x3, width, height, camera_key); gps_enu (N,3) ENU with NaN rows for
     images without GPS (None: no GPS at all); pair_matches: verified pairs (their relative poses seed
-    the initial pair). Returns a Reconstruction; components are numbered 0.. in the order they were
+    the initial pair); read_gray(k) -> (grey working image of photo k, original pixels per working
+    pixel) enables track completion (config.complete_tracks). Returns a Reconstruction; components are numbered 0.. in the order they were
     built (the first is the largest start).
     """
     t0 = time.perf_counter()
     if len(cameras) < 2:
         raise ValueError(f"reconstruction needs at least two images, got {len(cameras)}")
-    mapper = _Mapper(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled)
+    mapper = _Mapper(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray)
     mapper.run()
+    if mapper.photos is not None:
+        mapper.photos.clear()
     rec = mapper.result()
     rec.timings["total_s"] = time.perf_counter() - t0
     if progress:
