@@ -40,6 +40,9 @@ def dock(qgis_iface, qgis_new_project):
     d.shutdown()
     wait_for(lambda: QgsApplication.taskManager().countActiveTasks() == 0, 60)
     d.deleteLater()
+    # A remembered folder brings its own preset and options: later tests (other files) start clean.
+    QgsSettings().remove("alignkit/last_folder")
+    QgsSettings().remove("alignkit/options")
 
 
 # ----------------------------------------------------------------------------- layers and styles
