@@ -27,8 +27,8 @@ ALTITUDE_TIPS = {
 }
 EXECUTOR_TIP = ("A Dask scheduler address, tcp://host:8786, whose workers see the photos and the output "
                 "folder at the same paths on shared storage; feature extraction and matching then run on "
-                "the cluster. Empty: local processes on this computer. Set-up: README, the paragraph "
-                "\"A block that outgrows one machine\".")
+                "the cluster. Empty: local processes on this computer. How to start a scheduler and "
+                "workers: the README's paragraph on Dask clusters.")
 
 
 def folder_key(folder, kind):
