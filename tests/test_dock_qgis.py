@@ -40,6 +40,9 @@ def dock(qgis_iface, qgis_new_project):
     d.shutdown()
     wait_for(lambda: QgsApplication.taskManager().countActiveTasks() == 0, 60)
     d.deleteLater()
+    # A remembered folder brings its own preset and options: later tests (other files) start clean.
+    QgsSettings().remove("alignkit/last_folder")
+    QgsSettings().remove("alignkit/options")
 
 
 # ----------------------------------------------------------------------------- layers and styles
@@ -467,4 +470,124 @@ def test_a_failing_run_reports_the_error_and_loads_nothing(dock, tmp_path, qgis_
     errors = qgis_iface.messageBar().get_messages(2)
     assert len(errors) == 1 and "Alignment failed" in errors[0] and str(photos) in errors[0]
     assert QgsProject.instance().mapLayers() == {}
+    assert dock.align_button.isEnabled()
+
+
+# ----------------------------------------------------------------------------- altitude reference, executor
+def test_advanced_offers_the_altitude_reference_and_the_executor(dock, tmp_path):
+    from alignkit.core.config import AlignConfig
+    from alignkit.core.geo import ALTITUDE_REFERENCES
+
+    defaults = AlignConfig()
+    combo = dock.altitude_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == list(ALTITUDE_REFERENCES)
+    assert combo.currentText() == defaults.altitude_reference == "egm96"
+    tips = [combo.itemData(i, 3) for i in range(combo.count())]  # 3: Qt.ToolTipRole
+    assert all(tip and len(tip) > 30 for tip in tips) and len(set(tips)) == len(tips)
+    assert "mean sea level" in tips[0] and "DJI" in tips[0] and "ellipsoid" in tips[1]
+    assert not dock.offset_spin.isEnabled() and dock.offset_spin.value() == defaults.altitude_offset_m
+    combo.setCurrentText("offset")
+    assert dock.offset_spin.isEnabled()
+    combo.setCurrentText("ellipsoidal")
+    assert not dock.offset_spin.isEnabled()
+    assert dock.executor_edit.text() == defaults.executor == ""
+    assert dock.executor_edit.placeholderText() == "local processes"
+    assert "tcp://host:8786" in dock.executor_edit.toolTip() and "shared storage" in dock.executor_edit.toolTip()
+    dock.executor_edit.setText("tcp://10.0.0.5:8786")
+    assert not dock.workers_spin.isEnabled()  # the cluster's workers do the work
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    dock.set_folder(photos)
+    combo.setCurrentText("offset")
+    dock.offset_spin.setValue(31.25)
+    config = dock.current_config()
+    assert (config.altitude_reference, config.altitude_offset_m) == ("offset", 31.25)
+    assert config.executor == "tcp://10.0.0.5:8786"
+    combo.setCurrentText("egm2008")  # the offset only means something with "offset"
+    assert (dock.current_config().altitude_reference, dock.current_config().altitude_offset_m) == ("egm2008", 0.0)
+    dock.executor_edit.setText("http://10.0.0.5/dask")
+    with pytest.raises(ValueError, match="not a Dask scheduler address"):
+        dock.current_config()
+
+
+def test_the_run_gets_the_options_and_each_folder_keeps_its_own(dock, qgis_iface, tmp_path, monkeypatch):
+    import alignkit.ui.dock as dock_module
+
+    gpkg = fx.write_result(tmp_path / "result.gpkg", image_folder=str(tmp_path / "photos"))
+    runs = []
+
+    def fake_align(config, export_crs, progress, is_canceled):  # what the task runs, without the pipeline
+        runs.append(config)
+        return {"gpkg": str(gpkg), "summary": {}, "report": "", "output": str(gpkg)}
+
+    monkeypatch.setattr(dock_module, "align_photos", fake_align)
+    flight_a, flight_b = tmp_path / "a" / "images", tmp_path / "b" / "images"
+    for folder in (flight_a, flight_b):
+        folder.mkdir(parents=True)
+
+    def align(folder):
+        dock.set_folder(folder)
+        dock.set_output(folder.parent / "out.gpkg")
+        assert dock.align() is not None
+        assert wait_for(lambda: not dock.is_running(), 60), dock.log.toPlainText()
+        return runs[-1]
+
+    dock.set_folder(flight_a)
+    dock.preset_combo.setCurrentText("fast")
+    dock.altitude_combo.setCurrentText("ellipsoidal")
+    dock.executor_edit.setText("tcp://cluster:8786")
+    dock.focal_spin.setValue(3666.7)
+    config = align(flight_a)
+    assert (config.altitude_reference, config.executor, config.focal_px) == ("ellipsoidal", "tcp://cluster:8786",
+                                                                             3666.7)
+    assert config.max_image_size == 1600  # the preset's
+    dock.set_folder(flight_b)  # never aligned: keeps what is set
+    assert dock.altitude_combo.currentText() == "ellipsoidal"
+    dock.preset_combo.setCurrentText("accurate")
+    dock.altitude_combo.setCurrentText("offset")
+    dock.offset_spin.setValue(-12.5)
+    dock.executor_edit.setText("")
+    dock.focal_spin.setValue(0.0)
+    config = align(flight_b)
+    assert (config.altitude_reference, config.altitude_offset_m, config.executor) == ("offset", -12.5, "")
+
+    dock.set_folder(flight_a)
+    assert dock.preset_combo.currentText() == "fast" and dock.size_spin.value() == 1600
+    assert dock.altitude_combo.currentText() == "ellipsoidal" and not dock.offset_spin.isEnabled()
+    assert dock.executor_edit.text() == "tcp://cluster:8786" and dock.focal_spin.value() == 3666.7
+    dock.set_folder(flight_b)
+    assert dock.altitude_combo.currentText() == "offset" and dock.offset_spin.isEnabled()
+    assert dock.offset_spin.value() == -12.5 and dock.executor_edit.text() == "" and dock.workers_spin.isEnabled()
+    QgsSettings().setValue("alignkit/preset", "fast")  # the global preset yields to the folder's own
+    again = AlignKitDock(qgis_iface)
+    try:
+        assert again.folder() == str(flight_b)
+        assert again.preset_combo.currentText() == "accurate" and again.size_spin.value() == 3200
+        assert again.current_config().altitude_reference == "offset"
+        assert again.current_config().altitude_offset_m == -12.5
+    finally:
+        again.shutdown()
+        again.deleteLater()
+        QgsSettings().remove("alignkit/preset")
+
+
+def test_an_unreachable_executor_is_a_readable_error_not_a_traceback(dock, survey, tmp_path, qgis_iface,
+                                                                       monkeypatch):
+    images, _ = survey
+    pushed = []
+    bar = qgis_iface.messageBar()
+    original = bar.pushMessage
+    monkeypatch.setattr(bar, "pushMessage", lambda *args, **kw: (pushed.append(args), original(*args, **kw)))
+    dock.executor_edit.setText("tcp://127.0.0.1:1")  # nothing listens on port 1
+    _start_alignment(dock, images, tmp_path / "survey_alignkit.gpkg")
+    assert wait_for(lambda: not dock.is_running(), 120)
+    [error] = bar.get_messages(2)
+    assert "Alignment failed: EXECUTOR tcp://127.0.0.1:1:" in error, error
+    # The scheduler out of reach, or (without Dask installed) what to install: either says what to do.
+    assert "cannot reach the Dask scheduler" in error or "needs the 'distributed' package" in error, error
+    assert "or leave EXECUTOR empty" in error
+    assert pushed and not any("Traceback" in str(arg) for args in pushed for arg in args)  # no details button
+    assert "Traceback" not in dock.log.toPlainText()
+    assert QgsProject.instance().mapLayers() == {} and not (tmp_path / "survey_alignkit.gpkg").exists()
     assert dock.align_button.isEnabled()

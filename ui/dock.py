@@ -18,7 +18,6 @@ from qgis.core import (
     QgsSettings,
 )
 from qgis.gui import (
-    QgsCollapsibleGroupBox,
     QgsDockWidget,
     QgsFileWidget,
     QgsLayerTreeView,
@@ -29,21 +28,21 @@ from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from ..core.config import DEFAULT_PRESET, PRESETS, AlignConfig
+from ..core.executor import ExecutorError
 from . import layers as layer_loader
+from .dock_options import SETTINGS_PREFIX, AdvancedOptions, folder_key
 from .jobs import align_photos, preview_photos, stack_summary
 from .naming import default_output_for, is_inside, load_result_group, survey_name
 from .stack_tab import StackTab
@@ -52,7 +51,6 @@ from .task import CoreTask
 __all__ = ["AlignKitDock", "align_photos", "default_output_for", "is_inside", "preview_photos", "stack_summary",
            "survey_name"]
 
-SETTINGS_PREFIX = "alignkit/"
 LOG_TAG = "AlignKit"
 LOG_INTERVAL_S = 1.0  # per-image progress messages would flood the short log
 
@@ -69,14 +67,20 @@ def result_message(summary, seconds):
 
 
 def _folder_key(folder):
-    """Settings key of a photo folder's last output (QSettings keys cannot hold a path)."""
-    import hashlib
-
-    path = os.path.normcase(os.path.abspath(str(folder)))
-    return SETTINGS_PREFIX + "outputs/" + hashlib.blake2b(path.encode("utf-8"), digest_size=8).hexdigest()[:16]
+    """Settings key of a photo folder's last output."""
+    return folder_key(folder, "outputs")
 
 
-class AlignKitDock(StackTab, QgsDockWidget):
+def _is_user_error(error):
+    """An error core raises with a complete message for the user (no traceback needed)."""
+    try:
+        from ..core.pipeline import AlignmentError
+    except ImportError:
+        return isinstance(error, ExecutorError)
+    return isinstance(error, (AlignmentError, ExecutorError))
+
+
+class AlignKitDock(StackTab, AdvancedOptions, QgsDockWidget):
     def __init__(self, iface, parent=None):
         parent = parent if parent is not None else (iface.mainWindow() if iface is not None else None)
         super().__init__("AlignKit", parent)
@@ -111,13 +115,13 @@ class AlignKitDock(StackTab, QgsDockWidget):
         self.setWidget(body)
 
         QgsProject.instance().crsChanged.connect(self._update_export_option)
-        last = self.settings.value(SETTINGS_PREFIX + "last_folder", "", type=str)
-        if last and os.path.isdir(last):
-            self.folder_widget.setFilePath(last)
         preset = self.settings.value(SETTINGS_PREFIX + "preset", DEFAULT_PRESET, type=str)
         if preset in PRESETS:
             self.preset_combo.setCurrentText(preset)
         self._apply_preset(self.preset_combo.currentText())
+        last = self.settings.value(SETTINGS_PREFIX + "last_folder", "", type=str)
+        if last and os.path.isdir(last):  # after the preset: the folder's remembered options win
+            self.folder_widget.setFilePath(last)
         self._update_default_crs()
         self._set_busy(False)
 
@@ -154,38 +158,7 @@ class AlignKitDock(StackTab, QgsDockWidget):
         self.preset_combo.currentTextChanged.connect(self._apply_preset)
         form.addRow("Quality", self.preset_combo)
 
-        self.advanced = QgsCollapsibleGroupBox("Advanced")
-        self.advanced.setCollapsed(True)
-        adv = QFormLayout(self.advanced)
-        defaults = AlignConfig()
-        self.size_spin = self._spin(400, 12000, defaults.max_image_size, "Long side of the working image (px)")
-        adv.addRow("Working size (px)", self.size_spin)
-        self.features_spin = self._spin(500, 100000, defaults.max_features, "SIFT features kept per image")
-        adv.addRow("Features per image", self.features_spin)
-        self.neighbors_spin = self._spin(2, 200, defaults.pair_neighbors, "Nearest GPS neighbours matched per image")
-        adv.addRow("Pair neighbours", self.neighbors_spin)
-        self.ratio_spin = QDoubleSpinBox()
-        self.ratio_spin.setRange(0.5, 0.95)
-        self.ratio_spin.setSingleStep(0.05)
-        self.ratio_spin.setValue(defaults.lowe_ratio)
-        adv.addRow("Lowe ratio", self.ratio_spin)
-        self.inliers_spin = self._spin(8, 1000, defaults.min_inliers, "Pairs with fewer verified matches are dropped")
-        adv.addRow("Min. inliers", self.inliers_spin)
-        self.focal_spin = QDoubleSpinBox()
-        self.focal_spin.setRange(0.0, 100000.0)
-        self.focal_spin.setDecimals(1)
-        self.focal_spin.setSpecialValueText("from EXIF")  # shown for 0
-        self.focal_spin.setToolTip("A calibrated focal length in pixels of the full-size photos, for every photo. "
-                                   "Nadir flights cannot self-calibrate it, and heights above ground scale with it.")
-        adv.addRow("Focal length (px)", self.focal_spin)
-        self.focal_check = QCheckBox("Refine focal length")
-        self.focal_check.setChecked(defaults.refine_focal)
-        adv.addRow(self.focal_check)
-        self.distortion_check = QCheckBox("Refine radial distortion")
-        self.distortion_check.setChecked(defaults.refine_distortion)
-        adv.addRow(self.distortion_check)
-        self.workers_spin = self._spin(0, 256, defaults.workers, "Worker processes; 0 = number of CPU cores")
-        adv.addRow("Workers (0 = all cores)", self.workers_spin)
+        self.advanced = self._build_advanced()
 
         buttons = QHBoxLayout()
         self.preview_button = QPushButton("Preview")
@@ -214,14 +187,6 @@ class AlignKitDock(StackTab, QgsDockWidget):
         layout.addStretch(1)
         self._update_export_option()
         return tab
-
-    @staticmethod
-    def _spin(low, high, value, tip):
-        spin = QSpinBox()
-        spin.setRange(low, high)
-        spin.setValue(value)
-        spin.setToolTip(tip)
-        return spin
 
     # ------------------------------------------------------------------ state
     def folder(self):
@@ -252,6 +217,7 @@ class AlignKitDock(StackTab, QgsDockWidget):
         if not path or not os.path.isdir(path):
             return
         self.settings.setValue(SETTINGS_PREFIX + "last_folder", path)
+        self.restore_options(path)  # preset and Advanced values last used on this folder
         remembered = self.settings.value(_folder_key(path), "", type=str)  # this folder's last output
         if remembered and not is_inside(remembered, path):
             self.output_widget.blockSignals(True)
@@ -269,12 +235,6 @@ class AlignKitDock(StackTab, QgsDockWidget):
     def _crs_changed(self, _crs):
         self._crs_chosen = True
         self._update_export_option()
-
-    def _apply_preset(self, name):
-        preset = PRESETS.get(name)
-        if preset:
-            self.size_spin.setValue(preset["max_image_size"])
-            self.features_spin.setValue(preset["max_features"])
 
     def _update_default_crs(self, suggested=""):
         """Project CRS when projected, else the suggested (UTM of the photos), else 'automatic'."""
@@ -324,15 +284,7 @@ class AlignKitDock(StackTab, QgsDockWidget):
             images=folder,
             output=output,
             target_crs=self.target_crs(),
-            max_image_size=self.size_spin.value(),
-            max_features=self.features_spin.value(),
-            pair_neighbors=self.neighbors_spin.value(),
-            lowe_ratio=round(self.ratio_spin.value(), 3),
-            min_inliers=self.inliers_spin.value(),
-            focal_px=round(self.focal_spin.value(), 1),
-            refine_focal=self.focal_check.isChecked(),
-            refine_distortion=self.distortion_check.isChecked(),
-            workers=self.workers_spin.value(),
+            **self.advanced_config(),  # tuning, focal, altitude reference, executor
         )
 
     def is_running(self):
@@ -421,6 +373,9 @@ class AlignKitDock(StackTab, QgsDockWidget):
     def _report_error(self, task, what):
         text = f"{what} failed: {task.error}"
         self.log_message(text, Qgis.Critical)
+        if _is_user_error(task.error):  # bad input, a cluster out of reach: the message says it all
+            self._notify(text, Qgis.Critical)
+            return
         QgsMessageLog.logMessage(task.error_trace, LOG_TAG, Qgis.Critical)
         self._notify(text, Qgis.Critical, details=task.error_trace or str(task.error))
 
@@ -497,6 +452,7 @@ class AlignKitDock(StackTab, QgsDockWidget):
             return align_photos(config, export_crs, progress, is_canceled)
 
         self.settings.setValue(_folder_key(config.images), config.output)
+        self.remember_options(config.images)
         task = CoreTask(f"AlignKit: align {survey_name(config.images)}", work, self._align_done)
         task.config = config
         self.log_message(f"aligning {config.images} -> {config.output}")
