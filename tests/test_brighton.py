@@ -7,6 +7,7 @@ from osgeo import ogr
 
 from alignkit.core import pipeline
 from alignkit.core.config import AlignConfig
+from alignkit.tests.test_brighton_cloud import assert_clean_cloud
 from alignkit.tools.evaluate import load_las_xyz, reference_dz
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def _align_and_compare(tmp_path_factory, shared, **options):
     ds = None
     reference, crs = load_las_xyz(shared("brighton_beach", "model.laz"))
     assert crs.endswith("32615")
-    return summary, reference_dz(points, reference)
+    return summary, reference_dz(points, reference), points
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def brighton(tmp_path_factory, shared):
 
 
 def test_all_photos_register_in_one_accurate_component(brighton):
-    summary, dz = brighton
+    summary, dz, _ = brighton
     assert summary["images"] == 18 and summary["registered"] == 18 and summary["components"] == 1
     assert summary["crs"] == "EPSG:32615"
     assert summary["mean_reproj_px"] <= 1.0
@@ -49,11 +50,17 @@ def test_all_photos_register_in_one_accurate_component(brighton):
     assert dz["median_abs_dz_m"] <= 3.0, dz
 
 
+def test_the_cloud_has_no_stray_or_duplicate_point(brighton, shared):
+    """The accurate preset (the defaults); the others are in test_brighton_cloud.py."""
+    summary, _, points = brighton
+    assert_clean_cloud(summary, points, shared)
+
+
 def test_summary_says_the_focal_is_held_and_what_it_costs_in_height(brighton):
     """On this nadir block self-calibration runs off (+18 %, as COLMAP's): the summary says the focal
     is held at EXIF and how far 1 % of focal error moves the ground, for the ~36-40 m flying height
     (GPS altitude 198.5 m; model.laz's ground 162.3 m median; RelativeAltitude 40 m above take-off)."""
-    summary, _ = brighton
+    summary, _, _ = brighton
     [model] = summary["camera_models"]
     assert model["images"] == 18 and model["focal_held"] and model["focal_source"] == "focal_and_sensor_width"
     assert model["focal_px"] == pytest.approx(model["focal_prior_px"]) == pytest.approx(2340.36, abs=0.01)
@@ -68,7 +75,7 @@ def test_gsd_and_coverage_agree_with_the_camera_and_the_flying_height(brighton):
     """The DJI FC300S: 3.61 mm lens, 6.17 mm / 4000 px sensor (1.54 um pixels); flying 35-41 m above the
     ground (GPS altitude 198.5 m over model.laz's 162.3 m; RelativeAltitude 40 m): 1.50-1.75 cm/px.
     Each 4000 x 2250 px photo then covers 2030-2760 m2; 18 of them on an 84 x 84 m block."""
-    summary, _ = brighton
+    summary, _, _ = brighton
     pitch_over_focal = 6.17 / 4000 / 3.61
     assert 100 * 35.0 * pitch_over_focal < summary["gsd_cm_median"] < 100 * 41.0 * pitch_over_focal
     assert 84.0 * 84.0 < summary["area_covered_m2"] < 18 * 2760.0
@@ -83,7 +90,7 @@ def test_gsd_and_coverage_agree_with_the_camera_and_the_flying_height(brighton):
     "2340 px). With OpenSfM's 36-mm-width focal (2222 px, which OpenDroneMap, the maker of "
     "model.laz, uses) the depth agrees to 0.27 m: see the test below and docs/NOTES.md."))
 def test_ground_within_half_a_metre_of_the_reference(brighton):
-    _, dz = brighton
+    _, dz, _ = brighton
     assert dz["median_abs_dz_m"] <= 0.5, dz
 
 
@@ -91,7 +98,7 @@ def test_given_opendronemaps_focal_the_ground_agrees_with_model_laz(tmp_path_fac
     """The same photos with the focal OpenDroneMap used for model.laz (a user-given focal_px): our ground
     then lies within 0.5 m of ODM's (measured 0.27 m), so the 2.1 m of the default run is the focal
     convention, not the geometry, and a given focal is honoured end to end."""
-    summary, dz = _align_and_compare(tmp_path_factory, shared, focal_px=OPENSFM_FOCAL_PX)
+    summary, dz, _ = _align_and_compare(tmp_path_factory, shared, focal_px=OPENSFM_FOCAL_PX)
     assert summary["registered"] == 18 and summary["components"] == 1
     [model] = summary["camera_models"]
     assert model["focal_source"] == "user" and model["focal_prior_px"] == pytest.approx(OPENSFM_FOCAL_PX)

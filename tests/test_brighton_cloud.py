@@ -12,22 +12,29 @@ from alignkit.tools.evaluate import load_las_xyz
 pytestmark = pytest.mark.slow
 
 
-def test_brighton_cloud_has_no_duplicates_and_no_point_outside_the_block(tmp_path, shared):
-    images = shared("brighton_beach", "images")
-    out = tmp_path / "brighton.gpkg"
-    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), workers=2, **PRESETS[DEFAULT_PRESET]))
-    ds = ogr.Open(str(out))
-    xyz = np.array([f.GetGeometryRef().GetPoint() for f in ds.GetLayerByName("sparse_points")])
-    ds = None
+def assert_clean_cloud(summary, xyz, shared):
+    """No duplicate point, and every point within half the flying height of the reference ground's
+    band and over the block: a point 500 m below the beach (or one stretching the layer's extent to
+    345 m) is gone."""
     assert summary["registered"] == 18 and len(xyz) == summary["points"] > 4000
-    assert len(np.unique(xyz, axis=0)) == len(xyz)  # no duplicate points
+    assert len(np.unique(xyz, axis=0)) == len(xyz)
     reference, crs = load_las_xyz(shared("brighton_beach", "model.laz"))
     assert crs == summary["crs"]
-    # Every point within half the flying height of the reference ground's band, and over the block:
-    # a point 500 m below the beach (or one stretching the layer's extent to 345 m) is gone.
     height = summary["height_above_ground_m"]
     low, high = np.percentile(reference[:, 2], [1, 99])
     assert low - 0.5 * height < xyz[:, 2].min() and xyz[:, 2].max() < high + 0.5 * height
     assert (xyz[:, :2].min(axis=0) > reference[:, :2].min(axis=0) - height).all()
     assert (xyz[:, :2].max(axis=0) < reference[:, :2].max(axis=0) + height).all()
+
+
+@pytest.mark.parametrize("preset", ["fast", DEFAULT_PRESET])
+def test_brighton_cloud_has_no_duplicates_and_no_point_outside_the_block(tmp_path, shared, preset):
+    """Each preset (accurate, the defaults: test_brighton.py)."""
+    images = shared("brighton_beach", "images")
+    out = tmp_path / "brighton.gpkg"
+    summary = pipeline.run(AlignConfig(images=str(images), output=str(out), workers=2, **PRESETS[preset]))
+    ds = ogr.Open(str(out))
+    xyz = np.array([f.GetGeometryRef().GetPoint() for f in ds.GetLayerByName("sparse_points")])
+    ds = None
+    assert_clean_cloud(summary, xyz, shared)
     assert summary["stray_points_removed"] >= 0 and summary["verdict_summary"]

@@ -49,7 +49,12 @@ def test_drifting_gps_altitude_end_to_end(tmp_path):
     assert tilt < 0.5
     assert abs(drift["vertical_drift_m"] - 100.0) < 10.0 and drift["modelled"]
     assert any("drifts by 100 m" in w for w in summary["warnings"])
-    assert np.std(cam_dz) < 0.002 * DRIFT.altitude_m  # relative heights within 0.2 % of the flying height
+    # Relative heights: exact up to the block's tilt (2 mm RMS about a plane; 10 mm before track
+    # completion). The tilt itself (bounded above) is what 20 attitude records with 1 deg noise can
+    # tell, ~0.2 deg: 0.16-0.21 deg here, ~0.1-0.15 m RMS over this 110 x 68 m block.
+    plane_c = np.linalg.lstsq(np.column_stack([gt["C"][:, :2], np.ones(len(cam_dz))]), cam_dz, rcond=None)[0]
+    assert np.std(cam_dz - np.column_stack([gt["C"][:, :2], np.ones(len(cam_dz))]) @ plane_c) < 0.001 * DRIFT.altitude_m
+    assert np.std(cam_dz) < 0.003 * DRIFT.altitude_m
     assert summary["off_nadir_median_deg"] < 3.0 and summary["ground_slope_deg"] < 5.0
     assert summary["vertical_source"] == "attitude records"
     assert "EGM96" in summary["vertical_reference"]["output"] or "5773" in summary["vertical_reference"]["output"]
