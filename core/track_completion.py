@@ -45,7 +45,7 @@ LSM_TOLERANCE_PX = 0.01  # a step smaller than this has converged
 FOUND_MAX_SIGMAS = 3.0  # a found observation further from its point than this many image sigmas is dropped
 REFUTING_PHOTOS = 2  # photos showing nothing like a two-photo point where it should be: a false match
 THREADS = 2  # one decodes while the other correlates
-GRAY_CACHE_BYTES = 512 << 20  # decoded working photos kept (brighton at 3200 px: all 18 in 104 MB)
+GRAY_CACHE_BYTES = 256 << 20  # decoded working photos kept (brighton at 3200 px: all 18 in 104 MB)
 
 
 @dataclass
