@@ -41,6 +41,7 @@ EDGE_MARGIN = 2.0  # working pixels kept free at the border of a photo
 COARSE_NCC = 0.6  # the window's best correlation before matching corrects the patch's shape
 REFUTE_NCC = 0.5  # a textured template correlating below this everywhere in the window is not there
 LSM_ITERATIONS = 8  # Gauss-Newton steps of least-squares matching (it converges in 3-5)
+MAX_SHAPE_CHANGE = 0.3  # the matched window's shape may differ this much from the ground plane's
 LSM_TOLERANCE_PX = 0.01  # a step smaller than this has converged
 FOUND_MAX_SIGMAS = 3.0  # a found observation further from its point than this many image sigmas is dropped
 REFUTING_PHOTOS = 2  # photos showing nothing like a two-photo point where it should be: a false match
@@ -239,7 +240,12 @@ def _refine(gray, templates, centre, A):
         if not len(active):
             break
     x, y = _window_positions(c, B, np.zeros((n, 2)))
-    return c, _sample(gray, x, y, cv2.INTER_CUBIC), converged
+    h, w = gray.shape
+    # Where the window left the photo (replicated border pixels) or its shape ran off, the fit is void.
+    inside = (x.min(axis=(1, 2)) >= EDGE_MARGIN) & (y.min(axis=(1, 2)) >= EDGE_MARGIN) \
+        & (x.max(axis=(1, 2)) <= w - 1 - EDGE_MARGIN) & (y.max(axis=(1, 2)) <= h - 1 - EDGE_MARGIN)
+    sane = np.linalg.norm(B - A, axis=(1, 2)) <= MAX_SHAPE_CHANGE * np.linalg.norm(A, axis=(1, 2))
+    return c, _sample(gray, x, y, cv2.INTER_CUBIC), converged & inside & sane
 
 
 def _ncc_at(templates, samples):

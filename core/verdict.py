@@ -77,7 +77,9 @@ def _camera(summary):
     held = bool(worst.get("focal_held"))
     ok = not held and abs(change) <= FOCAL_CHANGE_MAX_PERCENT
     name = worst.get("camera") or "the camera"
-    if held:
+    if worst.get("focal_source") == "user" and not held:
+        text = f"The focal length of {name} is held at the given calibration, {worst.get('focal_px', 0):.0f} px."
+    elif held:
         height = summary.get("height_above_ground_m")
         cost = f" Each 1 % of focal error moves the ground by {height / 100:.2f} m here." if height else ""
         text = (f"The photos could not determine the focal length of {name} (the flight's geometry cannot tell it "
