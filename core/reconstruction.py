@@ -310,8 +310,10 @@ class _Mapper(Triangulation, Georeferencing):
         return True
 
     # ---------------------------------------------------------------- bundle adjustment
-    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6, use_gps=True):
-        """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points."""
+    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6, use_gps=True,
+               all_points=False):
+        """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points;
+        all_points: every point adjusted, not the ba_points_per_image subset."""
         t0 = time.perf_counter()
         cfg = self.cfg
         obs = self.active_obs(comp)
@@ -335,7 +337,7 @@ class _Mapper(Triangulation, Georeferencing):
         # The antenna offset moves only in global adjustments (it needs every flight line).
         estimate_offset = use_gps and variable_images is None and self.offset_observable(comp)
         rest = np.zeros(0, np.int64)
-        if cfg.ba_points_per_image > 0:
+        if cfg.ba_points_per_image > 0 and not all_points:
             chosen = self.select_points(obs, cfg.ba_points_per_image)
             if chosen.sum() < 0.8 * len(obs):  # subsampling pays off
                 obs, rest = obs[chosen], obs[~chosen]
@@ -551,9 +553,9 @@ class _Mapper(Triangulation, Georeferencing):
             self.fit_to_gps(comp)
         elif self.gate_focal(comp):
             self.adjust(comp, refine_intrinsics=True)
-        for _ in range(2):
+        for final in (False, True):
             self.retriangulate(comp)
-            self.adjust(comp, refine_intrinsics=True)
+            self.adjust(comp, refine_intrinsics=True, all_points=final and self.cfg.ba_final_all_points)
             self.filter_outliers(comp)
         if comp in self.gps_offset:
             along, across, up = self.gps_offset[comp]
