@@ -14,7 +14,9 @@ mm and % of the flying height), rotation error, mean track length, points, secon
 BENCH_ANCHOR=1 (or --anchor-python): COLMAP on the same photos in the same run, through
 tools/colmap_anchor.py in its own venv (incremental mapper, exhaustive matching for 18 photos;
 global mapper, spatial matching for 240), same working size and feature budget; the ratios
-AlignKit / COLMAP. Writes <out>/accuracy.json and prints a markdown table.
+AlignKit / COLMAP (BENCH_ANCHOR_REUSE=1: COLMAP's result from an earlier run on the same photos and
+options, marked "reused", instead of running it again). Writes <out>/accuracy.json and prints a
+markdown table.
 
 --knobs: where the precision goes, on the 18-photo blocks: the pipeline with one setting changed at a
 time (features and, where the change does not touch matching, matches reused from the baseline
@@ -46,6 +48,7 @@ KNOBS = {
     "baseline": {},
     "ba_points_per_image=0 (all)": {"ba_points_per_image": 0},
     "ba_points_per_image=1600": {"ba_points_per_image": 1600},
+    "ba_final_all_points": {"ba_final_all_points": True},
     "ransac_threshold_px=1.0": {"ransac_threshold_px": 1.0},
     "ransac_threshold_px=2.5": {"ransac_threshold_px": 2.5},
     "lowe_ratio=0.85": {"lowe_ratio": 0.85},
@@ -135,23 +138,30 @@ def run_alignkit(survey_dir, work, overrides=None, reuse=None):
     return result
 
 
-def run_colmap(anchor_python, survey_dir, work, block, config):
-    """COLMAP through tools/colmap_anchor.py in its own venv; its shape error against the same truth."""
+def run_colmap(anchor_python, survey_dir, work, block, config, reuse=False):
+    """COLMAP through tools/colmap_anchor.py in its own venv; its shape error against the same truth.
+    reuse: take the result a previous run left for the same photos and options (marked "reused")."""
     from alignkit.core.synthetic import load_ground_truth
     from alignkit.tools.evaluate import camera_shape_error
 
     out = Path(work) / "colmap.json"
     opts = BLOCKS[block]["colmap"]
-    cmd = [str(anchor_python), str(ROOT / "tools" / "colmap_anchor.py"), str(Path(survey_dir) / "images"),
-           str(Path(work) / "colmap"), str(out), "--mapper", opts["mapper"], "--matcher", opts["matcher"],
-           "--max-image-size", str(config.max_image_size), "--max-features", str(config.max_features)]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not out.exists():
-        return {"error": (proc.stderr or proc.stdout)[-3000:]}
-    result = json.loads(out.read_text())
+    want = {"mapper": opts["mapper"], "matcher": opts["matcher"], "max_image_size": config.max_image_size,
+            "max_features": config.max_features}
+    cached = json.loads(out.read_text()) if reuse and out.exists() else {}
+    if cached and all(cached.get(k) == v for k, v in want.items()):
+        result, wall = cached, None
+    else:
+        cmd = [str(anchor_python), str(ROOT / "tools" / "colmap_anchor.py"), str(Path(survey_dir) / "images"),
+               str(Path(work) / "colmap"), str(out), "--mapper", opts["mapper"], "--matcher", opts["matcher"],
+               "--max-image-size", str(config.max_image_size), "--max-features", str(config.max_features)]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            return {"error": (proc.stderr or proc.stdout)[-3000:]}
+        result, wall = json.loads(out.read_text()), time.perf_counter() - t
     cams = result.pop("cameras")
-    result["wall_s"] = time.perf_counter() - t
+    result.update(wall_s=wall, reused=wall is None)
     if len(cams) >= 3:
         names = sorted(cams)
         result.update(camera_shape_error(names, np.array([cams[n]["C"] for n in names]),
@@ -167,7 +177,7 @@ def anchor_python(arg):
     return path
 
 
-def bench(cache, blocks, seeds, anchor):
+def bench(cache, blocks, seeds, anchor, reuse_anchor=False):
     from alignkit.core.config import AlignConfig
 
     config = AlignConfig()
@@ -178,7 +188,7 @@ def bench(cache, blocks, seeds, anchor):
             work = Path(cache) / "runs" / f"{block}-seed{seed}"
             row = {"block": block, "seed": seed, "alignkit": run_alignkit(src, work / "alignkit")}
             if anchor:
-                row["colmap"] = run_colmap(anchor, src, work, block, config)
+                row["colmap"] = run_colmap(anchor, src, work, block, config, reuse_anchor)
                 a, c = row["alignkit"], row["colmap"]
                 row["ratios"] = {k: a[k] / c[k] for k in ("shape_rms_mm", "mean_track_length", "total_s")
                                  if isinstance(a.get(k), (int, float)) and c.get(k)}
@@ -188,12 +198,14 @@ def bench(cache, blocks, seeds, anchor):
             "gps_noise": GPS_NOISE, "blocks": {b: BLOCKS[b] for b in blocks}, "runs": rows}
 
 
-def knobs(cache, seeds):
+def knobs(cache, seeds, only=()):
     rows = []
     for seed in seeds:
         src = survey(cache, "18", seed)
         base = Path(cache) / "knobs" / f"18-seed{seed}"
         for name, overrides in KNOBS.items():
+            if only and name not in only and name != "baseline":
+                continue
             reuse = None
             if name != "baseline" and "sift_offset_px" not in overrides:
                 reuse = base / "baseline" / "workspace"
@@ -255,7 +267,10 @@ def main(argv=None):
     ap.add_argument("--seeds18", default="1,2,3")
     ap.add_argument("--seeds240", default=os.environ.get("SEEDS240", "1"))
     ap.add_argument("--anchor-python", default="", help="python of a venv with pycolmap (BENCH_ANCHOR=1: .venv-anchor)")
+    ap.add_argument("--reuse-anchor", action="store_true",
+                    help="take COLMAP's result from an earlier run on the same photos (BENCH_ANCHOR_REUSE=1)")
     ap.add_argument("--knobs", action="store_true", help="the one-setting-at-a-time study on the 18-photo blocks")
+    ap.add_argument("--knob", action="append", default=[], choices=list(KNOBS), help="with --knobs: only these")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     blocks = [b.strip() for b in a.blocks.split(",") if b.strip()]
@@ -263,12 +278,13 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown block(s) {', '.join(sorted(unknown))}; known: {', '.join(BLOCKS)}")
     if a.knobs:
-        figures = knobs(a.cache, _seeds(a.seeds18))
-        path = Path(a.out) / "accuracy_knobs.json"
+        figures = knobs(a.cache, _seeds(a.seeds18), a.knob)
+        path = Path(a.out) / ("accuracy_knobs.json" if not a.knob else "accuracy_knobs_some.json")
         path.write_text(json.dumps(figures, indent=1))
         print(f"{path}\n" + knob_table(figures["runs"]))
         return 0
-    figures = bench(a.cache, blocks, {"18": _seeds(a.seeds18), "240": _seeds(a.seeds240)}, anchor_python(a.anchor_python))
+    figures = bench(a.cache, blocks, {"18": _seeds(a.seeds18), "240": _seeds(a.seeds240)}, anchor_python(a.anchor_python),
+                    a.reuse_anchor or os.environ.get("BENCH_ANCHOR_REUSE") == "1")
     path = Path(a.out) / "accuracy.json"
     path.write_text(json.dumps(figures, indent=1))
     print(f"{path}\n" + table(figures["runs"]))
