@@ -58,6 +58,7 @@ KNOBS = {
     "min_inliers=60": {"min_inliers": 60},
     "ba_max_iterations=200": {"ba_max_iterations": 200},
     "keypoint offset uncorrected": {"sift_offset_px": 0.0},
+    "refine_distortion=False": {"refine_distortion": False},  # the generated lens has none: an upper bound
 }
 MATCH_KEYS = {"ransac_threshold_px", "lowe_ratio", "pair_neighbors", "min_inliers", "pair_overlap_margin",
               "matcher", "verification", "guided_match_features", "guided_match_radius", "homography_ratio"}
