@@ -9,7 +9,7 @@ QGIS_PROCESS := tools/qgis_process.sh
 OUT ?= out/result.gpkg
 DEMO_DIR := out/demo
 
-.PHONY: help setup test test-fast demo priors align align-stack bench lint package install screenshot clean
+.PHONY: help setup test test-fast demo priors align align-stack bench bench-accuracy lint package install screenshot clean
 
 help:
 	@echo "make setup                         install QGIS (apt), .venv and Python dependencies (idempotent)"
@@ -19,6 +19,7 @@ help:
 	@echo "make align IMAGES=dir OUT=f.gpkg [CRS=EPSG:n] [FOCAL=px]   drone photo alignment"
 	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m] [FUSE=none|focus|exposure]   image stack registration"
 	@echo "make bench                         benchmarks, figures as JSON under bench/"
+	@echo "make bench-accuracy [BENCH_ANCHOR=1] [SEEDS240=1,2]   camera shape error on generated 18/240-photo blocks (vs COLMAP)"
 	@echo "make lint | package | install | screenshot"
 
 # ---- set-up: each step leaves a stamp so a second run is quiet and quick ----
@@ -77,6 +78,22 @@ align-stack: setup
 bench: setup
 	$(PY) -m alignkit.tools.bench --out bench
 
+# Generated blocks with exact truth (cached in out/bench-accuracy/); BENCH_ANCHOR=1 also runs COLMAP
+# (pycolmap 4.2, CPU) from its own venv, which need not coexist with QGIS's Python.
+ANCHOR_VENV := .venv-anchor
+SEEDS18 ?= 1,2,3
+SEEDS240 ?= 1
+BLOCKS ?= 18,240
+
+$(ANCHOR_VENV)/.stamp:
+	@[ -x $(ANCHOR_VENV)/bin/python ] || /usr/bin/python3 -m venv $(ANCHOR_VENV)
+	$(ANCHOR_VENV)/bin/python -m pip install -q --disable-pip-version-check "pycolmap>=4.2,<4.3" "numpy<2"
+	@touch $@
+
+bench-accuracy: setup $(if $(filter 1,$(BENCH_ANCHOR)),$(ANCHOR_VENV)/.stamp)
+	$(PY) -m alignkit.tools.bench_accuracy --out bench --blocks $(BLOCKS) --seeds18 $(SEEDS18) --seeds240 $(SEEDS240) \
+	  $(if $(filter 1,$(BENCH_ANCHOR)),--anchor-python $(ANCHOR_VENV)/bin/python)
+
 screenshot: setup
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m alignkit.tools.screenshot --out docs
 
@@ -85,7 +102,7 @@ package:
 	@rm -rf build/package dist && mkdir -p build/package/alignkit dist
 	@# What is committed (git archive), not the working tree; minus what a plugin install does not need.
 	@git archive HEAD | tar -x -C build/package/alignkit
-	@cd build/package/alignkit && rm -rf tests docs tools/bench*.py .[!.]* Makefile requirements-dev.txt pyproject.toml
+	@cd build/package/alignkit && rm -rf tests docs tools/bench*.py tools/colmap_anchor.py .[!.]* Makefile requirements-dev.txt pyproject.toml
 	@cd build/package && zip -q -r ../../dist/alignkit.zip alignkit
 	@echo "dist/alignkit.zip"
 

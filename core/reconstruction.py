@@ -319,8 +319,10 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         return True
 
     # ---------------------------------------------------------------- bundle adjustment
-    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6, use_gps=True):
-        """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points."""
+    def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6, use_gps=True,
+               all_points=False):
+        """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points;
+        all_points: every point adjusted, not the ba_points_per_image subset."""
         t0 = time.perf_counter()
         cfg = self.cfg
         obs = self.active_obs(comp)
@@ -344,7 +346,7 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         # The antenna offset moves only in global adjustments (it needs every flight line).
         estimate_offset = use_gps and variable_images is None and self.offset_observable(comp)
         rest = np.zeros(0, np.int64)
-        if cfg.ba_points_per_image > 0:
+        if cfg.ba_points_per_image > 0 and not all_points:
             chosen = self.select_points(obs, cfg.ba_points_per_image)
             if chosen.sum() < 0.8 * len(obs):  # subsampling pays off
                 obs, rest = obs[chosen], obs[~chosen]
@@ -560,14 +562,15 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
             self.fit_to_gps(comp)
         elif self.gate_focal(comp):
             self.adjust(comp, refine_intrinsics=True)
-        for _ in range(2):
+        for final in (False, True):
             self.retriangulate(comp)
             # On the converged model (predictions within a pixel); the second round finds what the
             # first one's observations moved into reach (brighton: ~15 % more).
             self.complete_tracks(comp)
             # The lens stays as the matched features calibrated it: found observations lean ~0.05 px
             # inward at the rim of a generated photo (matched ones do not), enough to bend k1.
-            self.adjust(comp, refine_intrinsics=not self.obs_found.any())
+            self.adjust(comp, refine_intrinsics=not self.obs_found.any(),
+                        all_points=final and self.cfg.ba_final_all_points)
             self.trim_found(comp)
             self.filter_outliers(comp)
         if comp in self.gps_offset:

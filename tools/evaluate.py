@@ -79,3 +79,37 @@ def sampson_distance(F, x1, x2):
     Fx1, Ftx2 = h1 @ F.T, h2 @ F
     num = np.sum(h2 * Fx1, axis=1) ** 2
     return np.sqrt(num / (Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2))
+
+
+def camera_shape_error(names, C_est, R_est, truth):
+    """Camera shape error against a generated survey's truth (core.synthetic.load_ground_truth).
+
+    names, C_est (N,3), R_est (N,3,3 world-to-camera) of the registered cameras in any frame: a
+    similarity (core.reconstruction.umeyama) maps them onto the true centres, so only the block's
+    shape counts, not where the GPS placed it. Returns RMS / max centre error (mm, 3D), the RMS as a
+    percentage of the flying height, and the rotation error after the fit (degrees; mean, max).
+    """
+    from alignkit.core.reconstruction import umeyama
+
+    index = {c["image"]: k for k, c in enumerate(truth["cameras"])}
+    keep = [k for k, n in enumerate(names) if n in index and np.all(np.isfinite(C_est[k]))]
+    if len(keep) < 3:
+        raise ValueError(f"camera_shape_error: {len(keep)} registered cameras match the truth, 3 needed")
+    rows = [index[names[k]] for k in keep]
+    est, true = np.asarray(C_est, np.float64)[keep], truth["C"][rows]
+    scale, rot, shift = umeyama(est, true)
+    diff = scale * est @ rot.T + shift - true
+    err = np.linalg.norm(diff, axis=1)
+    rms = float(np.sqrt(np.mean(err**2)))
+    # The part of the height error that is a bowl (a quadratic surface over the block): the doming
+    # that radial distortion and a nadir block trade against each other.
+    xy = (true[:, :2] - true[:, :2].mean(axis=0)) / max(float(np.ptp(true[:, :2])), 1e-9)
+    basis = np.column_stack([np.ones(len(xy)), xy, xy**2, xy[:, 0] * xy[:, 1]])
+    bowl = basis @ np.linalg.lstsq(basis, diff[:, 2], rcond=None)[0] if len(xy) > 6 else np.zeros(len(xy))
+    height = float(truth["spec"]["altitude_m"])
+    rot_err = [rotation_angle_deg(np.asarray(R_est[k], np.float64) @ rot.T, truth["R"][r]) for k, r in zip(keep, rows)]
+    return {"cameras": len(keep), "shape_rms_mm": 1000 * rms, "shape_max_mm": 1000 * float(err.max()),
+            "shape_percent_of_height": 100 * rms / height, "flying_height_m": height,
+            "shape_rms_xyz_mm": [1000 * float(v) for v in np.sqrt(np.mean(diff**2, axis=0))],
+            "height_bowl_rms_mm": 1000 * float(np.sqrt(np.mean(bowl**2))),
+            "rotation_mean_deg": float(np.mean(rot_err)), "rotation_max_deg": float(np.max(rot_err))}
