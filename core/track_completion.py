@@ -42,7 +42,7 @@ COARSE_NCC = 0.6  # the window's best correlation before matching corrects the p
 REFUTE_NCC = 0.5  # a textured template correlating below this everywhere in the window is not there
 LSM_ITERATIONS = 8  # Gauss-Newton steps of least-squares matching (it converges in 3-5)
 MAX_SHAPE_CHANGE = 0.3  # the matched window's shape may differ this much from the ground plane's
-LSM_TOLERANCE_PX = 0.01  # a step smaller than this has converged
+LSM_TOLERANCE_PX = 0.02  # a step smaller than this has converged (a tenth of matching's precision)
 FOUND_MAX_SIGMAS = 3.0  # a found observation further from its point than this many image sigmas is dropped
 REFUTING_PHOTOS = 2  # photos showing nothing like a two-photo point where it should be: a false match
 THREADS = 2  # one decodes while the other correlates
@@ -227,9 +227,13 @@ def _refine(gray, templates, centre, A):
         gx = aa * (Binv[:, None, 0, 0] * dp_x + Binv[:, None, 1, 0] * dp_y)
         gy = aa * (Binv[:, None, 0, 1] * dp_x + Binv[:, None, 1, 1] * dp_y)
         r = aa * g + b[active, None] - tpl[active]
-        J = np.stack([gx, gy, gx * px, gx * py, gy * px, gy * py, g, np.ones_like(g)], axis=2)
-        Jt = J.transpose(0, 2, 1)
-        step = -np.linalg.solve(Jt @ J + 1e-9 * np.eye(8), Jt @ r[..., None])[..., 0]
+        Jt = np.empty((len(active), 8, g.shape[1]))  # the Jacobian, transposed: rows are parameters
+        Jt[:, 0], Jt[:, 1], Jt[:, 6], Jt[:, 7] = gx, gy, g, 1.0
+        np.multiply(gx, px, out=Jt[:, 2])
+        np.multiply(gx, py, out=Jt[:, 3])
+        np.multiply(gy, px, out=Jt[:, 4])
+        np.multiply(gy, py, out=Jt[:, 5])
+        step = -np.linalg.solve(Jt @ Jt.transpose(0, 2, 1) + 1e-9 * np.eye(8), Jt @ r[..., None])[..., 0]
         c[active] += np.clip(step[:, :2], -1.0, 1.0)  # at most a pixel per step: stays in the peak's basin
         B[active] += np.clip(step[:, 2:6], -0.1, 0.1).reshape(-1, 2, 2)
         a[active] += step[:, 6]
