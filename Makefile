@@ -9,7 +9,7 @@ QGIS_PROCESS := tools/qgis_process.sh
 OUT ?= out/result.gpkg
 DEMO_DIR := out/demo
 
-.PHONY: help setup test test-fast demo priors align align-stack bench lint package install screenshot clean
+.PHONY: help setup test test-fast demo priors align align-stack bench bench-scale lint package install screenshot clean
 
 help:
 	@echo "make setup                         install QGIS (apt), .venv and Python dependencies (idempotent)"
@@ -19,6 +19,7 @@ help:
 	@echo "make align IMAGES=dir OUT=f.gpkg [CRS=EPSG:n] [FOCAL=px]   drone photo alignment"
 	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m] [FUSE=none|focus|exposure]   image stack registration"
 	@echo "make bench                         benchmarks, figures as JSON under bench/"
+	@echo "make bench-scale [SIZES=250,500,1000]   time and peak memory vs block size (generated surveys, cached in out/bench-scale)"
 	@echo "make lint | package | install | screenshot"
 
 # ---- set-up: each step leaves a stamp so a second run is quiet and quick ----
@@ -76,6 +77,10 @@ align-stack: setup
 
 bench: setup
 	$(PY) -m alignkit.tools.bench --out bench
+
+SIZES ?= 250,500,1000
+bench-scale: setup
+	$(PY) -m alignkit.tools.bench_scale --sizes $(SIZES) --out bench
 
 screenshot: setup
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m alignkit.tools.screenshot --out docs
