@@ -6,7 +6,8 @@ For each size, a generated survey (1200x900 photos, GPS noise 1 m horizontal / 2
 under --cache, reused while its ground_truth.json exists) goes through core.pipeline.run with the
 default AlignConfig in a child process (tools.bench._child_align), with a fresh workspace. A thread
 samples the resident memory of the child's whole process tree (the pipeline and its worker
-processes, summed) every 0.2 s. Per size it records the seconds of every stage, the registered
+processes, summed) every 0.2 s. Per size it records the seconds of every stage (and the CPU
+seconds of the whole tree: on a shared machine they say more than the wall clock), the registered
 photos and components, the camera shape error after a similarity fit to the generated truth (RMS and
 max, metres and % of the flying height), the mean track length and the peak tree RSS.
 
@@ -16,6 +17,7 @@ Writes <out>/scale.json (sizes measured before and not rerun are kept) and <out>
 import argparse
 import json
 import math
+import resource
 import shutil
 import subprocess
 import sys
@@ -117,6 +119,7 @@ def bench_size(n, cache):
     run_dir.mkdir(parents=True)
     output = run_dir / "result.gpkg"
     size = AlignConfig().max_image_size
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c",
@@ -127,6 +130,8 @@ def bench_size(n, cache):
     out, err = proc.communicate()
     peak_mb = sampler.stop()
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and its workers, once reaped
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     (run_dir / "stderr.log").write_text(err)
     lines = [ln for ln in out.splitlines() if ln.startswith("BENCH-JSON ")]
     if proc.returncode != 0 or not lines:
@@ -137,7 +142,7 @@ def bench_size(n, cache):
     altitude = float(gt["spec"]["altitude_m"])
     rms = float(np.sqrt(np.mean(shape**2))) if len(shape) else float("nan")
     result = {
-        "photos": n, "grid": list(grid_for(n)), "wall_s": wall,
+        "photos": n, "grid": list(grid_for(n)), "wall_s": wall, "cpu_s": cpu,
         **{k: summary.get(k) for k in STAGES},
         "seconds_per_photo": summary["total_s"] / n,
         "registered": registered, "components": summary.get("components"), "points": summary.get("points"),

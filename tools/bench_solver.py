@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 
-def dump(survey, workspace, npz):
-    from alignkit.core import bundle, pipeline
-    from alignkit.core.config import AlignConfig
+def recorder():
+    """Patch core.bundle's solver with one that records every adjustment's size and seconds, and the
+    normal equations (at the start values) of the largest. Returns (restore, largest, calls)."""
+    from alignkit.core import bundle
 
     original = bundle.levenberg_marquardt
     largest, calls = {}, []
@@ -40,19 +41,34 @@ def dump(survey, workspace, npz):
         return out
 
     bundle.levenberg_marquardt = recording
-    with tempfile.TemporaryDirectory(prefix="alignkit-rcs-") as tmp:
-        ws = Path(tmp) / "ws"
-        shutil.copytree(workspace, ws, ignore=shutil.ignore_patterns("reconstruction.npz", "*.lock"))
-        pipeline.run(AlignConfig(images=str(Path(survey) / "images"), output=str(Path(tmp) / "r.gpkg"),
-                                 workspace=str(ws)))
+    return (lambda: setattr(bundle, "levenberg_marquardt", original)), largest, calls
+
+
+def save(npz, largest, calls):
     U, Wt = largest["U"], largest["Wt"]
     np.savez(npz, nc=largest["nc"], U_row=U.row, U_col=U.col, U_val=U.data, Wt_row=Wt.row, Wt_col=Wt.col,
              Wt_val=Wt.data, Wt_shape=np.array(Wt.shape), V=largest["V"], g=largest["g"],
              calls=np.array(calls, np.float64))
     calls = np.array(calls)
-    print(json.dumps({"adjustments": len(calls), "largest_camera_cols": int(largest["nc"]),
-                      "largest_points": int(Wt.shape[0] // 3), "ba_seconds_total": float(calls[:, 3].sum()),
-                      "ba_seconds_in_largest_5": float(np.sort(calls[:, 3])[-5:].sum())}, indent=1))
+    return {"adjustments": len(calls), "largest_camera_cols": int(largest["nc"]),
+            "largest_points": int(Wt.shape[0] // 3), "ba_seconds_total": float(calls[:, 3].sum()),
+            "ba_seconds_in_largest_5": float(np.sort(calls[:, 3])[-5:].sum())}
+
+
+def dump(survey, workspace, npz):
+    from alignkit.core import pipeline
+    from alignkit.core.config import AlignConfig
+
+    restore, largest, calls = recorder()
+    try:
+        with tempfile.TemporaryDirectory(prefix="alignkit-rcs-") as tmp:
+            ws = Path(tmp) / "ws"
+            shutil.copytree(workspace, ws, ignore=shutil.ignore_patterns("reconstruction.npz", "*.lock"))
+            pipeline.run(AlignConfig(images=str(Path(survey) / "images"), output=str(Path(tmp) / "r.gpkg"),
+                                     workspace=str(ws)))
+    finally:
+        restore()
+    print(json.dumps(save(npz, largest, calls), indent=1))
 
 
 def _timed(fn, repeat=3):
