@@ -137,7 +137,7 @@ def time_solvers(npz, lam=1e-4):
 
         M = LinearOperator((nc, nc), matvec=apply)
         its = [0]
-        x, info = cg(Sc, rhs, rtol=rtol, maxiter=5000, M=M, callback=lambda _: its.__setitem__(0, its[0] + 1))
+        x, info = cg(Sc, rhs, tol=rtol, atol=0.0, maxiter=5000, M=M, callback=lambda _: its.__setitem__(0, its[0] + 1))
         return x, its[0], info
 
     for rtol in (1e-6, 1e-10):
