@@ -9,7 +9,7 @@ QGIS_PROCESS := tools/qgis_process.sh
 OUT ?= out/result.gpkg
 DEMO_DIR := out/demo
 
-.PHONY: help setup test test-fast demo priors align align-stack bench bench-accuracy lint package install screenshot clean
+.PHONY: help setup test test-fast demo priors align align-stack bench bench-accuracy bench-scale lint package install screenshot clean
 
 help:
 	@echo "make setup                         install QGIS (apt), .venv and Python dependencies (idempotent)"
@@ -20,6 +20,7 @@ help:
 	@echo "make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m] [FUSE=none|focus|exposure]   image stack registration"
 	@echo "make bench                         benchmarks, figures as JSON under bench/"
 	@echo "make bench-accuracy [BENCH_ANCHOR=1] [SEEDS240=1,2]   camera shape error on generated 18/240-photo blocks (vs COLMAP)"
+	@echo "make bench-scale [SIZES=250,500,1000]   time and peak memory vs block size (generated surveys, cached in out/bench-scale)"
 	@echo "make lint | package | install | screenshot"
 
 # ---- set-up: each step leaves a stamp so a second run is quiet and quick ----
@@ -93,6 +94,9 @@ $(ANCHOR_VENV)/.stamp:
 bench-accuracy: setup $(if $(filter 1,$(BENCH_ANCHOR)),$(ANCHOR_VENV)/.stamp)
 	$(PY) -m alignkit.tools.bench_accuracy --out bench --blocks $(BLOCKS) --seeds18 $(SEEDS18) --seeds240 $(SEEDS240) \
 	  $(if $(filter 1,$(BENCH_ANCHOR)),--anchor-python $(ANCHOR_VENV)/bin/python)
+SIZES ?= 250,500,1000
+bench-scale: setup
+	$(PY) -m alignkit.tools.bench_scale --sizes $(SIZES) --out bench
 
 screenshot: setup
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m alignkit.tools.screenshot --out docs

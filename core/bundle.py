@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 
 from .bundle_blocks import (
     FocalPrior,
@@ -164,9 +164,10 @@ class Reprojection:
                                 np.broadcast_to(pcols, pt.shape)[okp]]),
                 np.concatenate([cam[ok], pt[okp]]))
 
-    def normal_equations(self, s, r, sw, dense):
+    def normal_equations(self, s, r, sw, dense, sparse_u=False):
         """J^T J and J^T r of this block with robust row weights sw, per observation rather than through
-        a sparse J (several times faster): U (nc, nc), Wt (3P, nc) (dense or CSR), V (P,3,3), g (n_var,)."""
+        a sparse J (several times faster): U (nc, nc), Wt (3P, nc) (dense or CSR), V (P,3,3), g (n_var,).
+        sparse_u: U as a CSR matrix (its memory grows with the images, not with their square)."""
         lay = self.lay
         nc, n_obs = lay.point_base, len(self.obs_image)
         cam, pt = self.blocks(s)
@@ -177,7 +178,7 @@ class Reprojection:
         pt_t = pt.transpose(0, 2, 1)  # batched products by matmul (einsum is several times slower here)
         # U and its gradient per image: an image's observations share their columns (its own 6 and its
         # model's), so one (2K_i x m)^T (2K_i x m) product each, with no K x m x m temporaries
-        U = np.zeros((nc, nc))
+        U = _Accumulator(nc, sparse_u)
         g = np.zeros(lay.n_var)
         cam_sorted, r_sorted = cam[self.by_image], r_obs[self.by_image]
         start = self.image_start
@@ -188,7 +189,7 @@ class Reprojection:
                 continue
             block = cam_sorted[lo:hi][:, :, ok].reshape(-1, int(ok.sum()))
             cols_i = self.cam_col[self.by_image[lo]][ok]
-            U[np.ix_(cols_i, cols_i)] += block.T @ block
+            U.add(cols_i, block.T @ block)
             g[cols_i] += block.T @ r_sorted[lo:hi].ravel()
         n_pts = (lay.n_var - nc) // 3
         pidx = self.point_index
@@ -204,7 +205,33 @@ class Reprojection:
                              minlength=3 * n_pts * nc).reshape(3 * n_pts, nc)
         else:
             Wt = coo_matrix((wt_vals.ravel(), (wt_rows.ravel(), wt_cols.ravel())), shape=(3 * n_pts, nc)).tocsr()
-        return U, Wt, V, g
+        return U.matrix(), Wt, V, g
+
+
+class _Accumulator:
+    """A symmetric (n, n) matrix summed from dense sub-blocks: a dense array, or CSR when sparse."""
+
+    def __init__(self, n, sparse):
+        self.n, self.sparse = n, sparse
+        self.dense = None if sparse else np.zeros((n, n))
+        self.rows, self.cols, self.vals = [], [], []
+
+    def add(self, cols, block):
+        if self.dense is not None:
+            self.dense[np.ix_(cols, cols)] += block
+            return
+        rr, cc = np.meshgrid(cols, cols, indexing="ij")
+        self.rows.append(rr.ravel())
+        self.cols.append(cc.ravel())
+        self.vals.append(block.ravel())
+
+    def matrix(self):
+        if self.dense is not None:
+            return self.dense
+        if not self.vals:
+            return csr_matrix((self.n, self.n))
+        return coo_matrix((np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
+                          shape=(self.n, self.n)).tocsr()
 
 
 def _add_prior_normal_equations(U, Wt, V, g, J, r_w, nc):
@@ -214,7 +241,10 @@ def _add_prior_normal_equations(U, Wt, V, g, J, r_w, nc):
     P = (J.T @ J).tocoo()
     a, b, v = P.row, P.col, P.data
     cam = (a < nc) & (b < nc)
-    np.add.at(U, (a[cam], b[cam]), v[cam])
+    if isinstance(U, np.ndarray):
+        np.add.at(U, (a[cam], b[cam]), v[cam])
+    else:
+        U = (U + coo_matrix((v[cam], (a[cam], b[cam])), shape=U.shape)).tocsr()
     pc = (a >= nc) & (b < nc)
     if pc.any():
         if isinstance(Wt, np.ndarray):
@@ -304,10 +334,10 @@ class Problem:
         return coo_matrix((np.concatenate(vals + [v]), (np.concatenate(rows + [r]), np.concatenate(cols + [c]))),
                           shape=(self.n_res, self.lay.n_var)).tocsr()
 
-    def normal_equations(self, x, r, sw, dense_wt):
+    def normal_equations(self, x, r, sw, dense_wt, sparse_u=False):
         s = self.state(x)
         n = self.reprojection.n_res
-        U, Wt, V, g = self.reprojection.normal_equations(s, r[:n], sw[:n], dense_wt)
+        U, Wt, V, g = self.reprojection.normal_equations(s, r[:n], sw[:n], dense_wt, sparse_u)
         rows, cols, vals = self.prior_triplets(s)
         if rows:
             rows = np.concatenate(rows)

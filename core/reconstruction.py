@@ -22,6 +22,7 @@ import numpy as np
 from .bundle import bundle_adjust, project, refine_points
 from .cancel import check
 from .georef import GPS_OFFSET_PRIOR_SIGMA_M, Georeferencing, flight_frames, umeyama  # noqa: F401 (umeyama: export)
+from .observations import ObservationIndex
 from .track_completion import GrayCache, TrackCompletion
 from .triangulation import Triangulation
 
@@ -74,7 +75,7 @@ class Reconstruction:
     vertical_source: str = ""  # what the largest component's vertical rests on besides the GPS altitudes
 
 
-class _Mapper(Triangulation, Georeferencing, TrackCompletion):
+class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
     def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray=None):
         self.cfg = config
         self.photos = GrayCache(read_gray) if read_gray is not None else None  # for track completion
@@ -148,6 +149,7 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         self.init_georef(cameras)
         self.update_normalised()
         self.covis = self.covisibility()
+        self.init_observation_index()
 
     @property
     def focal_held(self):
@@ -260,21 +262,14 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         return n_new >= self.cfg.min_inliers
 
     # ---------------------------------------------------------------- registration
-    def active_obs(self, comp=None):
-        img = self.obs_image
-        m = self.obs_ok & self.registered[img] & self.has_point[self.obs_track]
-        m &= self.component[img] == self.point_comp[self.obs_track]
-        if comp is not None:
-            m &= self.component[img] == comp
-        return np.flatnonzero(m)
-
     def register_next(self, comp):
         """Register the unregistered image that sees the most points of `comp`; False when none can."""
         t0 = time.perf_counter()
         cfg = self.cfg
-        cand_obs = self.obs_valid & ~self.registered[self.obs_image] & self.has_point[self.obs_track]
-        cand_obs &= self.point_comp[self.obs_track] == comp
-        counts = np.bincount(self.obs_image[cand_obs], minlength=self.n_images)
+        cand = self.obs_of_images(self.frontier(comp))  # only they can see points of comp
+        cand = cand[self.obs_valid[cand] & self.has_point[self.obs_track[cand]]
+                    & (self.point_comp[self.obs_track[cand]] == comp)]
+        counts = np.bincount(self.obs_image[cand], minlength=self.n_images)
         counts[self.registered] = 0
         order = np.argsort(-counts, kind="stable")
         for img in order[: cfg.registration_attempts]:
@@ -282,7 +277,7 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
                 break
             if self.failed[img] >= counts[img]:  # already failed with at least as many points
                 continue
-            obs = np.flatnonzero(cand_obs & (self.obs_image == img))
+            obs = np.sort(cand[self.obs_image[cand] == img])
             ok = self.pnp(img, obs)
             if ok:
                 self.component[img] = comp
@@ -325,14 +320,12 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         all_points: every point adjusted, not the ba_points_per_image subset."""
         t0 = time.perf_counter()
         cfg = self.cfg
-        obs = self.active_obs(comp)
-        if variable_images is not None:
+        if variable_images is not None:  # the tracks the variable images see, with all their observations
+            obs = self.local_obs(comp, variable_images)
             var_img = np.zeros(self.n_images, bool)
             var_img[variable_images] = True
-            var_pts = np.zeros(self.n_tracks, bool)
-            var_pts[self.obs_track[obs[var_img[self.obs_image[obs]]]]] = True
-            obs = obs[var_pts[self.obs_track[obs]]]
         else:
+            obs = self.active_obs(comp)
             var_img = self.registered & (self.component == comp)
         fixed = ~var_img
         use_gps = use_gps and self.aligned.get(comp, False)
@@ -421,10 +414,11 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         chosen_track[tix[order[rank < max(1, per_image // 16)]]] = True
         return chosen_track[tix]
 
-    def filter_outliers(self, comp):
-        """Drop observations beyond max_reproj_error_px, then points with < 2 views or tiny angles."""
+    def filter_outliers(self, comp, images=None):
+        """Drop observations beyond max_reproj_error_px, then points with < 2 views or tiny angles; of
+        the tracks `images` see when given (after a local adjustment nothing else moved), else all."""
         cfg = self.cfg
-        obs = self.active_obs(comp)
+        scope = obs = self.active_obs(comp) if images is None else self.local_obs(comp, images)
         err, z = self.reproj_error(obs, self.points[self.obs_track[obs]])
         bad = (err > cfg.max_reproj_error_px) | (z <= 0)
         self.obs_ok[obs[bad]] = False
@@ -434,24 +428,16 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
         angle = self.max_angle(self.points[self.obs_track[obs]], self.C[self.obs_image[obs]], tix,
                                np.ones(len(obs), bool), len(tracks))
         drop = tracks[(n < 2) | (angle < cfg.min_triangulation_angle_deg)]
-        dropped_tracks = np.zeros(self.n_tracks, bool)
-        dropped_tracks[drop] = True
-        dropped_tracks |= self.has_point & (self.point_comp == comp) & ~np.isin(np.arange(self.n_tracks), tracks)
-        self.has_point[dropped_tracks] = False
-        self.point_comp[dropped_tracks] = -1
-        self.points[dropped_tracks] = np.nan
-        self.obs_ok[dropped_tracks[self.obs_track] & self.obs_valid] = True  # free again for retriangulation
-        return int(bad.sum()), int(dropped_tracks.sum())
-
-    def neighbours(self, img, comp, limit):
-        """Registered images of `comp` sharing the most points with `img` (including img)."""
-        obs = self.active_obs(comp)
-        tracks = self.obs_track[obs[self.obs_image[obs] == img]]
-        seen = np.isin(self.obs_track[obs], tracks)
-        counts = np.bincount(self.obs_image[obs[seen]], minlength=self.n_images)
-        counts[img] = 0
-        nb = np.argsort(-counts, kind="stable")[:limit]
-        return np.concatenate([[img], nb[counts[nb] > 0]])
+        # and points of comp left without an active observation
+        candidates = np.flatnonzero(self.has_point) if images is None else np.unique(self.obs_track[scope])
+        lost = candidates[(self.point_comp[candidates] == comp) & ~np.isin(candidates, tracks)]
+        drop = np.union1d(drop, lost)
+        self.has_point[drop] = False
+        self.point_comp[drop] = -1
+        self.points[drop] = np.nan
+        freed = self.obs_of_tracks(drop)
+        self.obs_ok[freed[self.obs_valid[freed]]] = True  # free again for retriangulation
+        return int(bad.sum()), len(drop)
 
     def gate_focal(self, comp):
         """Hold a camera model's focal at EXIF when self-calibration ran too far from it.
@@ -509,7 +495,8 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
             img = self.register_next(comp)
             if img is None:
                 return
-            tracks = self.obs_track[(self.obs_image == img) & self.obs_valid]
+            own = self.obs_of_images(img)
+            tracks = self.obs_track[own[self.obs_valid[own]]]
             self.triangulate_tracks(tracks, comp)
             self.maybe_align(comp)
             n_comp = int((self.component == comp).sum())
@@ -520,8 +507,9 @@ class _Mapper(Triangulation, Georeferencing, TrackCompletion):
                 self.filter_outliers(comp)
                 last_global = n_comp
             else:
-                self.adjust(comp, variable_images=self.neighbours(img, comp, cfg.local_ba_images), ftol=GROWTH_FTOL)
-                self.filter_outliers(comp)
+                nb = self.neighbours(img, comp, cfg.local_ba_images)
+                self.adjust(comp, variable_images=nb, ftol=GROWTH_FTOL)
+                self.filter_outliers(comp, images=nb)
             self.progress(self.registered.sum() / self.n_images,
                           f"registered {int(self.registered.sum())} of {self.n_images} images")
 

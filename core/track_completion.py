@@ -382,6 +382,8 @@ class TrackCompletion:
         for name in ("obs_track", "obs_image", "obs_xy", "obs_valid", "obs_ok", "obs_found"):
             setattr(self, name, np.ascontiguousarray(getattr(self, name)[order]))
         self.update_normalised()
+        self.covis = self.covisibility()
+        self.init_observation_index()  # the lookups by image and by track point into the old order
 
     def complete_tracks(self, comp):
         """Find the points of `comp` in the registered photos that see them but never matched them

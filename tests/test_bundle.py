@@ -201,3 +201,43 @@ def test_gps_antenna_offset_in_flight_frames_is_estimated():
     assert np.linalg.norm(res.C - C, axis=1).max() < 0.08  # 0.1% of the flying height
     assert np.linalg.norm(plain.C - C, axis=1).max() > 0.2  # without it the centres are bent to the antenna
     assert np.array_equal(plain.gps_offset, np.zeros(3))
+
+
+def test_sparse_reduced_camera_system_agrees_with_the_dense_one(monkeypatch):
+    """Above SPARSE_SCHUR_MIN_COLS the reduced camera system is kept sparse and solved by a sparse
+    factorisation; on the same problem both paths take the same steps to rounding."""
+    from alignkit.core import bundle_solver
+
+    C, R, X, oi, op, oxy = scene(rows=3, cols=4)
+    C0, R0, X0 = perturbed(C, R, X)
+    sparse_calls = []
+    solve = bundle_solver.solve_sparse_spd
+    monkeypatch.setattr(bundle_solver, "solve_sparse_spd", lambda S, rhs: sparse_calls.append(S.shape) or solve(S, rhs))
+    results = {}
+    for path, limit in (("dense", 10**9), ("sparse", 0)):
+        monkeypatch.setattr(bundle_solver, "SPARSE_SCHUR_MIN_COLS", limit)
+        results[path] = bundle_adjust(
+            R0, C0, [F * 0.97], [0.0], [0.0], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+            gps_enu=C, gps_sigma_h=0.02, gps_sigma_v=0.02, focal_prior=[F * 0.97], focal_prior_sigma=0.1,
+            loss="huber", max_nfev=3)
+        assert bool(sparse_calls) == (path == "sparse")  # the sparse path is taken above the limit only
+    dense, sparse = results["dense"], results["sparse"]
+    assert sparse_calls[0] == (6 * len(C) + 3,) * 2  # 6 per camera + focal, k1, k2
+    assert dense.nfev == sparse.nfev
+    assert np.abs(dense.C - sparse.C).max() < 1e-9
+    assert rotation_error_deg(dense.R, sparse.R).max() < 1e-9
+    assert np.abs(dense.points - sparse.points).max() < 1e-9
+    assert abs(dense.focal[0] - sparse.focal[0]) < 1e-9 * F
+    assert np.linalg.norm(sparse.C - C, axis=1).max() < 0.1  # and it is an adjustment: near the truth
+
+
+def test_sparse_solver_refuses_a_singular_system():
+    from scipy.linalg import LinAlgError
+    from scipy.sparse import csr_matrix
+
+    from alignkit.core.bundle_solver import solve_sparse_spd
+
+    S = csr_matrix(np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]))
+    with pytest.raises(LinAlgError):
+        solve_sparse_spd(S, np.ones(3))
+    assert np.allclose(solve_sparse_spd(csr_matrix(np.diag([2.0, 4.0])), np.array([2.0, 2.0])), [1.0, 0.5])
