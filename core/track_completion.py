@@ -24,7 +24,6 @@ references are mostly still in it): memory is the cache, not the block.
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -45,7 +44,6 @@ MAX_SHAPE_CHANGE = 0.3  # the matched window's shape may differ this much from t
 LSM_TOLERANCE_PX = 0.02  # a step smaller than this has converged (a tenth of matching's precision)
 FOUND_MAX_SIGMAS = 3.0  # a found observation further from its point than this many image sigmas is dropped
 REFUTING_PHOTOS = 2  # photos showing nothing like a two-photo point where it should be: a false match
-THREADS = 2  # one decodes while the other correlates
 GRAY_CACHE_BYTES = 256 << 20  # decoded working photos kept (brighton at 3200 px: all 18 in 104 MB)
 
 
@@ -70,7 +68,7 @@ class Views:
 
 class GrayCache:
     """Working-resolution grey photos, decoded once and kept while they fit a byte budget (least
-    recently used out first), shared by threads: cache(k) -> (uint8 image, (sx, sy) original pixels
+    recently used out first): cache(k) -> (uint8 image, (sx, sy) original pixels
     per working pixel). read(k) decodes one. Kept as uint8 (a quarter of float32's memory): OpenCV
     resamples it at 1/32 px steps either way, and the rounding of the samples (0.3 grey levels) is
     far below the texture matching needs (MIN_TEXTURE)."""
@@ -80,7 +78,7 @@ class GrayCache:
 
     def __call__(self, k):
         k = int(k)
-        with self.lock:  # one decode at a time: the other thread correlates meanwhile
+        with self.lock:
             if k in self.items:
                 self.items.move_to_end(k)
             else:
@@ -350,13 +348,9 @@ def complete_tracks(points, obs_point, obs_image, obs_xy, obs_xn, views, images,
         xy, score, ok, refuted = locate(views, gray, ref_image[sel], obs_xy[ref[sel]], obs_xn[ref[sel]], depth[sel], k)
         return (cand_p[sel[ok]], cand_k[sel[ok]], xy[ok], score[ok]), (cand_p[sel[refuted]], cand_k[sel[refuted]])
 
-    # Capture order, so that the references of one photo are mostly cached; two threads, so that one
-    # decodes while the other correlates (OpenCV and NumPy release the GIL).
-    if THREADS > 1:
-        with ThreadPoolExecutor(max_workers=THREADS) as pool:
-            results = list(pool.map(look, np.unique(cand_k)))
-    else:
-        results = [look(k) for k in np.unique(cand_k)]
+    # Capture order, so that the references of one photo are mostly cached. (Two threads were slower,
+    # 8.6 s against 5.7 s on brighton: NumPy's small batched products contend.)
+    results = [look(k) for k in np.unique(cand_k)]
     out = [found for found, _ in results]
     refuted = [r for _, r in results]
     found = tuple(np.concatenate(parts) for parts in zip(*out)) if out else empty
