@@ -11,6 +11,8 @@ The band is robust per camera: median depth of the points it sees +- the larger 
 and oblique views widen the MAD; a flat nadir block's MAD is small, so the share keeps trees and
 roofs: `STRAY_NEAR_SHARE` towards the camera, `STRAY_FAR_SHARE` beyond the ground). A point is stray
 when at least half of its observations lie outside their camera's band, or any lies behind its camera.
+A point seen in two photos only keeps to a tight band beyond the ground (8 robust sigmas or
+TWO_VIEW_FAR_SHARE of the median depth): nothing but its own two rays vouches for it.
 """
 import dataclasses
 
@@ -19,6 +21,8 @@ import numpy as np
 STRAY_MAD_SIGMAS = 8.0  # robust sigmas of a camera's depths a point may lie from their median
 STRAY_NEAR_SHARE = 0.9  # ... or this share of the median depth towards the camera (tall objects)
 STRAY_FAR_SHARE = 1.0  # ... or this share beyond it (twice the median depth: well below any ground)
+TWO_VIEW_FAR_SHARE = 0.25  # a two-photo point: 8 robust sigmas or this share beyond the median depth
+# (brighton, fast preset: a two-photo point 31 m under a ground 38 m below the cameras, inside the wide band)
 MIN_POINTS_PER_CAMERA = 10  # fewer points: the camera's band is the block's (median over all cameras)
 
 
@@ -28,7 +32,7 @@ def observation_depths(recon):
     return np.einsum("kj,kj->k", recon.R[img, 2, :], recon.points[pt] - recon.C[img])
 
 
-def depth_bands(recon, depth=None):
+def depth_bands(recon, depth=None, near_share=STRAY_NEAR_SHARE, far_share=STRAY_FAR_SHARE):
     """(N, 2) near and far depth limits per image (NaN for unregistered images)."""
     depth = observation_depths(recon) if depth is None else depth
     n = len(recon.registered)
@@ -45,8 +49,8 @@ def depth_bands(recon, depth=None):
     fallback_sigma = np.median(sigmas[known]) if known.any() else 0.0
     medians = np.where(known, medians, fallback_median)
     sigmas = np.where(known, sigmas, fallback_sigma)
-    bands[:, 0] = medians - np.maximum(STRAY_MAD_SIGMAS * sigmas, STRAY_NEAR_SHARE * medians)
-    bands[:, 1] = medians + np.maximum(STRAY_MAD_SIGMAS * sigmas, STRAY_FAR_SHARE * medians)
+    bands[:, 0] = medians - np.maximum(STRAY_MAD_SIGMAS * sigmas, near_share * medians)
+    bands[:, 1] = medians + np.maximum(STRAY_MAD_SIGMAS * sigmas, far_share * medians)
     bands[~recon.registered] = np.nan
     return bands
 
@@ -57,9 +61,13 @@ def stray_points(recon):
     if n_points == 0 or len(recon.obs_point) == 0:
         return np.zeros(n_points, bool)
     depth = observation_depths(recon)
-    band = depth_bands(recon, depth)[recon.obs_image]
-    outside = (depth < band[:, 0]) | (depth > band[:, 1])
     n_obs = np.bincount(recon.obs_point, minlength=n_points)
+    band = depth_bands(recon, depth)[recon.obs_image]
+    # A two-photo point has nothing but its two rays to vouch for it: it keeps to a tight band beyond
+    # the ground (roofs and masts, nearer the cameras, keep the wide one).
+    tight = depth_bands(recon, depth, far_share=TWO_VIEW_FAR_SHARE)[recon.obs_image]
+    band = np.where((n_obs[recon.obs_point] <= 2)[:, None], tight, band)
+    outside = (depth < band[:, 0]) | (depth > band[:, 1])
     n_out = np.bincount(recon.obs_point, weights=outside, minlength=n_points)
     behind = np.bincount(recon.obs_point, weights=depth <= 0, minlength=n_points) > 0
     return (n_obs > 0) & ((2 * n_out >= n_obs) | behind)

@@ -176,7 +176,6 @@ def adjust_with_control(recon, cams, gps_enu, control, config, is_canceled=None)
     offset = np.zeros(3) if not np.isfinite(offset).all() else offset
     rejected = np.asarray(recon.focal_rejected_px, np.float64)
     held = np.isfinite(rejected[ref]) if len(rejected) == n_img else np.zeros(len(first), bool)
-    held |= bool(config.focal_px)  # a given calibration, held as the reconstruction held it
     sigmas = np.array([u[2] for u in used]).reshape(-1, 3)
 
     frames = flight_frames(gps)

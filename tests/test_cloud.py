@@ -205,3 +205,15 @@ def test_gsd_and_coverage_of_a_generated_survey_against_the_truth(aligned):
     assert summary["area_covered_m2"] == pytest.approx(truth["area_covered_m2"], rel=0.06)
     assert abs(summary["overlap_median"] - truth["overlap_median"]) <= 1
     assert abs(summary["overlap_median_flight_area"] - truth["overlap_median_flight_area"]) <= 1
+
+
+def test_a_two_photo_point_far_below_the_ground_is_stray_a_better_seen_one_is_not():
+    """brighton, fast preset: a two-photo point 31 m under a ground 38 m below the cameras (inside the
+    wide band, +100 %). Two rays alone do not vouch for that; three photos agreeing do."""
+    rng = np.random.default_rng(5)
+    centres = [(x, y, 40.0) for x in (0.0, 15.0, 30.0) for y in (0.0, 20.0)]
+    ground = np.column_stack([rng.uniform(-10, 40, 300), rng.uniform(-10, 30, 300), rng.uniform(-1.5, 1.5, 300)])
+    deep = [[12.0, 8.0, -31.0], [14.0, 9.0, -31.0]]
+    seen_by = [sorted(rng.choice(6, size=rng.integers(2, 6), replace=False).tolist()) for _ in range(300)]
+    recon = _reconstruction(centres, np.vstack([ground, deep]), seen_by + [[1, 3], [0, 1, 3]])
+    assert np.flatnonzero(stray_points(recon)).tolist() == [300]

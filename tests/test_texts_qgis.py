@@ -79,7 +79,8 @@ def test_the_dock_defaults_to_the_same_preset(qgis_iface):
 
     from alignkit.ui.dock import AlignKitDock
 
-    QgsSettings().remove("alignkit/preset")
+    for key in ("alignkit/preset", "alignkit/last_folder", "alignkit/options"):  # a first start: nothing remembered
+        QgsSettings().remove(key)
     dock = AlignKitDock(qgis_iface)
     try:
         assert dock.preset_combo.currentText() == DEFAULT_PRESET
