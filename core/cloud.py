@@ -32,11 +32,9 @@ def observation_depths(recon):
     return np.einsum("kj,kj->k", recon.R[img, 2, :], recon.points[pt] - recon.C[img])
 
 
-def depth_bands(recon, depth=None, near_share=STRAY_NEAR_SHARE, far_share=STRAY_FAR_SHARE):
-    """(N, 2) near and far depth limits per image (NaN for unregistered images)."""
-    depth = observation_depths(recon) if depth is None else depth
+def _depth_statistics(recon, depth):
+    """(N,) median depth and robust sigma of each image's points (the block's where it has too few)."""
     n = len(recon.registered)
-    bands = np.full((n, 2), np.nan)
     medians, sigmas = np.full(n, np.nan), np.full(n, np.nan)
     for i in np.unique(recon.obs_image):
         d = depth[recon.obs_image == i]
@@ -47,10 +45,13 @@ def depth_bands(recon, depth=None, near_share=STRAY_NEAR_SHARE, far_share=STRAY_
     known = np.isfinite(medians)
     fallback_median = np.median(medians[known]) if known.any() else np.median(depth[depth > 0])
     fallback_sigma = np.median(sigmas[known]) if known.any() else 0.0
-    medians = np.where(known, medians, fallback_median)
-    sigmas = np.where(known, sigmas, fallback_sigma)
-    bands[:, 0] = medians - np.maximum(STRAY_MAD_SIGMAS * sigmas, near_share * medians)
-    bands[:, 1] = medians + np.maximum(STRAY_MAD_SIGMAS * sigmas, far_share * medians)
+    return np.where(known, medians, fallback_median), np.where(known, sigmas, fallback_sigma)
+
+
+def _bands(recon, medians, sigmas, near_share, far_share):
+    """(N, 2) near and far depth limits per image (NaN for unregistered images)."""
+    bands = np.column_stack([medians - np.maximum(STRAY_MAD_SIGMAS * sigmas, near_share * medians),
+                             medians + np.maximum(STRAY_MAD_SIGMAS * sigmas, far_share * medians)])
     bands[~recon.registered] = np.nan
     return bands
 
@@ -62,10 +63,11 @@ def stray_points(recon):
         return np.zeros(n_points, bool)
     depth = observation_depths(recon)
     n_obs = np.bincount(recon.obs_point, minlength=n_points)
-    band = depth_bands(recon, depth)[recon.obs_image]
+    stats = _depth_statistics(recon, depth)
+    band = _bands(recon, *stats, STRAY_NEAR_SHARE, STRAY_FAR_SHARE)[recon.obs_image]
     # A two-photo point has nothing but its two rays to vouch for it: it keeps to a tight band beyond
     # the ground (roofs and masts, nearer the cameras, keep the wide one).
-    tight = depth_bands(recon, depth, far_share=TWO_VIEW_FAR_SHARE)[recon.obs_image]
+    tight = _bands(recon, *stats, STRAY_NEAR_SHARE, TWO_VIEW_FAR_SHARE)[recon.obs_image]
     band = np.where((n_obs[recon.obs_point] <= 2)[:, None], tight, band)
     outside = (depth < band[:, 0]) | (depth > band[:, 1])
     n_out = np.bincount(recon.obs_point, weights=outside, minlength=n_points)

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from .cancel import Canceled, check
+from .cancel import check
 
 POLL_S = 0.1  # how often a waiting map looks at is_canceled: cancel is honoured well within a second
 
@@ -211,8 +211,7 @@ class ProcessExecutor(Executor):
                     done_count += 1
                     report_progress(progress, done_count, len(items), message)
                     yield result
-                if is_canceled is not None and is_canceled():
-                    raise Canceled("cancelled by the user")
+                check(is_canceled)
             finished = True
         finally:
             if not finished:  # cancel, a worker's error, or the caller abandoned the generator

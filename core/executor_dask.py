@@ -18,7 +18,7 @@ import queue
 import re
 import uuid
 
-from .cancel import Canceled, check
+from .cancel import check
 from .executor import POLL_S, Executor, ExecutorError, report_progress
 
 CONNECT_TIMEOUT_S = 5.0  # an unreachable scheduler is reported after this, before any work
@@ -185,8 +185,7 @@ class DaskExecutor(Executor):
                     done_count += 1
                     report_progress(progress, done_count, len(items), message)
                     yield result
-                if is_canceled is not None and is_canceled():
-                    raise Canceled("cancelled by the user")
+                check(is_canceled)
             finished = True
         finally:
             if not finished:  # cancel, a task's error, or the caller abandoned the generator

@@ -4,24 +4,22 @@ that see it but where no feature of it was matched.
 Why: SIFT finds one ground point in only some of the photos that see it. On brighton_beach a point
 projects into 5.4 photos on average but was matched in 2.95 (53 % of the points in two only); only
 5 % of the missing projections had any keypoint within 3 px (the rate of chance), and doubling the
-features moved the mean to 3.03: the detector, not the matcher, loses them. A two-view point is
-also the weakest one: nothing checks it beyond the epipolar line, and on brighton a third of them
-lay more than 0.3 m off the ground the longer tracks describe (1 % of those seen 4+ times).
+features moved the mean to 3.03: the detector, not the matcher, loses them.
 
-How, for a point P and a photo k that sees it without observing it: the 11 x 11 patch around P's
-observation in the observing photo nearest to k (the reference r; working resolution, as SIFT saw
-it) is the template; photo k is resampled in r's geometry over the plane through P parallel to r's
-image plane (the ground, on a nadir block), +-3 px around the prediction, and compared with it by
-normalised cross-correlation. The peak, refined to sub-pixel by a parabola per axis and mapped into
-k through the same plane, is the new observation: a measurement made by the images, not by the
-model, since the search window is wider than the prediction's error (< 1 px after adjustment).
-Only a textured template (MIN_TEXTURE) with a clear, interior peak (MIN_NCC) counts; the adjustment
-that follows weighs the new observations like the others and drops those that do not fit.
+How, for a point P and a photo k that sees it without observing it: the TEMPLATE x TEMPLATE window
+around P's observation in the observing photo nearest to k (the reference r; working resolution, as
+SIFT saw it) is the template; photo k is resampled in r's geometry over the plane through P parallel
+to r's image plane (the ground, on a nadir block), +-SEARCH px around the prediction, and correlated
+with it. From the correlation peak, least-squares matching (an affine window plus brightness and
+contrast, `_refine`) gives the position in k: a measurement made by the images, not by the model,
+since the search window is wider than the prediction's error (< 1 px after adjustment). Only a
+textured template (MIN_TEXTURE) with an interior peak (COARSE_NCC) that matches (MIN_NCC) counts;
+the mapper then holds the found observations to FOUND_MAX_SIGMAS after the adjustment, and drops a
+two-photo point that REFUTING_PHOTOS other photos refute (nothing like it in the window).
 
-Photos are read one at a time through a small cache (targets in capture order, so their
-references are mostly still in it): memory is the cache, not the block.
+Photos are read through a cache with a byte budget (targets in capture order, so their references
+are mostly still in it): memory is the cache, not the block.
 """
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import numpy as np
 
 from .bundle import project
 from .cancel import check
+from .observations import ranges
 
 TEMPLATE = 15  # template side (working pixels); 11 locates as well but carried the blocks less well
 SEARCH = 3  # search radius around the prediction (working pixels)
@@ -74,24 +73,21 @@ class GrayCache:
     far below the texture matching needs (MIN_TEXTURE)."""
 
     def __init__(self, read, budget_bytes=GRAY_CACHE_BYTES):
-        self.read, self.budget, self.items, self.lock = read, budget_bytes, OrderedDict(), threading.Lock()
+        self.read, self.budget, self.items = read, budget_bytes, OrderedDict()
 
     def __call__(self, k):
         k = int(k)
-        with self.lock:
-            if k in self.items:
-                self.items.move_to_end(k)
-            else:
-                gray, scale = self.read(k)
-                self.items[k] = (np.ascontiguousarray(gray, np.uint8),
-                                 np.broadcast_to(np.asarray(scale, np.float64), (2,)))
-                while len(self.items) > 1 and sum(g.nbytes for g, _ in self.items.values()) > self.budget:
-                    self.items.popitem(last=False)
-            return self.items[k]
+        if k in self.items:
+            self.items.move_to_end(k)
+        else:
+            gray, scale = self.read(k)
+            self.items[k] = (np.ascontiguousarray(gray, np.uint8), np.broadcast_to(np.asarray(scale, np.float64), (2,)))
+            while len(self.items) > 1 and sum(g.nbytes for g, _ in self.items.values()) > self.budget:
+                self.items.popitem(last=False)
+        return self.items[k]
 
     def clear(self):
-        with self.lock:
-            self.items.clear()
+        self.items.clear()
 
 
 def candidates(points, obs_point, obs_image, views, images, neighbours, known=None):
@@ -128,10 +124,9 @@ def nearest_observation(cand_p, cand_k, obs_point, obs_image, C):
     order = np.argsort(obs_point, kind="stable")
     sorted_pt = obs_point[order]
     lo = np.searchsorted(sorted_pt, cand_p)
-    count = np.searchsorted(sorted_pt, cand_p, side="right") - lo
-    rows = np.repeat(np.arange(len(cand_p)), count)
-    within = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
-    obs = order[np.repeat(lo, count) + within]
+    hi = np.searchsorted(sorted_pt, cand_p, side="right")
+    rows = np.repeat(np.arange(len(cand_p)), hi - lo)
+    obs = order[ranges(lo, hi)]
     dist = np.linalg.norm(C[obs_image[obs]] - C[cand_k[rows]], axis=1)
     best = np.full(len(cand_p), -1, np.int64)
     by_distance = np.lexsort((dist, rows))  # per candidate, nearest first
@@ -342,6 +337,7 @@ def complete_tracks(points, obs_point, obs_image, obs_xy, obs_xn, views, images,
     ref = nearest_observation(cand_p, cand_k, obs_point, obs_image, views.C)
     ref_image = obs_image[ref]
     depth = np.einsum("nj,nj->n", views.R[ref_image][:, 2, :], points[cand_p] - views.C[ref_image])
+
     def look(k):
         check(is_canceled)
         sel = np.flatnonzero(cand_k == k)

@@ -52,8 +52,9 @@ def test_drifting_gps_altitude_end_to_end(tmp_path):
     # Relative heights: exact up to the block's tilt (9-10 mm RMS about a plane). The tilt itself
     # (bounded above) is what 20 attitude records with 1 deg noise can
     # tell, ~0.2 deg: 0.16-0.21 deg here, ~0.1-0.15 m RMS over this 110 x 68 m block.
-    plane_c = np.linalg.lstsq(np.column_stack([gt["C"][:, :2], np.ones(len(cam_dz))]), cam_dz, rcond=None)[0]
-    assert np.std(cam_dz - np.column_stack([gt["C"][:, :2], np.ones(len(cam_dz))]) @ plane_c) < 0.001 * DRIFT.altitude_m
+    design = np.column_stack([gt["C"][:, :2], np.ones(len(cam_dz))])
+    tilt_plane = design @ np.linalg.lstsq(design, cam_dz, rcond=None)[0]
+    assert np.std(cam_dz - tilt_plane) < 0.001 * DRIFT.altitude_m
     assert np.std(cam_dz) < 0.003 * DRIFT.altitude_m
     assert summary["off_nadir_median_deg"] < 3.0 and summary["ground_slope_deg"] < 5.0
     assert summary["vertical_source"] == "attitude records"
