@@ -21,6 +21,7 @@ from scipy.optimize import least_squares
 from scipy.sparse import coo_matrix, csr_matrix
 
 from .bundle_blocks import (
+    DistortionPrior,
     FocalPrior,
     GpsPrior,
     GravityPrior,
@@ -33,9 +34,10 @@ from .bundle_blocks import (
     rotations_from_vectors,
     skew,
 )
-from .bundle_solver import inverse3, levenberg_marquardt, loss_weights, robust_loss
+from .bundle_solver import camera_covariance, inverse3, levenberg_marquardt, loss_weights, robust_loss
 
 ROBUST_LOSSES = ("linear", "huber", "soft_l1", "cauchy")
+HELD_DISTORTION_SIGMA = 1e-7  # k1, k2 of a held lens move by less than this (normalised coordinates)
 __all__ = ["BundleResult", "build_problem", "bundle_adjust", "project", "refine_points", "robust_gps_sigmas",
            "rotations_from_vectors", "ROBUST_LOSSES"]
 
@@ -59,6 +61,8 @@ class BundleResult:
     status: str
     timings: dict = field(default_factory=dict)
     groups: dict = field(default_factory=dict)  # final value of every parameter group (e.g. "gps_drift")
+    # with distortion_covariance: model -> (2, 2) covariance of its (k1, k2) at the solution
+    distortion_covariance: dict = field(default_factory=dict)
 
 
 def project(R, C, focal, k1, k2, pp, points):
@@ -354,7 +358,7 @@ def build_problem(
     gps_offset=None, gps_offset_frames=None, estimate_gps_offset=False, gps_offset_sigma_m=1.0,
     gps_drift_basis=None, gps_drift=None, estimate_gps_drift=False, gps_drift_sigma_m=1e3,
     gravity_up=None, gravity_sigma_rad=None, mean_axis=None, mean_axis_sigma_rad=None, mean_axis_exclude=None,
-    focal_prior=None, focal_prior_sigma=0.05, scale_anchor=None,
+    focal_prior=None, focal_prior_sigma=0.05, distortion_held=None, scale_anchor=None,
     blocks=(), groups=None,
     loss="huber", loss_scale_px=1.0, obs_sigma_px=1.0,
 ):
@@ -380,6 +384,8 @@ def build_problem(
     axes point on average (a nadir block: (0, 0, -1)), held with mean_axis_sigma_rad; mean_axis_exclude
     (N,) bool: cameras left out of that mean.
     focal_prior (M,) EXIF focals (relative sigma focal_prior_sigma, scalar or (M,)).
+    distortion_held (M,) bool: models whose k1, k2 stay at their start values (a tight prior) while
+    refine_distortion frees the others.
     scale_anchor (i, j, length): keep |C_i - C_j| = length (gauge without GPS; fix image i too).
     blocks: more residual blocks (core/bundle_blocks.py, e.g. PointPrior for control points); groups
     {name: start values} the variable parameter groups they use.
@@ -462,6 +468,10 @@ def build_problem(
     if refine_focal and focal_prior is not None and len(np.flatnonzero(var_model)):
         sigma = np.broadcast_to(np.asarray(focal_prior_sigma, dtype=np.float64), (n_models,))
         prior_blocks.append(FocalPrior(np.flatnonzero(var_model), focal_prior, sigma))
+    if refine_distortion and distortion_held is not None:
+        held = np.flatnonzero(var_model & np.asarray(distortion_held, bool))
+        if len(held):
+            prior_blocks.append(DistortionPrior(held, k1, k2, HELD_DISTORTION_SIGMA))
     if scale_anchor is not None:
         ai, aj, length = scale_anchor
         if var_image[ai] or var_image[aj]:
@@ -501,7 +511,7 @@ def build_problem(
 
 def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_point, obs_xy, *,
                   loss="huber", loss_scale_px=1.0, max_nfev=50, ftol=1e-6, verbose=0, tr_options=None, solver="lm",
-                  is_canceled=None, **options):
+                  is_canceled=None, distortion_covariance=False, **options):
     """Refine poses, intrinsics and points; return a BundleResult.
 
     R (N,3,3), C (N,3): all images; only images that appear in obs_image and are not fixed vary.
@@ -513,6 +523,8 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
     solver: "lm" (Levenberg-Marquardt on the normal equations, points eliminated by the Schur
     complement; the default, several times faster) or "scipy" (least_squares "trf" + lsmr with the same
     analytic sparse Jacobian and x_scale="jac"). is_canceled is polled between iterations.
+    distortion_covariance: also the covariance of each refined model's (k1, k2) at the solution
+    (one more assembly of the normal equations; the distortion gate's evidence).
     """
     t0 = time.perf_counter()
     x0, residuals, jacobian, unpack, n_obs_res, n_point_cols = build_problem(
@@ -540,6 +552,14 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
         )
         res_x, nfev, status = sol.x, int(sol.nfev), str(sol.message)
     Rc, Cc, _, fc, k1c, k2c, Pc = unpack(res_x)
+    covariances = {}
+    if distortion_covariance and n_obs and nfev:
+        lay = jacobian.problem.lay
+        models = np.flatnonzero(lay.model_col >= 0)
+        cols = lay.distortion_cols(models)
+        if len(models) and (cols >= 0).all():
+            cov = camera_covariance(res_x, residuals, jacobian, n_obs_res, n_point_cols, loss, loss_scale, cols.ravel())
+            covariances = {int(m): cov[2 * k:2 * k + 2, 2 * k:2 * k + 2] for k, m in enumerate(models)}
     res = residuals(res_x)[:n_obs_res].reshape(-1, 2) * sigma_px
     seconds = time.perf_counter() - t0
     return BundleResult(
@@ -547,6 +567,7 @@ def bundle_adjust(R, C, focal, k1, k2, pp, image_camera, points, obs_image, obs_
         initial_rms_px=initial_rms, final_rms_px=float(np.sqrt(np.mean(res**2))) if n_obs else 0.0,
         nfev=nfev, seconds=seconds, n_variables=len(x0), n_residuals=n_res,
         status=status, timings={"setup_s": t_setup, "solve_s": seconds - t_setup}, groups=unpack.groups(res_x),
+        distortion_covariance=covariances,
     )
 
 

@@ -72,6 +72,11 @@ class Layout:
     def focal_col(self, models):
         return np.where(self.intr[0] & (self.model_col[models] >= 0), self.model_col[models], -1)
 
+    def distortion_cols(self, models):
+        """(len(models), 2) columns of k1 and k2 (-1 where held)."""
+        base = self.model_col[models][:, None] + int(self.intr[0]) + np.arange(2)
+        return np.where(self.intr[1] & (self.model_col[models][:, None] >= 0), base, -1)
+
 
 def _triplets(rows, cols, vals):
     """Keep the entries on variable columns."""
@@ -137,6 +142,23 @@ class FocalPrior:
 
     def jacobian(self, s, lay):
         return _triplets(np.arange(self.n_res), lay.focal_col(self.models), 1.0 / (self.sigma * self.prior))
+
+
+class DistortionPrior:
+    """(k1_m - k1_start_m) / sigma and the same for k2, per held camera model: the lens distortion kept
+    where it started (the distortion gate's decision, see _Mapper.gate_distortion)."""
+
+    def __init__(self, models, k1, k2, sigma):
+        self.models = np.asarray(models, np.int64)
+        self.start = np.column_stack([np.asarray(k1)[self.models], np.asarray(k2)[self.models]])
+        self.sigma = float(sigma)
+        self.n_res = 2 * len(self.models)
+
+    def residuals(self, s):
+        return ((np.column_stack([s.k1[self.models], s.k2[self.models]]) - self.start) / self.sigma).ravel()
+
+    def jacobian(self, s, lay):
+        return _triplets(np.arange(self.n_res), lay.distortion_cols(self.models).ravel(), 1.0 / self.sigma)
 
 
 class ScaleAnchor:

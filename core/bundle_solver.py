@@ -86,7 +86,6 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
     camera-side columns on kept sparse and solved by a sparse factorisation.
     """
     from scipy.linalg import LinAlgError, cho_factor, cho_solve
-    from scipy.sparse import bsr_matrix, diags
 
     n_var = len(x0)
     nc = n_var - n_point_cols
@@ -119,22 +118,7 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
         step_taken = False
         while lam < 1e12:
             dd = lam * diag_a
-            if n_pts:
-                Vd = Vb + dd[nc:].reshape(-1, 3)[:, :, None] * np.eye(3)[None]
-                Vinv = inverse3(Vd)
-                if Wt_dense is not None:
-                    VWt = np.matmul(Vinv, Wt_dense).reshape(n_point_cols, nc)  # V^-1 W^T
-                    S = U + np.diag(dd[:nc]) - Wt.T @ VWt
-                    rhs = -g[:nc] + VWt.T @ g[nc:]
-                else:
-                    Vinv_s = bsr_matrix((Vinv, np.arange(n_pts), np.arange(n_pts + 1)), shape=(n_point_cols,) * 2)
-                    WV = (W @ Vinv_s).tocsr()
-                    WVW = WV @ W.T
-                    S = U + diags(dd[:nc]) - WVW if sparse_s else U + np.diag(dd[:nc]) - WVW.toarray()
-                    rhs = -g[:nc] + WV @ g[nc:]
-            else:
-                S = U + (diags(dd[:nc]) if sparse_s else np.diag(dd[:nc]))
-                rhs = -g[:nc]
+            S, rhs, Vinv = _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s)
             try:
                 if not nc:
                     dc = np.zeros(0)
@@ -165,6 +149,51 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
             status = "relative cost decrease below ftol"
             break
     return x, nfev, status
+
+
+def _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s):
+    """The reduced camera system S dc = rhs (points eliminated by the Schur complement) of the damped
+    normal equations (damping dd on the diagonal), and the damped point blocks' inverses."""
+    from scipy.sparse import bsr_matrix, diags
+
+    n_pts = len(Vb)
+    if not n_pts:
+        return U + (diags(dd[:nc]) if sparse_s else np.diag(dd[:nc])), -g[:nc], np.zeros((0, 3, 3))
+    Vinv = inverse3(Vb + dd[nc:].reshape(-1, 3)[:, :, None] * np.eye(3)[None])
+    if Wt_dense is not None:
+        VWt = np.matmul(Vinv, Wt_dense).reshape(3 * n_pts, nc)  # V^-1 W^T
+        return U + np.diag(dd[:nc]) - Wt.T @ VWt, -g[:nc] + VWt.T @ g[nc:], Vinv
+    Vinv_s = bsr_matrix((Vinv, np.arange(n_pts), np.arange(n_pts + 1)), shape=(3 * n_pts,) * 2)
+    WV = (W @ Vinv_s).tocsr()
+    WVW = WV @ W.T
+    S = U + diags(dd[:nc]) - WVW if sparse_s else U + np.diag(dd[:nc]) - WVW.toarray()
+    return S, -g[:nc] + WV @ g[nc:], Vinv
+
+
+def camera_covariance(x, residuals, jacobian, n_robust, n_point_cols, loss, scale, cols):
+    """Covariance of camera-side parameters `cols` at the solution x: the (cols, cols) block of the
+    inverse of the reduced camera system (J^T J with the points eliminated, robust weights of x),
+    scaled by the a-posteriori variance factor (weighted residual sum of squares per redundancy)."""
+    n_var = len(x)
+    nc = n_var - n_point_cols
+    r = residuals(x)
+    sw = np.ones(len(r))
+    z = r[0:n_robust:2] ** 2 + r[1:n_robust:2] ** 2
+    sw[:n_robust] = np.repeat(np.sqrt(loss_weights(loss, scale, z)[1]), 2)
+    sparse_s = nc >= SPARSE_SCHUR_MIN_COLS
+    U, Wt, Vb, g = jacobian.normal_equations(x, r, sw, False, sparse_u=sparse_s)
+    tiny = 1e-12 * np.clip(np.concatenate([U.diagonal(), np.diagonal(Vb, axis1=1, axis2=2).ravel()]), 1e-12, 1e32)
+    S, _, _ = _reduced_system(U, Wt, None, Wt.T.tocsr(), Vb, g, tiny, nc, sparse_s)
+    unit = np.zeros((nc, len(cols)))
+    unit[np.asarray(cols), np.arange(len(cols))] = 1.0
+    if sparse_s:
+        inv_cols = np.column_stack([solve_sparse_spd(S, unit[:, k]) for k in range(len(cols))])
+    else:
+        from scipy.linalg import cho_factor, cho_solve
+
+        inv_cols = cho_solve(cho_factor(S), unit)
+    variance_factor = float(np.sum((sw * r) ** 2)) / max(len(r) - n_var, 1)
+    return variance_factor * inv_cols[np.asarray(cols)]
 
 
 def solve_sparse_spd(S, rhs):

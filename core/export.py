@@ -130,6 +130,8 @@ def _camera_models(usable, recon, height):
             "k1": float(recon.k1[i]), "k2": float(recon.k2[i]),
             "focal_held": bool(np.isfinite(recon.focal_rejected_px[i])),
             "focal_self_calibrated_px": _float_or_none(recon.focal_rejected_px[i]),
+            "distortion_held": bool(len(recon.distortion_held) and recon.distortion_held[i]),
+            "distortion_evidence": _float_or_none(recon.distortion_wald[i]) if len(recon.distortion_wald) else None,
         })
         m["images"] += 1
     for m in models.values():

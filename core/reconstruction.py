@@ -33,6 +33,9 @@ GROWTH_FTOL = 1e-4  # adjustments while the model grows stop earlier; the final 
 FOCAL_GATE_SIGMAS = 3.0  # a self-calibrated focal further than this many prior sigmas from EXIF is not trusted
 GUESSED_FOCAL_SIGMA = 1.0  # relative std of a guessed focal (no EXIF): free to move, only kept from absurd values
 HELD_FOCAL_SIGMA = 1e-5  # relative std that holds a focal at its prior
+# The distortion gate: a lens distortion (k1, k2) whose evidence (Wald statistic) is below the BIC
+# penalty of its 2 parameters, 2 ln(residuals), is held at zero (see gate_distortion).
+DISTORTION_PARAMETERS = 2
 
 
 @dataclass
@@ -68,6 +71,11 @@ class Reconstruction:
     # (N,) the focal self-calibration reached when the focal gate rejected it and held the EXIF focal
     # (see _Mapper.gate_focal); NaN where the focal was self-calibrated (or not registered)
     focal_rejected_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # (N,) the distortion gate's Wald statistic of (k1, k2) and its threshold (NaN: not tested), and
+    # whether the distortion was held at zero for want of evidence
+    distortion_wald: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    distortion_threshold: float = float("nan")
+    distortion_held: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     # (N,3) estimated GPS drift at each image (ENU m; the fix is compared with antenna + drift); zeros
     # where none is modelled. gps_residual + gps_drift is the residual of the drift-corrected fix.
     gps_drift: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
@@ -129,6 +137,9 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
         self.comp_sigma = {}  # component -> (horizontal, vertical) GPS std estimated for it
         self.sigma_px = 1.0  # std of the image observations, estimated after global adjustments
         self.focal_rejected = np.full(m, np.nan)  # per model: the self-calibrated focal the gate rejected
+        self.distortion_held = np.zeros(m, bool)  # per model: k1, k2 held at zero by the distortion gate
+        self.distortion_wald = np.full(m, np.nan)  # per model: the gate's evidence for the distortion
+        self.distortion_threshold = float("nan")
         self.pair_poses = {}
         for pm in pair_matches or []:
             if getattr(pm, "R_rel", None) is not None and getattr(pm, "t_rel", None) is not None:
@@ -315,9 +326,10 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
 
     # ---------------------------------------------------------------- bundle adjustment
     def adjust(self, comp, variable_images=None, refine_intrinsics=False, max_nfev=None, ftol=1e-6, use_gps=True,
-               all_points=False):
+               all_points=False, test_distortion=False):
         """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points;
-        all_points: every point adjusted, not the ba_points_per_image subset."""
+        all_points: every point adjusted, not the ba_points_per_image subset; test_distortion: the
+        result carries the covariance of each refined lens distortion (for gate_distortion)."""
         t0 = time.perf_counter()
         cfg = self.cfg
         if variable_images is not None:  # the tracks the variable images see, with all their observations
@@ -359,7 +371,8 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
             **(self.gravity_options(comp, variable_images is None) if use_gps else {}),
             **(self.drift_options(comp, variable_images is None) if use_gps else {}),
             blocks=self.extra_blocks(comp, tracks_used, use_gps),
-            focal_prior=self.focal_prior,
+            focal_prior=self.focal_prior, distortion_held=self.distortion_held,
+            distortion_covariance=test_distortion and refine_intrinsics and cfg.refine_distortion,
             focal_prior_sigma=np.where(self.focal_held | self.focal_given, HELD_FOCAL_SIGMA,
                                        np.where(self.focal_guess, GUESSED_FOCAL_SIGMA, cfg.focal_prior_sigma)),
             scale_anchor=anchor, loss=cfg.robust_loss, loss_scale_px=cfg.robust_scale_px,
@@ -462,6 +475,38 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
             self.update_normalised()
         return bool(len(runaway))
 
+    def gate_distortion(self, comp, res):
+        """Hold a lens distortion at zero when the block does not show it (model selection by BIC).
+
+        On a nadir block over gentle terrain the radial distortion and a dome of the whole block trade
+        off (the doming of self-calibrated nadir blocks): the photos hardly tell them apart, so noise and
+        biases of a hundredth of a pixel pick k1. Generated 240-photo block, lens without distortion:
+        k1 -2.8e-4 and a 57 mm dome (0.096 % of the flying height); the data preferred that dome over the
+        true lens by chi-square 16, while holding k1 = k2 = 0 gave 9 mm. A real lens's distortion is
+        evident (Wald statistics of thousands), so it stays free. `res` is the image-only
+        self-calibrating adjustment, run with test_distortion. Returns True when a lens was held."""
+        n_res = 2 * len(res.residual_px)
+        threshold = DISTORTION_PARAMETERS * float(np.log(max(n_res, 2)))
+        held = []
+        for mdl, cov in res.distortion_covariance.items():
+            k = np.array([self.k1[mdl], self.k2[mdl]])
+            try:
+                wald = float(k @ np.linalg.solve(cov, k))
+            except np.linalg.LinAlgError:
+                continue
+            self.distortion_wald[mdl], self.distortion_threshold = wald, threshold
+            if wald < threshold and not self.distortion_held[mdl]:
+                held.append(mdl)
+                self.log.append(f"camera model {mdl}: lens distortion k1 {self.k1[mdl]:+.2e}, k2 {self.k2[mdl]:+.2e} "
+                                f"not shown by the photos (evidence {wald:.1f} < {threshold:.1f}; on a nadir block it "
+                                "would dome the model): held at zero")
+        held = np.array(held, np.int64)
+        self.distortion_held[held] = True
+        self.k1[held] = self.k2[held] = 0.0
+        if len(held):
+            self.update_normalised()
+        return bool(len(held))
+
     # ---------------------------------------------------------------- driver
     def initial_pair(self, comp):
         """Try pairs among unregistered images, most shared tracks first, until one initialises."""
@@ -543,8 +588,8 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
         self.retriangulate(comp)
         if self.aligned.get(comp):
             # The images alone decide the shape; the GPS then places it and says how good it is.
-            self.adjust(comp, refine_intrinsics=True, use_gps=False)
-            if self.gate_focal(comp):
+            res = self.adjust(comp, refine_intrinsics=True, use_gps=False, test_distortion=True)
+            if self.gate_focal(comp) | self.gate_distortion(comp, res):
                 self.adjust(comp, refine_intrinsics=True, use_gps=False)
             self.filter_outliers(comp)
             self.fit_to_gps(comp)
@@ -605,6 +650,9 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
             timings=dict(self.timings), log=list(self.log), ba_log=list(self.ba_log),
             gps_antenna_offset_m=np.array(self.gps_offset.get(largest, np.full(3, np.nan)), dtype=np.float64),
             focal_rejected_px=np.where(self.registered, self.focal_rejected[mdl], np.nan),
+            distortion_wald=np.where(self.registered, self.distortion_wald[mdl], np.nan),
+            distortion_threshold=self.distortion_threshold,
+            distortion_held=self.registered & self.distortion_held[mdl],
             gps_drift=np.where(self.registered[:, None], self.drift_of(np.arange(self.n_images)), np.nan),
             gps_drift_flights=self.drift_report(largest) if largest >= 0 else [],
             vertical_source=self.vertical_source.get(largest, ""),

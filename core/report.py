@@ -185,9 +185,10 @@ def build_report_html(gpkg_path, summary):
         rows = [[m.get("camera"), m.get("images"), _fmt(m.get("focal_prior_px"), 1), m.get("focal_source"),
                  _fmt(m.get("focal_px"), 1), _fmt(m.get("focal_change_percent")),
                  "held at its prior" if m.get("focal_held") else "self-calibrated",
-                 _fmt(m.get("k1"), 4), _fmt(m.get("k2"), 4)] for m in models]
+                 _fmt(m.get("k1"), 4), _fmt(m.get("k2"), 4), _distortion_words(m)] for m in models]
         parts.append("<h2>Camera calibration</h2>" + _table(
-            ["camera", "images", "prior focal (px)", "from", "focal (px)", "change (%)", "focal", "k1", "k2"], rows))
+            ["camera", "images", "prior focal (px)", "from", "focal (px)", "change (%)", "focal", "k1", "k2",
+             "distortion"], rows))
     if summary.get("control_points"):
         from .control_report import control_section_html
 
@@ -233,6 +234,14 @@ def _calibration_figures_html(summary, pair_rows, pair_geoms, cam_rows, cam_geom
     out.append(_figure_html(match_graph_figure(pair_rows, pair_geoms, cam_rows, cam_geoms),
                             "Graph of matches: verified pairs over the camera positions"))
     return out
+
+
+def _distortion_words(model):
+    """How the lens distortion was decided: the gate's evidence (a Wald statistic) against its threshold."""
+    evidence = model.get("distortion_evidence")
+    if model.get("distortion_held"):
+        return f"held at zero: not shown by the photos (evidence {_fmt(evidence, 1)})"
+    return "self-calibrated" + (f" (evidence {_fmt(evidence, 0)})" if evidence is not None else "")
 
 
 def _verdict_html(summary):

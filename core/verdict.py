@@ -90,6 +90,9 @@ def _camera(summary):
     else:
         text = (f"The focal length of {name} moved {change:+.1f} % from its initial value: check the camera "
                 "model and the photos' EXIF.")
+    if any(m.get("distortion_held") for m in models):
+        text += (" The lens distortion was too small for the photos to measure and is held at zero (freed, it would "
+                 "trade off against a dome of the whole block).")
     return _item("Camera optimisation", ok, round(float(change), 2),
                  f"focal within {FOCAL_CHANGE_MAX_PERCENT:g} % of its initial value, calibrated", text)
 
