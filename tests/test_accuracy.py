@@ -53,3 +53,6 @@ def test_camera_shape_after_a_similarity_is_within_the_measured_bound(tmp_path):
     assert error["cameras"] == len(truth["cameras"])
     assert error["shape_percent_of_height"] <= SHAPE_LIMIT_PERCENT, error
     assert error["rotation_max_deg"] < ROTATION_LIMIT_DEG, error
+    # The generated lens has no distortion: the photos cannot show one, so the gate holds it at zero.
+    model, = summary["camera_models"]
+    assert model["distortion_held"] and model["k1"] == model["k2"] == 0.0, model

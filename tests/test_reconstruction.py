@@ -100,6 +100,8 @@ def test_nadir_survey_with_gps_recovers_truth_and_is_georeferenced():
     # Exact GPS: the model sits on it without any further fit (metric, ENU).
     assert np.abs(rec.C - truth.C).max() < 0.002 * truth.height
     assert abs(rec.k1[0] - K1) < 0.01 and abs(rec.k2[0] - K2) < 0.01
+    # A real lens's distortion is evident: the distortion gate leaves it free.
+    assert not rec.distortion_held.any() and rec.distortion_wald[0] > 10 * rec.distortion_threshold
     assert 0.3 < rec.mean_reproj_px < 0.9  # 0.5 px noise per axis, outliers removed
     # Points sit on the true surface: compare to the track's true 3D point.
     assert np.median(np.linalg.norm(rec.points - truth.X[rec.point_track], axis=1)) < 0.002 * truth.height
