@@ -309,15 +309,20 @@ def locate(views, read_gray, ref_image, ref_xy, ref_xn, depth, target_image):
     d_col = _parabola(ncc[a, rr, cc - 1], ncc[a, rr, cc], ncc[a, rr, cc + 1])
     d_row = _parabola(ncc[a, rr - 1, cc], ncc[a, rr, cc], ncc[a, rr + 1, cc])
     start = np.column_stack([cc - SEARCH + d_col, rr - SEARCH + d_row])
+    refuted[idx] = best < REFUTE_NCC
+    ok[idx] = False
+    # Least-squares matching only where the correlation peaks inside the window, high enough (the rest
+    # is rejected whatever matching would give; brighton: ~xx % of the looks).
+    peak = (row > 0) & (row < s - 1) & (col > 0) & (col < s - 1) & (best >= COARSE_NCC)
+    idx, start = idx[peak], start[peak]
+    if not len(idx):
+        return xy, score, ok, refuted
     found, samples, converged = _refine(gray, templates[idx], centre[idx] + np.einsum("nij,nj->ni", A[idx], start), A[idx])
     shift = np.linalg.solve(A[idx], (found - centre[idx])[..., None])[..., 0]  # reference pixels
     final = _ncc_at(templates[idx], samples)
-    interior = (row > 0) & (row < s - 1) & (col > 0) & (col < s - 1)
-    good = interior & converged & (best >= COARSE_NCC) & (final >= MIN_NCC) & (np.abs(shift) <= SEARCH).all(axis=1)
     xy[idx] = (found + 0.5) * scale - 0.5
     score[idx] = final
-    ok[idx] = good
-    refuted[idx] = best < REFUTE_NCC
+    ok[idx] = converged & (final >= MIN_NCC) & (np.abs(shift) <= SEARCH).all(axis=1)
     return xy, score, ok, refuted
 
 
