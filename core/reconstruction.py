@@ -397,7 +397,10 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
             self.drift[comp] = res.groups["gps_drift"]
         if refine_intrinsics:
             self.focal, self.k1, self.k2 = res.focal, res.k1, res.k2
-            self.k1[self.distortion_held] = self.k2[self.distortion_held] = 0.0  # not 1e-10: held means held
+            # held means held (a tight prior still lets them move by ~1e-10)
+            held = self.focal_held | self.focal_given
+            self.focal[held] = self.focal_prior[held]
+            self.k1[self.distortion_held] = self.k2[self.distortion_held] = 0.0
             self.update_normalised()
         if len(rest):  # the points left out follow the adjusted cameras
             rest_tracks, rest_point = np.unique(self.obs_track[rest], return_inverse=True)
