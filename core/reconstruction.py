@@ -334,8 +334,8 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
         """Bundle-adjust component `comp`; only `variable_images` move (all when None) and their points;
         refine_intrinsics: the focal and (unless refine_distortion is False) the lens distortion;
         points_per_image: the points adjusted per image (0: all; None: ba_points_per_image), the rest
-        re-triangulated; test_distortion: the
-        result carries the covariance of each refined lens distortion (for gate_distortion)."""
+        re-triangulated; test_distortion: the result carries the covariance of each refined lens
+        distortion (for gate_distortion)."""
         t0 = time.perf_counter()
         cfg = self.cfg
         if variable_images is not None:  # the tracks the variable images see, with all their observations

@@ -311,8 +311,8 @@ def locate(views, read_gray, ref_image, ref_xy, ref_xn, depth, target_image):
     start = np.column_stack([cc - SEARCH + d_col, rr - SEARCH + d_row])
     refuted[idx] = best < REFUTE_NCC
     ok[idx] = False
-    # Least-squares matching only where the correlation peaks inside the window, high enough (the rest
-    # is rejected whatever matching would give; brighton: ~xx % of the looks).
+    # Least-squares matching only where the correlation peaks inside the window, high enough: the rest
+    # is rejected whatever matching gives (the same result; brighton's completion 5.7 s before).
     peak = (row > 0) & (row < s - 1) & (col > 0) & (col < s - 1) & (best >= COARSE_NCC)
     idx, start = idx[peak], start[peak]
     if not len(idx):
