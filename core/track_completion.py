@@ -312,7 +312,7 @@ def locate(views, read_gray, ref_image, ref_xy, ref_xn, depth, target_image):
     refuted[idx] = best < REFUTE_NCC
     ok[idx] = False
     # Least-squares matching only where the correlation peaks inside the window, high enough: the rest
-    # is rejected whatever matching gives (the same result; brighton's completion 5.7 s before).
+    # is rejected whatever matching gives, so the result is the same.
     peak = (row > 0) & (row < s - 1) & (col > 0) & (col < s - 1) & (best >= COARSE_NCC)
     idx, start = idx[peak], start[peak]
     if not len(idx):
