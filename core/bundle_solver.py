@@ -85,18 +85,14 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
     camera and intrinsic parameters only: solved densely by Cholesky, or from SPARSE_SCHUR_MIN_COLS
     camera-side columns on kept sparse and solved by a sparse factorisation.
     """
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+    from scipy.linalg import LinAlgError
 
     n_var = len(x0)
     nc = n_var - n_point_cols
     n_pts = n_point_cols // 3
 
     def cost_and_weights(r):
-        z = r[0:n_robust:2] ** 2 + r[1:n_robust:2] ** 2
-        rho, drho = loss_weights(loss, scale, z)
-        sw = np.ones(len(r))
-        sw[:n_robust] = np.repeat(np.sqrt(drho), 2)
-        return 0.5 * (rho.sum() + np.sum(r[n_robust:] ** 2)), sw
+        return _cost_and_weights(r, n_robust, loss, scale)
 
     x = x0.copy()
     r = residuals(x)
@@ -112,7 +108,7 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
             U, Wt, Vb, g = jacobian.normal_equations(x, r, sw, False, sparse_u=True)
         else:
             U, Wt, Vb, g = jacobian.normal_equations(x, r, sw, dense)
-        diag_a = np.clip(np.concatenate([U.diagonal(), np.diagonal(Vb, axis1=1, axis2=2).ravel()]), 1e-12, 1e32)
+        diag_a = _diagonal(U, Vb)
         Wt_dense = Wt.reshape(n_pts, 3, nc) if dense else None
         W = None if dense else Wt.T.tocsr()
         step_taken = False
@@ -120,12 +116,7 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
             dd = lam * diag_a
             S, rhs, Vinv = _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s)
             try:
-                if not nc:
-                    dc = np.zeros(0)
-                elif sparse_s:
-                    dc = solve_sparse_spd(S, rhs)
-                else:
-                    dc = cho_solve(cho_factor(S), rhs)
+                dc = _solve_spd(S, rhs, sparse_s) if nc else np.zeros(0)
             except LinAlgError:
                 lam *= 10.0
                 continue
@@ -149,6 +140,28 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
             status = "relative cost decrease below ftol"
             break
     return x, nfev, status
+
+
+def _cost_and_weights(r, n_robust, loss, scale):
+    """The robust cost of residuals r (the first n_robust are reprojection pairs) and the row weights
+    sqrt(rho') that turn it into weighted least squares (iterative reweighting)."""
+    z = r[0:n_robust:2] ** 2 + r[1:n_robust:2] ** 2
+    rho, drho = loss_weights(loss, scale, z)
+    sw = np.ones(len(r))
+    sw[:n_robust] = np.repeat(np.sqrt(drho), 2)
+    return 0.5 * (rho.sum() + np.sum(r[n_robust:] ** 2)), sw
+
+
+def _diagonal(U, Vb):
+    """The diagonal of the normal equations (cameras, then points), kept off zero and infinity."""
+    return np.clip(np.concatenate([U.diagonal(), np.diagonal(Vb, axis1=1, axis2=2).ravel()]), 1e-12, 1e32)
+
+
+def _solve_spd(S, rhs, sparse):
+    """S x = rhs for the reduced camera system: sparse factorisation or dense Cholesky."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    return solve_sparse_spd(S, rhs) if sparse else cho_solve(cho_factor(S), rhs)
 
 
 def _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s):
@@ -177,27 +190,19 @@ def camera_covariance(x, residuals, jacobian, n_robust, n_point_cols, loss, scal
     n_var = len(x)
     nc = n_var - n_point_cols
     r = residuals(x)
-    sw = np.ones(len(r))
-    z = r[0:n_robust:2] ** 2 + r[1:n_robust:2] ** 2
-    sw[:n_robust] = np.repeat(np.sqrt(loss_weights(loss, scale, z)[1]), 2)
+    _, sw = _cost_and_weights(r, n_robust, loss, scale)
     sparse_s = nc >= SPARSE_SCHUR_MIN_COLS
     U, Wt, Vb, g = jacobian.normal_equations(x, r, sw, False, sparse_u=sparse_s)
-    tiny = 1e-12 * np.clip(np.concatenate([U.diagonal(), np.diagonal(Vb, axis1=1, axis2=2).ravel()]), 1e-12, 1e32)
-    S, _, _ = _reduced_system(U, Wt, None, Wt.T.tocsr(), Vb, g, tiny, nc, sparse_s)
+    S, _, _ = _reduced_system(U, Wt, None, Wt.T.tocsr(), Vb, g, 1e-12 * _diagonal(U, Vb), nc, sparse_s)
     unit = np.zeros((nc, len(cols)))
     unit[np.asarray(cols), np.arange(len(cols))] = 1.0
-    if sparse_s:
-        inv_cols = np.column_stack([solve_sparse_spd(S, unit[:, k]) for k in range(len(cols))])
-    else:
-        from scipy.linalg import cho_factor, cho_solve
-
-        inv_cols = cho_solve(cho_factor(S), unit)
+    inv_cols = _solve_spd(S, unit, sparse_s)  # one factorisation for every column
     variance_factor = float(np.sum((sw * r) ** 2)) / max(len(r) - n_var, 1)
     return variance_factor * inv_cols[np.asarray(cols)]
 
 
 def solve_sparse_spd(S, rhs):
-    """Solve the sparse symmetric positive definite system S x = rhs (scipy sparse matrix).
+    """Solve the sparse symmetric positive definite system S x = rhs (scipy sparse matrix; rhs (n,) or (n, k)).
 
     SuperLU in symmetric mode with a minimum-degree ordering of S + S^T and diagonal pivots: for a
     reduced camera system this is a sparse Cholesky in all but name. Raises LinAlgError when S is
