@@ -32,7 +32,6 @@ from .bundle_blocks import (
     State,
     left_jacobian,
     rotations_from_vectors,
-    skew,
 )
 from .bundle_solver import camera_covariance, inverse3, levenberg_marquardt, loss_weights, robust_loss
 
@@ -106,6 +105,7 @@ class Reprojection:
         self.point_var = lay.point_col[obs_point] >= 0
         self.point_index = np.where(self.point_var, (lay.point_col[obs_point] - lay.point_base) // 3, 0)
         self.by_image = np.argsort(obs_image, kind="stable")  # observations grouped by image, for U's blocks
+        self._wt_pattern = None
         self.image_start = np.searchsorted(obs_image[self.by_image], np.arange(len(lay.image_col) + 1))
 
     def residuals(self, s):
@@ -127,23 +127,20 @@ class Reprojection:
         r2 = xn * xn + yn * yn
         d = 1.0 + a1 * r2 + a2 * r2 * r2
         dd = 2.0 * (a1 + 2.0 * a2 * r2)  # d(d)/d(r2) * 2
-        j_n = np.empty((n_obs, 2, 2))  # d(u,v)/d(xn,yn)
-        j_n[:, 0, 0] = f * (d + xn * dd * xn)
-        j_n[:, 0, 1] = f * xn * dd * yn
-        j_n[:, 1, 0] = f * yn * dd * xn
-        j_n[:, 1, 1] = f * (d + yn * dd * yn)
-        j_p = np.zeros((n_obs, 2, 3))  # d(xn,yn)/d(xc)
-        j_p[:, 0, 0] = 1.0 / z
-        j_p[:, 0, 2] = -xn / z
-        j_p[:, 1, 1] = 1.0 / z
-        j_p[:, 1, 2] = -yn / z
-        j_x = j_n @ j_p  # (K,2,3) d(u,v)/d(xc)
+        # d(u,v)/d(xc) = d(u,v)/d(xn,yn) d(xn,yn)/d(xc), written out (batched 2x2 @ 2x3 products are slower)
+        n00, n01, n11 = f * (d + xn * dd * xn), f * xn * dd * yn, f * (d + yn * dd * yn)
+        iz = 1.0 / z
+        j_x = np.empty((n_obs, 2, 3))
+        j_x[:, 0, 0], j_x[:, 0, 1], j_x[:, 0, 2] = n00 * iz, n01 * iz, -(n00 * xn + n01 * yn) * iz
+        j_x[:, 1, 0], j_x[:, 1, 1], j_x[:, 1, 2] = n01 * iz, n11 * iz, -(n01 * xn + n11 * yn) * iz
+        j_world = j_x @ Ro  # d(u,v)/d(point) = -d(u,v)/d(centre)
         cam = np.zeros((n_obs, 2, 6 + self.n_intr))
         m = self.var_img_obs
         if m.any():
-            jl = left_jacobian(s.w[oi[m]])
-            cam[m, :, :3] = -(j_x[m] @ skew(xc[m])) @ jl
-            cam[m, :, 3:6] = -(j_x[m] @ Ro[m])
+            # d(xc)/d(w) = -[xc]x Jl(w): row-wise, a^T [x]x = a x x; Jl per image, gathered
+            jl = left_jacobian(s.w)[oi[m]]
+            cam[m, :, :3] = -(np.cross(j_x[m], xc[m][:, None, :]) @ jl)
+            cam[m, :, 3:6] = -j_world[m]
         m = self.var_mdl_obs
         if m.any():
             k = 6
@@ -153,7 +150,7 @@ class Reprojection:
             if self.lay.intr[1]:
                 cam[m, :, k] = np.column_stack([f * xn * r2, f * yn * r2])[m]
                 cam[m, :, k + 1] = np.column_stack([f * xn * r2 * r2, f * yn * r2 * r2])[m]
-        pt = np.where(self.point_var[:, None, None], j_x @ Ro, 0.0)
+        pt = np.where(self.point_var[:, None, None], j_world, 0.0)
         return cam * self.weight, pt * self.weight
 
     def jacobian(self, s, lay):
@@ -201,15 +198,38 @@ class Reprojection:
                         minlength=9 * n_pts).reshape(n_pts, 3, 3)
         g[nc:] = np.bincount((3 * pidx[:, None] + np.arange(3)).ravel(), (pt_t @ r_obs[:, :, None]).ravel(),
                              minlength=3 * n_pts)
-        wt_rows = 3 * pidx[:, None, None] + np.arange(3)[None, :, None]
         wt_vals = pt_t @ cam
-        wt_rows, wt_cols = np.broadcast_arrays(wt_rows, self.cam_col_or_0[:, None, :])
         if dense:
+            wt_rows = 3 * pidx[:, None, None] + np.arange(3)[None, :, None]
+            wt_rows, wt_cols = np.broadcast_arrays(wt_rows, self.cam_col_or_0[:, None, :])
             Wt = np.bincount((wt_rows * nc + wt_cols).ravel(), wt_vals.ravel(),
                              minlength=3 * n_pts * nc).reshape(3 * n_pts, nc)
         else:
-            Wt = coo_matrix((wt_vals.ravel(), (wt_rows.ravel(), wt_cols.ravel())), shape=(3 * n_pts, nc)).tocsr()
+            slot, position, indices, indptr = self.wt_pattern(nc, n_pts)
+            data = np.empty(len(indices))
+            for a in range(3):  # row a of every point: the same columns, its own values
+                data[position[a]] = np.bincount(slot, wt_vals[:, a, :].ravel(), minlength=len(position[a]))
+            Wt = csr_matrix((data, indices, indptr), shape=(3 * n_pts, nc))
+            Wt.has_canonical_format = True
         return U.matrix(), Wt, V, g
+
+    def wt_pattern(self, nc, n_pts):
+        """W^T's sparsity, the same in every iteration, so built once. The three rows of a point hold
+        the same columns (each observation fills all three), so it is built per point: the (point,
+        column) entry each observation's camera-side column adds to (slot), where row a of that entry
+        lies in the CSR data (position[a]), and the CSR indices and row pointers."""
+        if self._wt_pattern is None:
+            key, slot = np.unique(self.point_index[:, None] * nc + self.cam_col_or_0, return_inverse=True)
+            point, column = np.divmod(key, nc)
+            per_point = np.bincount(point, minlength=n_pts)
+            first = np.searchsorted(point, np.arange(n_pts))  # each point's first entry
+            k = np.arange(len(key)) - first[point]
+            position = 3 * first[point] + k + per_point[point] * np.arange(3)[:, None]  # (3, entries)
+            indices = np.empty(3 * len(key), np.int64)
+            indices[position.ravel()] = np.tile(column, 3)
+            indptr = np.r_[0, np.cumsum(np.repeat(per_point, 3))]
+            self._wt_pattern = (slot.ravel(), position, indices, indptr)
+        return self._wt_pattern
 
 
 class _Accumulator:

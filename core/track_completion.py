@@ -97,15 +97,20 @@ def candidates(points, obs_point, obs_image, views, images, neighbours, known=No
     observations, e.g. outliers). Returns two int64 arrays."""
     stride = len(views.C)
     kp, ki = (obs_point, obs_image) if known is None else (np.r_[obs_point, known[0]], np.r_[obs_image, known[1]])
-    key = np.unique(np.asarray(kp, np.int64) * stride + ki)  # (point, image) observed
-    by_image = {int(i): np.unique(obs_point[obs_image == i]) for i in np.unique(obs_image)}
+    key = np.unique(np.asarray(kp, np.int64) * stride + ki)  # (point, image) observed, sorted
+    # the points of each image by one sort (a scan per image grew with the square of the block)
+    n_points = int(np.max(obs_point, initial=0)) + 1
+    per_image, pts_sorted = np.divmod(np.unique(np.asarray(obs_image, np.int64) * n_points + obs_point), n_points)
+    bounds = np.searchsorted(per_image, np.arange(stride + 1))
     cand_p, cand_k = [], []
     for k in images:
-        near = [by_image[j] for j in neighbours.get(int(k), ()) if j in by_image]
+        near = [pts_sorted[bounds[j]:bounds[j + 1]] for j in neighbours.get(int(k), ()) if 0 <= j < stride]
         if not near:
             continue
         pts = np.unique(np.concatenate(near))
-        pts = pts[~np.isin(pts * stride + k, key)]
+        query = pts * stride + k
+        at = np.minimum(np.searchsorted(key, query), len(key) - 1)
+        pts = pts[key[at] != query] if len(key) else pts
         if not len(pts):
             continue
         uv, z = views.project(k, points[pts])
