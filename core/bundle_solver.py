@@ -167,7 +167,7 @@ def _solve_spd(S, rhs, sparse):
 def _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s):
     """The reduced camera system S dc = rhs (points eliminated by the Schur complement) of the damped
     normal equations (damping dd on the diagonal), and the damped point blocks' inverses."""
-    from scipy.sparse import diags
+    from scipy.sparse import bsr_matrix, diags
 
     n_pts = len(Vb)
     if not n_pts:
@@ -176,39 +176,11 @@ def _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s):
     if Wt_dense is not None:
         VWt = np.matmul(Vinv, Wt_dense).reshape(3 * n_pts, nc)  # V^-1 W^T
         return U + np.diag(dd[:nc]) - Wt.T @ VWt, -g[:nc] + VWt.T @ g[nc:], Vinv
-    VWt = points_times(Vinv, Wt)
-    WVW = W @ VWt
-    S = U + diags(dd[:nc]) - WVW if sparse_s else U + np.diag(dd[:nc]) - WVW.toarray()
-    return S, -g[:nc] + VWt.T @ g[nc:], Vinv
-
-
-def points_times(Vinv, Wt):
-    """V^-1 W^T for the block-diagonal V^-1 (P,3,3) and W^T (3P, nc, CSR).
-
-    When the three rows of every point hold the same columns (the reprojection block's do: each
-    observation fills all three), the product has W^T's own sparsity and is formed on its data, with
-    no sparse-sparse product; otherwise (a prior coupling one coordinate of a point) by SciPy."""
-    from scipy.sparse import bsr_matrix, csr_matrix
-
-    n_pts = len(Vinv)
-    Wt = Wt.tocsr()
-    Wt.sum_duplicates()  # canonical: sorted column indices, so the three rows line up
-    ptr, idx, data = Wt.indptr, Wt.indices, Wt.data
-    per_row = np.diff(ptr).reshape(n_pts, 3)
-    n = per_row[:, 0]
-    if (per_row == n[:, None]).all():
-        point = np.repeat(np.arange(n_pts), n)
-        first = ptr[:-1:3][point] + (np.arange(len(point)) - np.repeat(np.cumsum(n) - n, n))  # row 3p, entry k
-        rows = first[None, :] + n[point][None, :] * np.arange(3)[:, None]  # (3, nnz / 3): rows 3p, 3p+1, 3p+2
-        if (idx[rows[1]] == idx[rows[0]]).all() and (idx[rows[2]] == idx[rows[0]]).all():
-            d = data[rows]  # (3, nnz / 3)
-            out = np.empty_like(data)
-            Vp = Vinv[point]  # (nnz / 3, 3, 3)
-            for a in range(3):
-                out[rows[a]] = Vp[:, a, 0] * d[0] + Vp[:, a, 1] * d[1] + Vp[:, a, 2] * d[2]
-            return csr_matrix((out, idx, ptr), shape=Wt.shape)
     Vinv_s = bsr_matrix((Vinv, np.arange(n_pts), np.arange(n_pts + 1)), shape=(3 * n_pts,) * 2)
-    return (Vinv_s @ Wt).tocsr()
+    WV = (W @ Vinv_s).tocsr()
+    WVW = WV @ Wt  # W^T as it is (CSR): W.T would be converted back to CSR first
+    S = U + diags(dd[:nc]) - WVW if sparse_s else U + np.diag(dd[:nc]) - WVW.toarray()
+    return S, -g[:nc] + WV @ g[nc:], Vinv
 
 
 def camera_covariance(x, residuals, jacobian, n_robust, n_point_cols, loss, scale, cols):

@@ -274,26 +274,3 @@ def test_sparse_solver_refuses_a_singular_system():
         solve_sparse_spd(S, np.ones(3))
     assert np.allclose(solve_sparse_spd(csr_matrix(np.diag([2.0, 4.0])), np.array([2.0, 2.0])), [1.0, 0.5])
 
-
-@pytest.mark.parametrize("shared_columns", [True, False])
-def test_points_times_equals_the_block_diagonal_product(shared_columns):
-    """V^-1 W^T formed on W^T's own sparsity (the three rows of a point share their columns) or, when
-    a row holds a column its siblings lack, by SciPy: both equal the dense product."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse import random as sparse_random
-
-    from alignkit.core.bundle_solver import points_times
-
-    rng = np.random.default_rng(3)
-    n_pts, nc = 40, 30
-    point_cols = sparse_random(n_pts, nc, density=0.2, random_state=4, format="csr")
-    Wt = np.repeat(point_cols.toarray() != 0, 3, axis=0) * rng.normal(size=(3 * n_pts, nc))
-    if not shared_columns:
-        Wt[4, np.flatnonzero(Wt[3] == 0)[0]] = 1.5  # point 1's second row: one column more
-    A = rng.normal(size=(n_pts, 3, 3))
-    Vinv = A @ A.transpose(0, 2, 1)
-    dense = np.zeros_like(Wt)
-    for p in range(n_pts):
-        dense[3 * p:3 * p + 3] = Vinv[p] @ Wt[3 * p:3 * p + 3]
-    got = points_times(Vinv, csr_matrix(Wt))
-    assert np.abs(got.toarray() - dense).max() < 1e-12
