@@ -261,17 +261,24 @@ def test_distortion_gate_keeps_a_nadir_block_from_doming(monkeypatch):
     (Wald 4.6 against 21.4) and holds it. Measured: heights 5.8 mm RMS from the truth (17.0 mm free)."""
     from alignkit.core import reconstruction
 
+    min_px = reconstruction.DISTORTION_MIN_PX
     truth = survey(rows=5, cols=8, lens=(0.0, 0.0), radial_bias_px=0.05, gps_noise_h=1.0, gps_noise_v=2.0,
                    seed=4, outliers=0.0, noise_px=0.3)
 
-    def height_error(gate):
-        monkeypatch.setattr(reconstruction, "DISTORTION_PARAMETERS", 2 if gate else 0)  # 0: never held
+    def height_error(parameters, min_px):
+        monkeypatch.setattr(reconstruction, "DISTORTION_PARAMETERS", parameters)  # 0: no evidence test
+        monkeypatch.setattr(reconstruction, "DISTORTION_MIN_PX", min_px)  # 0: no size test
         rec = reconstruct(truth.tracks, cameras_for(40, focal_error=0.0), truth.gps, [], AlignConfig())
-        assert rec.registered.all() and rec.distortion_held.all() == gate
+        assert rec.registered.all()
         s, rot, t = umeyama(rec.C, truth.C)
         return np.sqrt(np.mean((s * rec.C @ rot.T + t - truth.C)[:, 2] ** 2)), rec
 
-    held, rec = height_error(True)
-    free, _ = height_error(False)
-    assert rec.k1[0] == 0.0 and rec.distortion_wald[0] < rec.distortion_threshold
+    held, rec = height_error(2, 0.0)
+    assert rec.distortion_held.all() and rec.k1[0] == 0.0 and rec.distortion_wald[0] < rec.distortion_threshold
+    free, rec = height_error(0, 0.0)
+    assert not rec.distortion_held.any()
     assert held < 0.0001 * truth.height and held < 0.5 * free, (held, free)
+    # Without the evidence test, the size test alone holds it: the free k1 moved no pixel by 0.5 px.
+    by_size, rec = height_error(0, min_px)
+    assert rec.distortion_held.all() and any("px anywhere in the frame" in line for line in rec.log)
+    assert by_size < 0.5 * free
