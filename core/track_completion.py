@@ -104,13 +104,13 @@ def candidates(points, obs_point, obs_image, views, images, neighbours, known=No
     bounds = np.searchsorted(per_image, np.arange(stride + 1))
     cand_p, cand_k = [], []
     for k in images:
-        near = [pts_sorted[bounds[j]:bounds[j + 1]] for j in neighbours.get(int(k), ()) if 0 <= j < stride]
+        near = [pts_sorted[bounds[j]:bounds[j + 1]] for j in neighbours.get(int(k), ())]
         if not near:
             continue
         pts = np.unique(np.concatenate(near))
         query = pts * stride + k
         at = np.minimum(np.searchsorted(key, query), len(key) - 1)
-        pts = pts[key[at] != query] if len(key) else pts
+        pts = pts[key[at] != query]  # pts is empty when key is: key holds every observed pair
         if not len(pts):
             continue
         uv, z = views.project(k, points[pts])

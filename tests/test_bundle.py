@@ -273,4 +273,3 @@ def test_sparse_solver_refuses_a_singular_system():
     with pytest.raises(LinAlgError):
         solve_sparse_spd(S, np.ones(3))
     assert np.allclose(solve_sparse_spd(csr_matrix(np.diag([2.0, 4.0])), np.array([2.0, 2.0])), [1.0, 0.5])
-

@@ -261,7 +261,7 @@ def test_distortion_gate_keeps_a_nadir_block_from_doming(monkeypatch):
     (Wald 4.6 against 21.4) and holds it. Measured: heights 5.8 mm RMS from the truth (17.0 mm free)."""
     from alignkit.core import reconstruction
 
-    min_px = reconstruction.DISTORTION_MIN_PX
+    size_test_px = reconstruction.DISTORTION_MIN_PX
     truth = survey(rows=5, cols=8, lens=(0.0, 0.0), radial_bias_px=0.05, gps_noise_h=1.0, gps_noise_v=2.0,
                    seed=4, outliers=0.0, noise_px=0.3)
 
@@ -279,6 +279,6 @@ def test_distortion_gate_keeps_a_nadir_block_from_doming(monkeypatch):
     assert not rec.distortion_held.any()
     assert held < 0.0001 * truth.height and held < 0.5 * free, (held, free)
     # Without the evidence test, the size test alone holds it: the free k1 moved no pixel by 0.5 px.
-    by_size, rec = height_error(0, min_px)
+    by_size, rec = height_error(0, size_test_px)
     assert rec.distortion_held.all() and any("px anywhere in the frame" in line for line in rec.log)
     assert by_size < 0.5 * free
