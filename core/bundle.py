@@ -5,8 +5,8 @@ Parameters per image: a rotation increment w (R = exp([w]x) R0, so w starts at 0
 and the centre C; per camera model: focal, k1, k2 (principal point held at its prior); named
 parameter groups (a GPS antenna offset, a GPS drift, ...); per point: X.
 
-The problem is the reprojection block (here: most of the work; the LM solver assembles its normal
-equations per observation for the Schur complement) plus any list of prior blocks
+The problem is the reprojection block (core/bundle_reprojection.py: most of the work; the LM solver
+assembles its normal equations per observation for the Schur complement) plus any list of prior blocks
 (core/bundle_blocks.py: GPS prior, focal prior, scale anchor, group prior, gravity prior, point
 prior), each with its own analytic Jacobian. `build_problem` turns the keyword options into blocks;
 callers with evidence of their own (control points) pass more blocks in `blocks=`.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares
-from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse import coo_matrix
 
 from .bundle_blocks import (
     DistortionPrior,
@@ -30,9 +30,9 @@ from .bundle_blocks import (
     MeanAxisPrior,
     ScaleAnchor,
     State,
-    left_jacobian,
     rotations_from_vectors,
 )
+from .bundle_reprojection import Reprojection, project
 from .bundle_solver import camera_covariance, inverse3, levenberg_marquardt, loss_weights, robust_loss
 
 ROBUST_LOSSES = ("linear", "huber", "soft_l1", "cauchy")
@@ -62,200 +62,6 @@ class BundleResult:
     groups: dict = field(default_factory=dict)  # final value of every parameter group (e.g. "gps_drift")
     # with distortion_covariance: model -> (2, 2) covariance of its (k1, k2) at the solution
     distortion_covariance: dict = field(default_factory=dict)
-
-
-def project(R, C, focal, k1, k2, pp, points):
-    """Per-observation projection (all arrays already gathered per observation). Returns (K,2), depth (K,)."""
-    x = np.matmul(R, (points - C)[:, :, None])[:, :, 0]
-    z = x[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):  # points on a camera centre: inf, filtered by callers
-        xn, yn = x[:, 0] / z, x[:, 1] / z
-    r2 = xn * xn + yn * yn
-    d = 1.0 + k1 * r2 + k2 * r2 * r2
-    uv = np.column_stack([focal * d * xn + pp[:, 0], focal * d * yn + pp[:, 1]])
-    return uv, z
-
-
-class Reprojection:
-    """The reprojection block: (projected - observed) / obs_sigma_px per observation (2 residuals).
-
-    Besides residuals / triplets like the other blocks it gives per-observation Jacobian blocks (its
-    image's 6 + its model's intrinsic columns, and its point's 3), which the solver's normal equations
-    use directly."""
-
-    def __init__(self, lay, image_camera, pp, obs_image, obs_point, obs_xy, obs_sigma_px):
-        self.lay = lay
-        self.pp = pp
-        self.obs_image, self.obs_point, self.obs_xy = obs_image, obs_point, obs_xy
-        self.cam_of_obs = image_camera[obs_image]
-        self.weight = 1.0 / float(obs_sigma_px)  # pixel residuals in units of their std, comparable to the priors
-        n_obs = len(obs_image)
-        self.n_res = 2 * n_obs
-        self.n_intr = int(sum(lay.intr))
-        var_img_obs = lay.image_col[obs_image] >= 0
-        var_mdl_obs = lay.model_col[self.cam_of_obs] >= 0
-        self.var_img_obs, self.var_mdl_obs = var_img_obs, var_mdl_obs
-        self.cam_col = np.concatenate([  # (K, 6 + n_intr) camera-side columns of each observation (-1: held)
-            np.where(var_img_obs, lay.image_col[obs_image], -1)[:, None] + np.arange(6) * var_img_obs[:, None],
-            np.where(var_mdl_obs, lay.model_col[self.cam_of_obs], -1)[:, None]
-            + np.arange(self.n_intr) * var_mdl_obs[:, None],
-        ], axis=1)
-        self.cam_col_ok = self.cam_col >= 0
-        self.cam_col_or_0 = np.where(self.cam_col_ok, self.cam_col, 0)  # scatter index; held columns carry zeros
-        self.point_var = lay.point_col[obs_point] >= 0
-        self.point_index = np.where(self.point_var, (lay.point_col[obs_point] - lay.point_base) // 3, 0)
-        self.by_image = np.argsort(obs_image, kind="stable")  # observations grouped by image, for U's blocks
-        self._wt_pattern = None
-        self.image_start = np.searchsorted(obs_image[self.by_image], np.arange(len(lay.image_col) + 1))
-
-    def residuals(self, s):
-        c = self.cam_of_obs
-        uv, _ = project(s.R[self.obs_image], s.C[self.obs_image], s.focal[c], s.k1[c], s.k2[c], self.pp[c],
-                        s.points[self.obs_point])
-        return ((uv - self.obs_xy) * self.weight).ravel()
-
-    def blocks(self, s):
-        """Per observation (weighted): d(u,v)/d(camera-side columns) (K,2,6+n_intr), zero where held,
-        and d(u,v)/d(point) (K,2,3), zero where the point is held."""
-        oi, c = self.obs_image, self.cam_of_obs
-        n_obs = len(oi)
-        Ro, Co, Po = s.R[oi], s.C[oi], s.points[self.obs_point]
-        f, a1, a2 = s.focal[c], s.k1[c], s.k2[c]
-        xc = np.matmul(Ro, (Po - Co)[:, :, None])[:, :, 0]
-        z = xc[:, 2]
-        xn, yn = xc[:, 0] / z, xc[:, 1] / z
-        r2 = xn * xn + yn * yn
-        d = 1.0 + a1 * r2 + a2 * r2 * r2
-        dd = 2.0 * (a1 + 2.0 * a2 * r2)  # d(d)/d(r2) * 2
-        # d(u,v)/d(xc) = d(u,v)/d(xn,yn) d(xn,yn)/d(xc), written out (batched 2x2 @ 2x3 products are slower)
-        n00, n01, n11 = f * (d + xn * dd * xn), f * xn * dd * yn, f * (d + yn * dd * yn)
-        iz = 1.0 / z
-        j_x = np.empty((n_obs, 2, 3))
-        j_x[:, 0, 0], j_x[:, 0, 1], j_x[:, 0, 2] = n00 * iz, n01 * iz, -(n00 * xn + n01 * yn) * iz
-        j_x[:, 1, 0], j_x[:, 1, 1], j_x[:, 1, 2] = n01 * iz, n11 * iz, -(n01 * xn + n11 * yn) * iz
-        j_world = j_x @ Ro  # d(u,v)/d(point) = -d(u,v)/d(centre)
-        cam = np.zeros((n_obs, 2, 6 + self.n_intr))
-        m = self.var_img_obs
-        if m.any():
-            # d(xc)/d(w) = -[xc]x Jl(w): row-wise, a^T [x]x = a x x; Jl per image, gathered
-            jl = left_jacobian(s.w)[oi[m]]
-            cam[m, :, :3] = -(np.cross(j_x[m], xc[m][:, None, :]) @ jl)
-            cam[m, :, 3:6] = -j_world[m]
-        m = self.var_mdl_obs
-        if m.any():
-            k = 6
-            if self.lay.intr[0]:
-                cam[m, :, k] = np.column_stack([d * xn, d * yn])[m]
-                k += 1
-            if self.lay.intr[1]:
-                cam[m, :, k] = np.column_stack([f * xn * r2, f * yn * r2])[m]
-                cam[m, :, k + 1] = np.column_stack([f * xn * r2 * r2, f * yn * r2 * r2])[m]
-        pt = np.where(self.point_var[:, None, None], j_world, 0.0)
-        return cam * self.weight, pt * self.weight
-
-    def jacobian(self, s, lay):
-        cam, pt = self.blocks(s)
-        n_obs = len(self.obs_image)
-        obs_rows = 2 * np.arange(n_obs)[:, None, None] + np.arange(2)[None, :, None]
-        ok = np.broadcast_to(self.cam_col_ok[:, None, :], cam.shape)
-        okp = np.broadcast_to(self.point_var[:, None, None], pt.shape)
-        pcols = lay.point_base + 3 * self.point_index[:, None, None] + np.arange(3)
-        return (np.concatenate([np.broadcast_to(obs_rows, cam.shape)[ok], np.broadcast_to(obs_rows, pt.shape)[okp]]),
-                np.concatenate([np.broadcast_to(self.cam_col[:, None, :], cam.shape)[ok],
-                                np.broadcast_to(pcols, pt.shape)[okp]]),
-                np.concatenate([cam[ok], pt[okp]]))
-
-    def normal_equations(self, s, r, sw, dense, sparse_u=False):
-        """J^T J and J^T r of this block with robust row weights sw, per observation rather than through
-        a sparse J (several times faster): U (nc, nc), Wt (3P, nc) (dense or CSR), V (P,3,3), g (n_var,).
-        sparse_u: U as a CSR matrix (its memory grows with the images, not with their square)."""
-        lay = self.lay
-        nc, n_obs = lay.point_base, len(self.obs_image)
-        cam, pt = self.blocks(s)
-        s_obs = sw[0:2 * n_obs:2]
-        cam *= s_obs[:, None, None]
-        pt *= s_obs[:, None, None]
-        r_obs = (r * sw).reshape(-1, 2)
-        pt_t = pt.transpose(0, 2, 1)  # batched products by matmul (einsum is several times slower here)
-        # U and its gradient per image: an image's observations share their columns (its own 6 and its
-        # model's), so one (2K_i x m)^T (2K_i x m) product each, with no K x m x m temporaries
-        U = _Accumulator(nc, sparse_u)
-        g = np.zeros(lay.n_var)
-        cam_sorted, r_sorted = cam[self.by_image], r_obs[self.by_image]
-        start = self.image_start
-        for i in np.flatnonzero(np.diff(start)):
-            lo, hi = start[i], start[i + 1]
-            ok = self.cam_col_ok[self.by_image[lo]]
-            if not ok.any():
-                continue
-            block = cam_sorted[lo:hi][:, :, ok].reshape(-1, int(ok.sum()))
-            cols_i = self.cam_col[self.by_image[lo]][ok]
-            U.add(cols_i, block.T @ block)
-            g[cols_i] += block.T @ r_sorted[lo:hi].ravel()
-        n_pts = (lay.n_var - nc) // 3
-        pidx = self.point_index
-        V = np.bincount((pidx[:, None] * 9 + np.arange(9)).ravel(), (pt_t @ pt).ravel(),
-                        minlength=9 * n_pts).reshape(n_pts, 3, 3)
-        g[nc:] = np.bincount((3 * pidx[:, None] + np.arange(3)).ravel(), (pt_t @ r_obs[:, :, None]).ravel(),
-                             minlength=3 * n_pts)
-        wt_vals = pt_t @ cam
-        if dense:
-            wt_rows = 3 * pidx[:, None, None] + np.arange(3)[None, :, None]
-            wt_rows, wt_cols = np.broadcast_arrays(wt_rows, self.cam_col_or_0[:, None, :])
-            Wt = np.bincount((wt_rows * nc + wt_cols).ravel(), wt_vals.ravel(),
-                             minlength=3 * n_pts * nc).reshape(3 * n_pts, nc)
-        else:
-            slot, position, indices, indptr = self.wt_pattern(nc, n_pts)
-            data = np.empty(len(indices))
-            for a in range(3):  # row a of every point: the same columns, its own values
-                data[position[a]] = np.bincount(slot, wt_vals[:, a, :].ravel(), minlength=len(position[a]))
-            Wt = csr_matrix((data, indices, indptr), shape=(3 * n_pts, nc))
-            Wt.has_canonical_format = True
-        return U.matrix(), Wt, V, g
-
-    def wt_pattern(self, nc, n_pts):
-        """W^T's sparsity, the same in every iteration, so built once. The three rows of a point hold
-        the same columns (each observation fills all three), so it is built per point: the (point,
-        column) entry each observation's camera-side column adds to (slot), where row a of that entry
-        lies in the CSR data (position[a]), and the CSR indices and row pointers."""
-        if self._wt_pattern is None:
-            key, slot = np.unique(self.point_index[:, None] * nc + self.cam_col_or_0, return_inverse=True)
-            point, column = np.divmod(key, nc)
-            per_point = np.bincount(point, minlength=n_pts)
-            first = np.searchsorted(point, np.arange(n_pts))  # each point's first entry
-            k = np.arange(len(key)) - first[point]
-            position = 3 * first[point] + k + per_point[point] * np.arange(3)[:, None]  # (3, entries)
-            indices = np.empty(3 * len(key), np.int64)
-            indices[position.ravel()] = np.tile(column, 3)
-            indptr = np.r_[0, np.cumsum(np.repeat(per_point, 3))]
-            self._wt_pattern = (slot.ravel(), position, indices, indptr)
-        return self._wt_pattern
-
-
-class _Accumulator:
-    """A symmetric (n, n) matrix summed from dense sub-blocks: a dense array, or CSR when sparse."""
-
-    def __init__(self, n, sparse):
-        self.n, self.sparse = n, sparse
-        self.dense = None if sparse else np.zeros((n, n))
-        self.rows, self.cols, self.vals = [], [], []
-
-    def add(self, cols, block):
-        if self.dense is not None:
-            self.dense[np.ix_(cols, cols)] += block
-            return
-        rr, cc = np.meshgrid(cols, cols, indexing="ij")
-        self.rows.append(rr.ravel())
-        self.cols.append(cc.ravel())
-        self.vals.append(block.ravel())
-
-    def matrix(self):
-        if self.dense is not None:
-            return self.dense
-        if not self.vals:
-            return csr_matrix((self.n, self.n))
-        return coo_matrix((np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
-                          shape=(self.n, self.n)).tocsr()
 
 
 def _add_prior_normal_equations(U, Wt, V, g, J, r_w, nc):

@@ -106,6 +106,35 @@ def test_normal_equations_equal_the_weighted_sparse_jacobians(dense):
     assert np.abs(g_fast - g).max() < 1e-10 * np.abs(g).max()
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_normal_equations_in_small_chunks_equal_one_chunk(monkeypatch, dense):
+    """The normal equations are summed chunk by chunk of observations in image order; chunks of 7 split
+    every image and spread each point over several chunks, and must add up to one chunk's sums."""
+    from alignkit.core import bundle_reprojection
+
+    C, R, X, oi, op, oxy = scene(rows=2, cols=3, n_points=120)
+    C0, R0, X0 = perturbed(C, R, X)
+    fixed = np.zeros(len(C), bool)
+    fixed[1] = True
+    fixed_points = np.zeros(len(X), bool)
+    fixed_points[::7] = True
+    assert len(oi) > 7 * len(C) and len(oi) < bundle_reprojection.CHUNK_OBSERVATIONS
+    results = {}
+    for chunk in (7, bundle_reprojection.CHUNK_OBSERVATIONS):
+        monkeypatch.setattr(bundle_reprojection, "CHUNK_OBSERVATIONS", chunk)
+        x0, residuals, jacobian, _, n_obs_res, _ = build_problem(
+            R0, C0, [F * 1.02], [0.01], [-0.002], PP, np.zeros(len(C), int), X0, oi, op, oxy,
+            fixed_images=fixed, fixed_points=fixed_points, gps_enu=C + 0.3, focal_prior=[F])
+        x = x0 + np.random.default_rng(4).normal(0, 1e-3, x0.shape)
+        r = residuals(x)
+        sw = np.ones(len(r))
+        sw[:n_obs_res] = np.repeat(np.random.default_rng(5).uniform(0.2, 1.0, n_obs_res // 2), 2)
+        U, Wt, V, g = jacobian.normal_equations(x, r, sw, dense, sparse_u=not dense)
+        results[chunk] = [a if isinstance(a, np.ndarray) else a.toarray() for a in (U, Wt, V, g)]
+    for small, one in zip(results[7], results[bundle_reprojection.CHUNK_OBSERVATIONS]):
+        assert np.abs(small - one).max() <= 1e-10 * np.abs(one).max()
+
+
 @pytest.mark.parametrize("solver", ["lm", "scipy"])
 def test_recovers_poses_focal_and_distortion(solver):
     C, R, X, oi, op, oxy = scene()
