@@ -12,6 +12,7 @@ from alignkit.core.cancel import Canceled
 from alignkit.core.config import AlignConfig
 from alignkit.core.executor import ProcessExecutor, SerialExecutor
 from alignkit.core.features import FeatureStore, extract_features
+from alignkit.core.synthetic import make_texture
 
 
 def _texture(seed, width=720, height=480):
@@ -87,6 +88,31 @@ def test_detection_without_doubled_octave_matches_full_sift():
     diff = np.linalg.norm(fast_desc[close].astype(float) - full_desc[idx[close]].astype(float), axis=1)
     norm = np.linalg.norm(full_desc[idx[close]].astype(float), axis=1)
     assert np.median(diff / norm) < 0.25
+
+
+def test_keypoints_near_the_border_are_biased_inward():
+    """The premise of tracks.BORDER_SIZES: the same keypoints found on an image and on crops of it
+    whose left edge comes close to them. Same pixels, so any shift is the border's doing: within 1.5
+    keypoint sizes of the edge they move inward by ~0.15 px; from 2 sizes on they stay in place."""
+    from alignkit.core.features import sift_features_no_doubling
+    from alignkit.core.tracks import BORDER_SIZES
+
+    gray = cv2.cvtColor(make_texture(np.random.default_rng(1), (480, 640)), cv2.COLOR_BGR2GRAY)
+    whole, _, _ = sift_features_no_doubling(gray, 8000, 0.02)
+    tree = cKDTree(whole[:, :2])
+    gaps, shifts = [], []
+    for cut in range(20, 100, 6):
+        kp, _, _ = sift_features_no_doubling(np.ascontiguousarray(gray[:, cut:]), 8000, 0.02)
+        kp[:, 0] += cut
+        dist, idx = tree.query(kp[:, :2])
+        same = (dist < 1.0) & (np.abs(kp[:, 2] / whole[idx, 2] - 1) < 0.1)
+        gaps.append(((kp[:, 0] - cut + 0.5) / kp[:, 2])[same])
+        shifts.append((kp[:, 0] - whole[idx, 0])[same])
+    gap, inward = np.concatenate(gaps), np.concatenate(shifts)
+    near, far = gap < BORDER_SIZES, (gap >= 2) & (gap < 4)
+    assert near.sum() >= 20 and far.sum() >= 200
+    assert inward[near].mean() > 0.07
+    assert abs(inward[far].mean()) < 0.02
 
 
 def test_budget_keeps_coarse_octaves_first():

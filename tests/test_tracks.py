@@ -23,6 +23,12 @@ class FakeStore:
     def keypoints(self, i):
         return np.array([[10.0 * i + f, 100.0 + f] for f in range(4)])
 
+    def keypoint_table(self, i):  # x, y, size, angle: keypoints too small to reach the border
+        return np.column_stack([self.keypoints(i), np.full(4, 0.2), np.zeros(4)])
+
+    def image_size(self, i):
+        return 1000, 1000
+
     def colors(self, i):
         return np.array([[10 * i, f, 200] for f in range(4)], np.uint8)
 
@@ -98,6 +104,24 @@ def test_save_and_load_round_trip(tmp_path):
     for name in ("obs_track", "obs_image", "obs_feature", "obs_xy", "track_rgb"):
         np.testing.assert_array_equal(getattr(t, name), getattr(u, name))
         assert getattr(t, name).dtype == getattr(u, name).dtype
+
+
+def test_keypoints_reaching_the_border_leave_their_tracks():
+    """An observation within BORDER_SIZES keypoint sizes of the border leaves its track (its position is
+    biased inward); the track keeps its other photos, or goes when fewer than two remain."""
+
+    class BorderStore(FakeStore):
+        def keypoint_table(self, i):
+            table = super().keypoint_table(i)
+            if i == 1:
+                table[:2, 2] = 150.0  # features 0 and 1 of image 1 (x 10-11): their size reaches the border
+            return table
+
+    t = build_tracks([_pm(0, 1, [(0, 0), (1, 1), (2, 2)]), _pm(1, 2, [(0, 0)])], BorderStore())
+    assert _tracks_as_sets(t) == [((0, 0), (2, 0)), ((0, 2), (1, 2))]
+    np.testing.assert_array_equal(t.lengths(), [2, 2])
+    every = build_tracks([_pm(0, 1, [(0, 0), (1, 1), (2, 2)]), _pm(1, 2, [(0, 0)])], BorderStore(), border_sizes=0)
+    assert _tracks_as_sets(every) == [((0, 0), (1, 0), (2, 0)), ((0, 1), (1, 1)), ((0, 2), (1, 2))]
 
 
 def test_no_matches_give_no_tracks():
