@@ -20,7 +20,7 @@ closer to the border than 1.5 sizes (OpenCV's size, the neighbourhood's diameter
 inward on average (std 0.45 px, 1 % of the observations), those beyond it within 0.006 px. Always
 inward, at the rim of every photo, this is a barrel distortion the held lens cannot take: it bent
 the block into a dome (the optimum of the real observations started from the truth: 8.8 mm, of
-which a 8.3 mm bowl; unbiased noise of the same size: 1.7-2.3 mm). Such observations leave their
+which an 8.3 mm bowl; unbiased noise of the same size: 1.7-2.3 mm). Such observations leave their
 track (`BORDER_SIZES`); the match still joins the track's other photos.
 """
 
