@@ -114,10 +114,9 @@ def _canonical_features(store, image):
     return first[inverse.reshape(-1)].astype(np.int64)
 
 
-def _near_border(store, image, features, border_sizes):
-    """Which of `features` of `image` lie closer to its border than border_sizes x their size."""
-    table = np.asarray(store.keypoint_table(int(image)))[features]
-    width, height = store.image_size(int(image))
+def _near_border(table, width, height, border_sizes):
+    """Which keypoints (rows x, y, size, angle of a keypoint table) lie closer to the border of a
+    width x height image than border_sizes x their size."""
     x, y, size = table[:, 0], table[:, 1], table[:, 2]
     # Pixel-centre convention: the image spans [-0.5, width - 0.5].
     gap = np.minimum.reduce([x + 0.5, y + 0.5, width - 0.5 - x, height - 0.5 - y])
@@ -193,10 +192,11 @@ def build_tracks(pair_matches, store, border_sizes=BORDER_SIZES):
     biased = np.zeros(len(order), bool)
     for i in np.unique(images):
         sel = images == i
-        xy[sel] = store.keypoints(int(i))[features[sel]]
+        table = np.asarray(store.keypoint_table(int(i)))[features[sel]]
+        xy[sel] = table[:, :2]
         rgb[sel] = store.colors(int(i))[features[sel]]
         if border_sizes > 0:
-            biased[sel] = _near_border(store, i, features[sel], border_sizes)
+            biased[sel] = _near_border(table, *store.image_size(int(i)), border_sizes)
     if biased.any():  # then a track needs two observations still
         usable = ~biased & (np.bincount(track[~biased], minlength=len(track))[track] >= 2)
         _, track = np.unique(track[usable], return_inverse=True)

@@ -71,28 +71,35 @@ def test_analytic_jacobian_matches_finite_differences(offset):
     assert np.abs(J - numeric).max() < 1e-4 * np.abs(numeric).max()
 
 
-@pytest.mark.parametrize("dense", [True, False])
-def test_normal_equations_equal_the_weighted_sparse_jacobians(dense):
-    """The LM solver's per-observation assembly of J^T J and J^T r is the sparse product it replaces,
-    with held images, held points, priors, an estimated antenna offset and robust row weights."""
+def _held_problem_off_its_solution(**options):
+    """The 6-photo scene with image 1 and every 7th point held, a focal prior and `options` (priors),
+    at a state 1e-3 off the start, with robust row weights: (x, r, sw, jacobian, n_point_cols)."""
     C, R, X, oi, op, oxy = scene(rows=2, cols=3, n_points=120)
     C0, R0, X0 = perturbed(C, R, X)
     fixed = np.zeros(len(C), bool)
     fixed[1] = True
     fixed_points = np.zeros(len(X), bool)
     fixed_points[::7] = True
-    gps = C + 0.3
-    gps[2] = np.nan
     x0, residuals, jacobian, _, n_obs_res, n_point_cols = build_problem(
         R0, C0, [F * 1.02], [0.01], [-0.002], PP, np.zeros(len(C), int), X0, oi, op, oxy,
-        fixed_images=fixed, fixed_points=fixed_points, gps_enu=gps, gps_sigma_h=0.7, gps_sigma_v=2.0,
-        focal_prior=[F], gps_offset=[0.3, -0.5, 0.2], estimate_gps_offset=True,
-        gps_offset_frames=flight_frames([[1, 0], [0.6, 0.8], [-1, 0.1], [1, 0], [0.6, 0.8], [-1, 0.1]]),
-    )
+        fixed_images=fixed, fixed_points=fixed_points, focal_prior=[F], **options)
     x = x0 + np.random.default_rng(4).normal(0, 1e-3, x0.shape)
     r = residuals(x)
     sw = np.ones(len(r))
     sw[:n_obs_res] = np.repeat(np.random.default_rng(5).uniform(0.2, 1.0, n_obs_res // 2), 2)  # robust weights
+    return x, r, sw, jacobian, n_point_cols
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_normal_equations_equal_the_weighted_sparse_jacobians(dense):
+    """The LM solver's per-observation assembly of J^T J and J^T r is the sparse product it replaces,
+    with held images, held points, priors, an estimated antenna offset and robust row weights."""
+    C = scene(rows=2, cols=3, n_points=120)[0]
+    gps = C + 0.3
+    gps[2] = np.nan
+    x, r, sw, jacobian, n_point_cols = _held_problem_off_its_solution(
+        gps_enu=gps, gps_sigma_h=0.7, gps_sigma_v=2.0, gps_offset=[0.3, -0.5, 0.2], estimate_gps_offset=True,
+        gps_offset_frames=flight_frames([[1, 0], [0.6, 0.8], [-1, 0.1], [1, 0], [0.6, 0.8], [-1, 0.1]]))
     J = (jacobian(x).toarray() * sw[:, None])
     A, g = J.T @ J, J.T @ (sw * r)
     nc = len(x) - n_point_cols
@@ -112,23 +119,12 @@ def test_normal_equations_in_small_chunks_equal_one_chunk(monkeypatch, dense):
     every image and spread each point over several chunks, and must add up to one chunk's sums."""
     from alignkit.core import bundle_reprojection
 
-    C, R, X, oi, op, oxy = scene(rows=2, cols=3, n_points=120)
-    C0, R0, X0 = perturbed(C, R, X)
-    fixed = np.zeros(len(C), bool)
-    fixed[1] = True
-    fixed_points = np.zeros(len(X), bool)
-    fixed_points[::7] = True
+    C, _, _, oi, _, _ = scene(rows=2, cols=3, n_points=120)
     assert len(oi) > 7 * len(C) and len(oi) < bundle_reprojection.CHUNK_OBSERVATIONS
     results = {}
     for chunk in (7, bundle_reprojection.CHUNK_OBSERVATIONS):
         monkeypatch.setattr(bundle_reprojection, "CHUNK_OBSERVATIONS", chunk)
-        x0, residuals, jacobian, _, n_obs_res, _ = build_problem(
-            R0, C0, [F * 1.02], [0.01], [-0.002], PP, np.zeros(len(C), int), X0, oi, op, oxy,
-            fixed_images=fixed, fixed_points=fixed_points, gps_enu=C + 0.3, focal_prior=[F])
-        x = x0 + np.random.default_rng(4).normal(0, 1e-3, x0.shape)
-        r = residuals(x)
-        sw = np.ones(len(r))
-        sw[:n_obs_res] = np.repeat(np.random.default_rng(5).uniform(0.2, 1.0, n_obs_res // 2), 2)
+        x, r, sw, jacobian, _ = _held_problem_off_its_solution(gps_enu=C + 0.3)
         U, Wt, V, g = jacobian.normal_equations(x, r, sw, dense, sparse_u=not dense)
         results[chunk] = [a if isinstance(a, np.ndarray) else a.toarray() for a in (U, Wt, V, g)]
     for small, one in zip(results[7], results[bundle_reprojection.CHUNK_OBSERVATIONS]):
