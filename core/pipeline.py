@@ -15,7 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import camera, dem, export, features, georef, matching, pairs, reconstruction, tracks, workspace
+from . import (
+    camera,
+    dem,
+    export,
+    features,
+    georef,
+    matching,
+    pairs,
+    reconstruction,
+    submodels,
+    tracks,
+    workspace,
+)
 from .camera_export import write_camera_exports
 from .cancel import check
 from .cloud import clean_cloud
@@ -213,8 +225,10 @@ def _run(config, progress, is_canceled):
     recon = _load_reconstruction(recon_path, stamp)
     reused["reconstruction"] = recon is not None
     if recon is None:
-        recon = reconstruction.reconstruct(
-            track_set, cams, gps_enu, pair_matches, config, report, is_canceled,
+        recon = submodels.reconstruct_split(
+            track_set, cams, gps_enu, pair_matches, config,
+            lambda: make_executor(config.workers, config.executor, shared=(ws, config.images)),
+            _submodel_overlap(footprint_radius), report, is_canceled,
             read_gray=lambda k: features.working_gray(usable[k].path, config.max_image_size))
         _save_reconstruction(recon, recon_path, stamp)
     else:
@@ -423,6 +437,14 @@ def _footprint_radius(priors):
         if p.rel_alt and p.rel_alt > 0 and p.focal_px:
             radius[i] = 0.5 * np.hypot(p.width, p.height) / p.focal_px * p.rel_alt
     return radius
+
+
+def _submodel_overlap(footprint_radius):
+    """How far (m) submodels reach into each other: half a photo's footprint, so that the shared band
+    sees the same ground from both sides; 0 without flying heights (the cut then shares no photos)."""
+    radius = np.asarray(footprint_radius, np.float64)
+    radius = radius[np.isfinite(radius)]
+    return 0.5 * float(np.median(radius)) if len(radius) else 0.0
 
 
 def _reconstruction_stamp(track_set, cams, gps_enu, config):

@@ -602,8 +602,12 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
         free = self.obs_valid & self.registered[img] & (self.component[img] == comp) & ~self.has_point[self.obs_track]
         return self.triangulate_tracks(np.unique(self.obs_track[free]), comp)
 
-    def run(self):
+    def run(self, start=None, submodel=False):
         comp = 0
+        if start is not None and self.seed(start):
+            self.grow(comp)
+            self.finish_component(comp)
+            comp += 1
         while (~self.registered).sum() >= 2:
             check(self.is_canceled)
             if not self.initial_pair(comp):
@@ -611,9 +615,40 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
             self.adjust(comp, max_nfev=20)
             self.filter_outliers(comp)
             self.grow(comp)
+            if submodel:  # its largest component is all a merge takes; it is finished whole
+                self.maybe_align(comp, force=True)
+                self.retriangulate(comp)
+                self.adjust(comp, refine_intrinsics=True)
+                self.filter_outliers(comp)
+                break
             self.finish_component(comp)
             comp += 1
         return comp
+
+    def seed(self, start):
+        """Component 0 from merged submodels (core/submodels.py): their poses and lens, every track
+        triangulated; the photos no submodel registered are left to grow."""
+        reg = np.asarray(start["registered"], bool)
+        if reg.sum() < 2:
+            return False
+        self.registered[:] = reg
+        self.component[reg] = 0
+        self.R[reg], self.C[reg] = start["R"][reg], start["C"][reg]
+        for mdl in range(len(self.focal)):
+            own = reg & (self.image_model == mdl)
+            if own.any():
+                self.focal[mdl] = np.median(start["focal"][own])
+                self.k1[mdl], self.k2[mdl] = np.median(start["k1"][own]), np.median(start["k2"][own])
+        self.update_normalised()
+        self.aligned[0] = bool(self.has_gps[reg].sum() >= 3)  # the submodels were placed on their GPS
+        # The gauge of the image-only adjustments: the registered pair that shares most tracks.
+        _, i, j = max((c, i, j) for (i, j), c in self.covis.items() if reg[i] and reg[j])
+        self.anchor[0] = (i, j, float(np.linalg.norm(self.C[i] - self.C[j])))
+        # No adjustment here: the parts were adjusted, and their seams agree to the merge's precision;
+        # the finishing adjustments take the whole block from this start.
+        self.triangulate_tracks(np.unique(self.obs_track[self.obs_valid & reg[self.obs_image]]), 0)
+        self.filter_outliers(0)
+        return True
 
     def finish_component(self, comp):
         self.maybe_align(comp, force=True)
@@ -704,20 +739,22 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
         )
 
 
-def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, is_canceled=None, read_gray=None):
+def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, is_canceled=None, read_gray=None,
+                start=None, submodel=False):
     """Incremental SfM over `tracks` (obs_track, obs_image, obs_xy, track_rgb).
 
     cameras: per image dict(K 3x3, width, height, camera_key); gps_enu (N,3) ENU with NaN rows for
     images without GPS (None: no GPS at all); pair_matches: verified pairs (their relative poses seed
     the initial pair); read_gray(k) -> (grey working image of photo k, original pixels per working
     pixel) enables track completion (config.complete_tracks). Returns a Reconstruction; components are numbered 0.. in the order they were
-    built (the first is the largest start).
+    built (the first is the largest start). start: merged submodels' poses (core/submodels.py) that
+    seed component 0; submodel: grow one component and adjust it with its GPS, no finishing.
     """
     t0 = time.perf_counter()
     if len(cameras) < 2:
         raise ValueError(f"reconstruction needs at least two images, got {len(cameras)}")
     mapper = _Mapper(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray)
-    mapper.run()
+    mapper.run(start, submodel)
     if mapper.photos is not None:
         mapper.photos.clear()
     rec = mapper.result()
