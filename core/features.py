@@ -12,6 +12,7 @@ these files and returns a few numbers, so descriptor arrays never cross a proces
 no process holds more than one image: peak memory does not grow with the number of images.
 """
 
+import dataclasses
 import os
 import time
 
@@ -334,6 +335,16 @@ def working_gray(path, max_image_size):
     if bgr is None:
         raise ValueError(f"{path}: OpenCV cannot decode this image")
     return _working_gray(bgr, covered, max_image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkingGray:
+    """working_gray of photo k of `paths`: picklable, so that an executor's workers read photos themselves."""
+    paths: tuple
+    max_image_size: int
+
+    def __call__(self, k):
+        return working_gray(self.paths[int(k)], self.max_image_size)
 
 
 def _is_jpeg(path):

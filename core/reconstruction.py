@@ -90,9 +90,11 @@ class Reconstruction:
 
 
 class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
-    def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray=None):
+    def __init__(self, tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray=None,
+                 make_executor=None):
         self.cfg = config
         self.photos = GrayCache(read_gray) if read_gray is not None else None  # for track completion
+        self.make_executor = make_executor  # where track completion searches the photos (None: here)
         self.progress = progress or (lambda f, m: None)
         self.is_canceled = is_canceled
         self.timings = {"local_ba_s": 0.0, "global_ba_s": 0.0, "triangulate_s": 0.0, "register_s": 0.0,
@@ -740,7 +742,7 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
 
 
 def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, is_canceled=None, read_gray=None,
-                start=None, submodel=False):
+                start=None, submodel=False, make_executor=None):
     """Incremental SfM over `tracks` (obs_track, obs_image, obs_xy, track_rgb).
 
     cameras: per image dict(K 3x3, width, height, camera_key); gps_enu (N,3) ENU with NaN rows for
@@ -748,12 +750,13 @@ def reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress=None, i
     the initial pair); read_gray(k) -> (grey working image of photo k, original pixels per working
     pixel) enables track completion (config.complete_tracks). Returns a Reconstruction; components are numbered 0.. in the order they were
     built (the first is the largest start). start: merged submodels' poses (core/submodels.py) that
-    seed component 0; submodel: grow one component and adjust it with its GPS, no finishing.
+    seed component 0; submodel: grow one component and adjust it with its GPS, no finishing;
+    make_executor() gives the executor track completion runs on (read_gray must then pickle).
     """
     t0 = time.perf_counter()
     if len(cameras) < 2:
         raise ValueError(f"reconstruction needs at least two images, got {len(cameras)}")
-    mapper = _Mapper(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray)
+    mapper = _Mapper(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray, make_executor)
     mapper.run(start, submodel)
     if mapper.photos is not None:
         mapper.photos.clear()

@@ -155,15 +155,16 @@ def part_config(config):
 def reconstruct_split(tracks, cameras, gps_enu, pair_matches, config, make_executor, overlap_m,
                       progress=None, is_canceled=None, read_gray=None):
     """The block as submodels when it is larger than config.submodel_photos and every photo has GPS;
-    otherwise one model. make_executor() gives the executor the submodels run on (made only when the
-    block is split). Returns a Reconstruction (core/reconstruction.py)."""
+    otherwise one model. make_executor() gives the executor the submodels and track completion run on
+    (made only when used). Returns a Reconstruction (core/reconstruction.py)."""
     from .reconstruction import reconstruct
 
     n = len(cameras)
     gps = None if gps_enu is None else np.asarray(gps_enu, np.float64).reshape(n, 3)
     limit = int(getattr(config, "submodel_photos", 0) or 0)
     if not limit or n <= limit or gps is None or not np.isfinite(gps).all():
-        return reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray)
+        return reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray,
+                           make_executor=make_executor)
     t0 = time.perf_counter()
     parts = plan_parts(gps, limit, overlap_m)
     sub_config = part_config(config)
@@ -181,7 +182,8 @@ def reconstruct_split(tracks, cameras, gps_enu, pair_matches, config, make_execu
     log += [f"submodel of {len(r['images'])} photos: {int(r['registered'].sum())} registered, {r['points']} points, "
             f"{r['seconds']:.0f} s" for r in results]
     parts_s = time.perf_counter() - t0
-    rec = reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray, start=start)
+    rec = reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray, start=start,
+                      make_executor=make_executor)
     rec.log[:0] = log
     rec.timings["submodels_s"] = parts_s
     rec.timings["total_s"] += parts_s

@@ -20,6 +20,7 @@ two-photo point that REFUTING_PHOTOS other photos refute (nothing like it in the
 Photos are read through a cache with a byte budget (targets in capture order, so their references
 are mostly still in it): memory is the cache, not the block.
 """
+import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ LSM_TOLERANCE_PX = 0.02  # a step smaller than this has converged (a tenth of ma
 FOUND_MAX_SIGMAS = 3.0  # a found observation further from its point than this many image sigmas is dropped
 REFUTING_PHOTOS = 2  # photos showing nothing like a two-photo point where it should be: a false match
 GRAY_CACHE_BYTES = 256 << 20  # decoded working photos kept (brighton at 3200 px: all 18 in 104 MB)
+PARALLEL_MIN_PHOTOS = 60  # fewer target photos are searched in this process (a worker's start costs ~1 s)
+PARALLEL_BATCHES = 8  # tasks per search on an executor: contiguous runs of targets in capture order
 
 
 @dataclass
@@ -331,8 +334,40 @@ def locate(views, read_gray, ref_image, ref_xy, ref_xn, depth, target_image):
     return xy, score, ok, refuted
 
 
+def _batch_bounds(n, executor):
+    """Contiguous runs of targets, one task each: in this process one run; on an executor a few per
+    worker, so that the references a worker reads stay mostly its own (photos overlap in capture order)."""
+    if executor is None or n < PARALLEL_MIN_PHOTOS:
+        return [(0, n)] if n else []
+    edges = np.linspace(0, n, min(n, PARALLEL_BATCHES) + 1).astype(int)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def locate_batch(task):
+    """What an executor's worker runs: (batch number, views, read_gray, looks) -> (batch number,
+    locate's result per look (target, ref_image, ref_xy, ref_xn, depth)); it decodes the photos itself,
+    through a cache of its own."""
+    number, views, read_gray, looks = task
+    gray = GrayCache(read_gray)
+    return number, [locate(views, gray, ref, xy, xn, depth, k) for k, ref, xy, xn, depth in looks]
+
+
+def _locate_batches(batches, views, gray, executor, is_canceled):
+    """locate's result for every look of every batch, in order: here, or one task per batch."""
+    if executor is None or len(batches) <= 1:
+        results = []
+        for looks in batches:
+            for k, ref, xy, xn, depth in looks:
+                check(is_canceled)
+                results.append(locate(views, gray, ref, xy, xn, depth, k))
+        return results
+    tasks = [(number, views, gray.read, looks) for number, looks in enumerate(batches)]
+    done = dict(executor.map(locate_batch, tasks, is_canceled=is_canceled, message="looking for points"))
+    return [r for number in range(len(batches)) for r in done[number]]
+
+
 def complete_tracks(points, obs_point, obs_image, obs_xy, obs_xn, views, images, neighbours, gray,
-                    known=None, is_canceled=None):
+                    known=None, is_canceled=None, executor=None):
     """New observations of the points (indices into `points`) found by correlation in `images`.
 
     obs_*: the points' current observations (original pixels; obs_xn undistorted normalised);
@@ -348,17 +383,18 @@ def complete_tracks(points, obs_point, obs_image, obs_xy, obs_xn, views, images,
     ref_image = obs_image[ref]
     depth = np.einsum("nj,nj->n", views.R[ref_image][:, 2, :], points[cand_p] - views.C[ref_image])
 
-    def look(k):
-        check(is_canceled)
-        sel = np.flatnonzero(cand_k == k)
-        xy, score, ok, refuted = locate(views, gray, ref_image[sel], obs_xy[ref[sel]], obs_xn[ref[sel]], depth[sel], k)
-        return (cand_p[sel[ok]], cand_k[sel[ok]], xy[ok], score[ok]), (cand_p[sel[refuted]], cand_k[sel[refuted]])
-
-    # Capture order, so that the references of one photo are mostly cached. (Two threads were slower,
-    # 8.6 s against 5.7 s on brighton: NumPy's small batched products contend.)
-    results = [look(k) for k in np.unique(cand_k)]
-    out = [found for found, _ in results]
-    refuted = [r for _, r in results]
+    # Targets in capture order, so that the references of one photo are mostly cached. (Two threads
+    # were slower, 8.6 s against 5.7 s on brighton: NumPy's small batched products contend.)
+    order = np.argsort(cand_k, kind="stable")
+    targets, starts = np.unique(cand_k[order], return_index=True)
+    looks = [(int(k), order[a:b]) for k, a, b in zip(targets, starts, np.r_[starts[1:], len(order)])]
+    batches = [[(k, ref_image[sel], obs_xy[ref[sel]], obs_xn[ref[sel]], depth[sel]) for k, sel in looks[a:b]]
+               for a, b in _batch_bounds(len(looks), executor)]
+    located = _locate_batches(batches, views, gray, executor, is_canceled)
+    out, refuted = [], []
+    for (_, sel), (xy, score, ok, no) in zip(looks, located):
+        out.append((cand_p[sel[ok]], cand_k[sel[ok]], xy[ok], score[ok]))
+        refuted.append((cand_p[sel[no]], cand_k[sel[no]]))
     found = tuple(np.concatenate(parts) for parts in zip(*out)) if out else empty
     none = np.zeros(0, np.int64)
     return found, tuple(np.concatenate([r[i] for r in refuted] + [none]) for i in (0, 1))
@@ -401,11 +437,13 @@ class TrackCompletion:
         mdl = self.image_model
         views = Views(R=self.R, C=self.C, focal=self.focal[mdl], k1=self.k1[mdl], k2=self.k2[mdl],
                       pp=self.pp[mdl], sizes=self.sizes)
-        (track, image, xy, _), (refuted_point, refuted_image) = complete_tracks(
-            self.points, self.obs_track[obs], self.obs_image[obs], self.obs_xy[obs], self.xn[obs], views,
-            np.flatnonzero(self.registered & (self.component == comp)), neighbours, self.photos,
-            known=(np.r_[self.obs_track[known], refuted[0]], np.r_[self.obs_image[known], refuted[1]]),
-            is_canceled=self.is_canceled)
+        # On the executor's workers when there is one (they decode the photos themselves).
+        with self.make_executor() if self.make_executor else contextlib.nullcontext() as executor:
+            (track, image, xy, _), (refuted_point, refuted_image) = complete_tracks(
+                self.points, self.obs_track[obs], self.obs_image[obs], self.obs_xy[obs], self.xn[obs], views,
+                np.flatnonzero(self.registered & (self.component == comp)), neighbours, self.photos,
+                known=(np.r_[self.obs_track[known], refuted[0]], np.r_[self.obs_image[known], refuted[1]]),
+                is_canceled=self.is_canceled, executor=executor)
         self.refuted_looks = (np.r_[refuted[0], refuted_point], np.r_[refuted[1], refuted_image])  # not again
         refuting = np.bincount(self.refuted_looks[0], minlength=self.n_tracks)
         # A point seen in two photos only is checked by nothing but its epipolar line; when two more

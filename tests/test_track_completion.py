@@ -132,3 +132,36 @@ def test_photos_are_decoded_once_while_they_fit_the_budget(budget_images):
     for k in [0, 1, 0, 1, 2, 0]:
         cache(k)
     assert reads == ([0, 1, 0, 1, 2, 0] if budget_images == 1 else [0, 1, 2])
+
+
+def test_search_on_an_executor_finds_what_the_search_here_finds(monkeypatch, tmp_path):
+    """Four photos along a line, points observed in the first only: looked for in the other three
+    in two batches on a process pool (whose workers read the photos themselves), the same result."""
+    from alignkit.core.executor import ProcessExecutor
+    from alignkit.core.features import WorkingGray
+
+    tex = _texture(1)
+    C = np.array([[0.0, 0.0, 20.0], [1.0, 0.2, 20.5], [2.0, -0.3, 21.0], [3.0, 0.1, 19.5]])
+    R = np.stack([NADIR @ _rot_z(a) for a in (0.0, 5.0, -8.0, 12.0)])
+    paths = tuple(tmp_path / f"{k}.png" for k in range(4))
+    for path, r, c in zip(paths, R, C):
+        cv2.imwrite(str(path), _render(r, c, tex))
+    photos = WorkingGray(paths, 4000)
+    views = tc.Views(R=R, C=C, focal=np.full(4, F), k1=np.zeros(4), k2=np.zeros(4), pp=np.tile(PP, (4, 1)),
+                     sizes=np.tile([W, H], (4, 1)).astype(float))
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.uniform(-3, 5, 400), rng.uniform(-3, 3, 400), np.zeros(400)])
+    xy0, _ = _project(R[0], C[0], X)
+    seen = (xy0 >= 20).all(axis=1) & (xy0[:, 0] < W - 20) & (xy0[:, 1] < H - 20)
+    X, xy0 = X[seen], xy0[seen]
+    args = (X, np.arange(len(X)), np.zeros(len(X), np.int64), xy0, (xy0 - PP) / F, views, [1, 2, 3],
+            {0: [1, 2, 3], 1: [0], 2: [0], 3: [0]})
+    here = tc.complete_tracks(*args, tc.GrayCache(photos))
+    monkeypatch.setattr(tc, "PARALLEL_MIN_PHOTOS", 2)
+    monkeypatch.setattr(tc, "PARALLEL_BATCHES", 2)
+    with ProcessExecutor(2) as executor:
+        there = tc.complete_tracks(*args, tc.GrayCache(photos), executor=executor)
+    (point, image, xy, score), refuted = here
+    assert len(point) > 0.5 * len(X) and set(image.tolist()) == {1, 2, 3}
+    for a, b in zip(here[0] + here[1], there[0] + there[1]):
+        np.testing.assert_array_equal(a, b)
