@@ -2,10 +2,12 @@
 
 Its normal equations take the observations in image order, CHUNK_OBSERVATIONS at a time: the
 per-observation Jacobian blocks and their products hold about 1 KB per observation, which at 1,000
-photos (1.35 M observations) would be 1.3 GB at once.
+photos (1.35 M observations) would be 1.3 GB at once. Between iterations it holds ~70 bytes per
+observation (chunk_plan's int32 indices; an observation's columns are its image's, gathered per chunk),
+where int64 caches per observation held ~580.
 """
 import numpy as np
-from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse import bsr_matrix, coo_matrix, csr_matrix
 
 from .bundle_blocks import left_jacobian
 
@@ -38,39 +40,40 @@ class Reprojection:
         self.lay = lay
         self.pp = pp
         self.obs_image, self.obs_point, self.obs_xy = obs_image, obs_point, obs_xy
-        self.cam_of_obs = image_camera[obs_image]
+        self.image_camera = image_camera
         self.weight = 1.0 / float(obs_sigma_px)  # pixel residuals in units of their std, comparable to the priors
         n_obs = len(obs_image)
         self.n_res = 2 * n_obs
         self.n_intr = int(sum(lay.intr))
-        var_img_obs = lay.image_col[obs_image] >= 0
-        var_mdl_obs = lay.model_col[self.cam_of_obs] >= 0
-        self.var_img_obs, self.var_mdl_obs = var_img_obs, var_mdl_obs
-        self.cam_col = np.concatenate([  # (K, 6 + n_intr) camera-side columns of each observation (-1: held)
-            np.where(var_img_obs, lay.image_col[obs_image], -1)[:, None] + np.arange(6) * var_img_obs[:, None],
-            np.where(var_mdl_obs, lay.model_col[self.cam_of_obs], -1)[:, None]
-            + np.arange(self.n_intr) * var_mdl_obs[:, None],
-        ], axis=1)
-        self.cam_col_ok = self.cam_col >= 0
-        self.cam_col_or_0 = np.where(self.cam_col_ok, self.cam_col, 0)  # scatter index; held columns carry zeros
-        self.point_var = lay.point_col[obs_point] >= 0
-        self.point_index = np.where(self.point_var, (lay.point_col[obs_point] - lay.point_base) // 3, 0)
-        self.by_image = np.argsort(obs_image, kind="stable")  # observations grouped by image, for U's blocks
+        self.widths = (6, self.n_intr) if self.n_intr else (6,)  # blocks of camera-side columns: image, model
+        # Camera-side columns per image (its own 6, its model's intrinsics; -1: held): an observation's are
+        # its image's, gathered per chunk rather than held per observation.
+        img, mdl = lay.image_col[:, None], lay.model_col[image_camera][:, None]
+        self.image_cols = np.concatenate([np.where(img >= 0, img + np.arange(6), -1),
+                                          np.where(mdl >= 0, mdl + np.arange(self.n_intr), -1)], axis=1)
+        # observations grouped by image, for U's blocks
+        self.by_image = _index(np.argsort(obs_image, kind="stable"), n_obs)
         self.image_start = np.searchsorted(obs_image[self.by_image], np.arange(len(lay.image_col) + 1))
         self._plan = None
 
     def residuals(self, s):
-        c = self.cam_of_obs
-        uv, _ = project(s.R[self.obs_image], s.C[self.obs_image], s.focal[c], s.k1[c], s.k2[c], self.pp[c],
-                        s.points[self.obs_point])
-        return ((uv - self.obs_xy) * self.weight).ravel()
+        out = np.empty((len(self.obs_image), 2))
+        for lo in range(0, len(out), CHUNK_OBSERVATIONS):  # the gathered arrays take ~250 bytes per observation
+            sel = slice(lo, lo + CHUNK_OBSERVATIONS)
+            oi = self.obs_image[sel]
+            c = self.image_camera[oi]
+            uv, _ = project(s.R[oi], s.C[oi], s.focal[c], s.k1[c], s.k2[c], self.pp[c],
+                            s.points[self.obs_point[sel]])
+            out[sel] = (uv - self.obs_xy[sel]) * self.weight
+        return out.ravel()
 
     def blocks(self, s, obs=None):
         """Per observation (weighted): d(u,v)/d(camera-side columns) (K,2,6+n_intr), zero where held,
         and d(u,v)/d(point) (K,2,3), zero where the point is held. obs: only these observations
         (an index array, in its order); all when None."""
         sel = slice(None) if obs is None else obs
-        oi, c = self.obs_image[sel], self.cam_of_obs[sel]
+        oi = self.obs_image[sel]
+        c = self.image_camera[oi]
         n_obs = len(oi)
         Ro, Co, Po = s.R[oi], s.C[oi], s.points[self.obs_point[sel]]
         f, a1, a2 = s.focal[c], s.k1[c], s.k2[c]
@@ -88,13 +91,13 @@ class Reprojection:
         j_x[:, 1, 0], j_x[:, 1, 1], j_x[:, 1, 2] = n01 * iz, n11 * iz, -(n01 * xn + n11 * yn) * iz
         j_world = j_x @ Ro  # d(u,v)/d(point) = -d(u,v)/d(centre)
         cam = np.zeros((n_obs, 2, 6 + self.n_intr))
-        m = self.var_img_obs[sel]
+        m = self.lay.image_col[oi] >= 0
         if m.any():
             # d(xc)/d(w) = -[xc]x Jl(w): row-wise, a^T [x]x = a x x; Jl per image, gathered
             jl = left_jacobian(s.w)[oi[m]]
             cam[m, :, :3] = -(np.cross(j_x[m], xc[m][:, None, :]) @ jl)
             cam[m, :, 3:6] = -j_world[m]
-        m = self.var_mdl_obs[sel]
+        m = self.lay.model_col[c] >= 0
         if m.any():
             k = 6
             if self.lay.intr[0]:
@@ -103,18 +106,20 @@ class Reprojection:
             if self.lay.intr[1]:
                 cam[m, :, k] = np.column_stack([f * xn * r2, f * yn * r2])[m]
                 cam[m, :, k + 1] = np.column_stack([f * xn * r2 * r2, f * yn * r2 * r2])[m]
-        pt = np.where(self.point_var[sel][:, None, None], j_world, 0.0)
+        pt = np.where((self.lay.point_col[self.obs_point[sel]] >= 0)[:, None, None], j_world, 0.0)
         return cam * self.weight, pt * self.weight
 
     def jacobian(self, s, lay):
         cam, pt = self.blocks(s)
         n_obs = len(self.obs_image)
         obs_rows = 2 * np.arange(n_obs)[:, None, None] + np.arange(2)[None, :, None]
-        ok = np.broadcast_to(self.cam_col_ok[:, None, :], cam.shape)
-        okp = np.broadcast_to(self.point_var[:, None, None], pt.shape)
-        pcols = lay.point_base + 3 * self.point_index[:, None, None] + np.arange(3)
+        cam_col = self.image_cols[self.obs_image]
+        point_col = lay.point_col[self.obs_point]
+        ok = np.broadcast_to(cam_col[:, None, :] >= 0, cam.shape)
+        okp = np.broadcast_to(point_col[:, None, None] >= 0, pt.shape)
+        pcols = point_col[:, None, None] + np.arange(3)
         return (np.concatenate([np.broadcast_to(obs_rows, cam.shape)[ok], np.broadcast_to(obs_rows, pt.shape)[okp]]),
-                np.concatenate([np.broadcast_to(self.cam_col[:, None, :], cam.shape)[ok],
+                np.concatenate([np.broadcast_to(cam_col[:, None, :], cam.shape)[ok],
                                 np.broadcast_to(pcols, pt.shape)[okp]]),
                 np.concatenate([cam[ok], pt[okp]]))
 
@@ -126,15 +131,16 @@ class Reprojection:
         lay = self.lay
         nc, n_obs = lay.point_base, len(self.obs_image)
         n_pts = (lay.n_var - nc) // 3
-        chunks, csr = self.chunk_plan(nc, n_pts, dense)
+        chunks, n_entries, bsr = self.chunk_plan(nc, n_pts, dense)
         U = _Accumulator(nc, sparse_u)
         g = np.zeros(lay.n_var)
         g_pts = g[nc:].reshape(n_pts, 3)  # a view: g's point part
         V = np.zeros((n_pts, 3, 3))
-        wt = np.zeros(3 * n_pts * nc if dense else len(csr[0]))  # W^T's values (dense, or CSR data)
+        wt = np.zeros(3 * n_entries)  # W^T's values: dense, or per entry its point's three rows (BSR blocks)
+        stride = nc if dense else 1  # in wt, from an entry's row to the next row of its point
         s_obs = sw[0:2 * n_obs:2]
         r_obs = (r * sw).reshape(-1, 2)
-        for lo, hi, pts, pinv, dst, cinv in chunks:
+        for lo, hi, pts, pinv, dst, first in chunks:
             obs = self.by_image[lo:hi]
             cam, pt = self.blocks(s, obs)
             cam *= s_obs[obs][:, None, None]
@@ -146,11 +152,11 @@ class Reprojection:
             bounds = np.clip(self.image_start, lo, hi) - lo
             for i in np.flatnonzero(np.diff(bounds)):
                 a, b = bounds[i], bounds[i + 1]
-                ok = self.cam_col_ok[obs[a]]
+                ok = self.image_cols[i] >= 0
                 if not ok.any():
                     continue
                 block = cam[a:b][:, :, ok].reshape(-1, int(ok.sum()))
-                cols_i = self.cam_col[obs[a]][ok]
+                cols_i = self.image_cols[i][ok]
                 U.add(cols_i, block.T @ block)
                 g[cols_i] += block.T @ r_c[a:b].ravel()
             pt_t = pt.transpose(0, 2, 1)  # batched products by matmul (einsum is several times slower here)
@@ -160,58 +166,93 @@ class Reprojection:
             pts.add(g_pts, np.bincount((pinv[:, None] * 3 + np.arange(3)).ravel(), (pt_t @ r_c[:, :, None]).ravel(),
                                        minlength=3 * n_p).reshape(n_p, 3))
             wt_vals = pt_t @ cam
+            entry = _block_columns(first, self.widths).ravel()
             for a in range(3):  # row a of every point: the same entries, its own values
-                dst[a].add(wt, np.bincount(cinv, wt_vals[:, a, :].ravel(), minlength=dst[a].n))
+                values = np.bincount(entry, wt_vals[:, a, :].ravel(), minlength=dst.n)[:dst.n]
+                dst.add(wt, values, a * stride)
         if dense:
             return U.matrix(), wt.reshape(3 * n_pts, nc), V, g
-        Wt = csr_matrix((wt, *csr), shape=(3 * n_pts, nc))
-        Wt.has_canonical_format = True
+        Wt = bsr_matrix((wt.reshape(-1, 3, 1), *bsr), shape=(3 * n_pts, nc)).tocsr()
+        Wt.has_canonical_format = True  # each point's columns are sorted (_entries)
         return U.matrix(), Wt, V, g
 
     def chunk_plan(self, nc, n_pts, dense):
         """What normal_equations needs besides the values, the same in every iteration, so built once
-        (per chunk size). Per chunk of CHUNK_OBSERVATIONS in image order: (lo, hi) in by_image; the
-        points it touches (a _Scatter into V) and each observation's index among them; the W^T entries
-        it touches (a _Scatter into W^T's values per row of a point) and each (observation, camera-side
-        column)'s index among them: local indices keep every bincount as small as its chunk. And W^T's
-        CSR indices and row pointers (None when dense). W^T's rows of a point hold the same columns
-        (each observation fills all three), so its entries are per (point, column); in the CSR data a
-        point's three rows follow one another."""
+        (per chunk size). W^T's entries are per (point, camera-side column): each observation fills all
+        three rows of its point. Per chunk of CHUNK_OBSERVATIONS in image order: (lo, hi) in by_image;
+        the points it touches (a _Scatter into V) and each observation's index among them; the entries
+        it touches (a _Scatter of their first row's position in W^T's values) and, per observation and
+        block of columns (its image's, its model's), the index among them of the block's first entry
+        (a block's entries are consecutive and touched together, so the rest follow; a held block's
+        points past them, to bins that are dropped). Local indices keep every bincount as small as its
+        chunk; int32 halves them. Also the number of entries and W^T's BSR (indices, indptr), None when
+        dense."""
         key = (CHUNK_OBSERVATIONS, dense)
         if self._plan is not None and self._plan[0] == key:
             return self._plan[1]
         order = self.by_image
-        pidx = self.point_index[order]
-        entry = (pidx[:, None] * nc + self.cam_col_or_0[order]).ravel()  # (point, column) of each pair
-        m = self.cam_col.shape[1]
-        if dense:
-            n_entries, csr = n_pts * nc, None
-        else:
-            key_e, entry = np.unique(entry, return_inverse=True)
-            entry = entry.ravel()
-            point, column = np.divmod(key_e, nc)
-            per_point = np.bincount(point, minlength=n_pts)
-            first = np.searchsorted(point, np.arange(n_pts))  # each point's first entry
-            k = np.arange(len(key_e)) - first[point]
-            position = 3 * first[point] + k + per_point[point] * np.arange(3)[:, None]  # (3, entries)
-            indices = np.empty(3 * len(key_e), np.int64)
-            indices[position.ravel()] = np.tile(column, 3)
-            csr = (indices, np.r_[0, np.cumsum(np.repeat(per_point, 3))])
-            n_entries = len(key_e)
+        point_col = self.lay.point_col[self.obs_point[order]]
+        var_point = point_col >= 0
+        pidx = np.where(var_point, (point_col - nc) // 3, 0)  # a held point's zeros go to point 0
+        first, n_entries, bsr = self._entries(order, var_point, pidx, nc, n_pts, dense)
+        starts = np.r_[0, np.cumsum(self.widths)[:-1]]
         chunks = []
         p_local, e_local = _LocalIndex(n_pts), _LocalIndex(n_entries)
         for lo in range(0, len(order), CHUNK_OBSERVATIONS):
             hi = min(lo + CHUNK_OBSERVATIONS, len(order))
             pts, n_new_p, pinv = p_local(pidx[lo:hi])
-            used, n_new, cinv = e_local(entry[lo * m:hi * m])
-            if dense:
-                point, column = np.divmod(used, nc)
-                rows = [(3 * point + a) * nc + column for a in range(3)]
-            else:
-                rows = position[:, used]
-            chunks.append((lo, hi, _Scatter(pts, n_new_p), pinv, [_Scatter(d, n_new) for d in rows], cinv))
-        self._plan = (key, (chunks, csr))
-        return chunks, csr
+            ok = np.repeat(first[lo:hi] >= 0, self.widths, axis=1)
+            used, n_new, local = e_local(_block_columns(first[lo:hi], self.widths)[ok])
+            entry = np.full(ok.shape, len(used), np.int32)  # held blocks: bins past the entries, dropped
+            entry[ok] = local
+            base = used + 2 * nc * (used // nc) if dense else 3 * used  # the entry's first row in wt
+            chunks.append((lo, hi, _Scatter(_index(pts, n_pts), n_new_p), pinv,
+                           _Scatter(_index(base, 3 * n_entries), n_new), entry[:, starts]))
+        self._plan = (key, (chunks, n_entries, bsr))
+        return chunks, n_entries, bsr
+
+    def _entries(self, order, var_point, pidx, nc, n_pts, dense):
+        """Per observation (in `order`) and block of columns, W^T's entry of the block's first column (-1:
+        held, or the point is), the number of entries, and W^T's BSR (indices, indptr), None when dense
+        (an entry is then point * nc + column). Sparse, a point's entries are its images' blocks (by
+        image), then its models' (by model): columns in order, no sort of the observations' columns."""
+        oi = self.obs_image[order]
+        kinds = list(zip((oi, self.image_camera[oi]), (self.lay.image_col, self.lay.model_col), self.widths))
+        first = np.full((len(order), len(kinds)), -1, np.int64)
+        if dense:
+            for k, (owner, col, _) in enumerate(kinds):
+                on = var_point & (col[owner] >= 0)
+                first[on, k] = pidx[on] * nc + col[owner[on]]
+            return first, n_pts * nc, None
+        pairs, size = [], np.zeros(n_pts, np.int64)
+        for owner, col, width in kinds:
+            on = var_point & (col[owner] >= 0)
+            pair, inv = np.unique(pidx[on] * len(col) + owner[on], return_inverse=True)  # (point, image/model)
+            point, which = np.divmod(pair, len(col))
+            count = np.bincount(point, minlength=n_pts)
+            rank = np.arange(len(pair)) - (np.cumsum(count) - count)[point]  # among its point's pairs
+            pairs.append((on, inv, point, rank, col[which], count))
+            size += width * count
+        indptr = np.r_[0, np.cumsum(size)]
+        indices = np.empty(indptr[-1], np.int64)
+        within = np.zeros(n_pts, np.int64)  # where a point's blocks of this kind start among its entries
+        for k, ((on, inv, point, rank, col, count), width) in enumerate(zip(pairs, self.widths)):
+            start = indptr[point] + within[point] + width * rank
+            indices[start[:, None] + np.arange(width)] = col[:, None] + np.arange(width)
+            first[on, k] = start[inv]
+            within += width * count
+        return first, int(indptr[-1]), (_index(indices, nc), _index(indptr, indptr[-1] + 1))
+
+
+def _index(a, bound):
+    """Indices below bound as int32 where they fit: half the bytes of int64, and NumPy and SciPy take both."""
+    return a.astype(np.int32 if bound <= np.iinfo(np.int32).max else np.int64)
+
+
+def _block_columns(first, widths):
+    """(n, blocks) index of each block's first column -> (n, sum(widths)) index of each column: a block's
+    columns are consecutive."""
+    return first[:, np.repeat(np.arange(len(widths)), widths)] + np.concatenate([np.arange(w) for w in widths])
 
 
 class _LocalIndex:
@@ -220,7 +261,7 @@ class _LocalIndex:
 
     def __init__(self, n):
         self.touched = np.zeros(n, bool)
-        self.lookup = np.empty(n, np.intp)
+        self.lookup = np.empty(n, np.int32)  # an index within one chunk
 
     def __call__(self, values):
         seen = np.zeros(len(self.touched), bool)
@@ -234,18 +275,19 @@ class _LocalIndex:
 
 
 class _Scatter:
-    """out[index] += values, where out is still zero at the first n_new of index: those are assigned
-    (no gather; in a chunk most entries are new)."""
+    """out[index + offset] += values, where out is still zero at the first n_new of index: those are
+    assigned (no gather; in a chunk most entries are new)."""
 
     def __init__(self, index, n_new):
         self.n = len(index)
         self.new, self.old = index[:n_new], index[n_new:]
 
-    def add(self, out, values):
+    def add(self, out, values, offset=0):
         n_new = len(self.new)
-        out[self.new] = values[:n_new]
-        if len(self.old):
-            out[self.old] += values[n_new:]
+        new, old = (self.new + offset, self.old + offset) if offset else (self.new, self.old)
+        out[new] = values[:n_new]
+        if len(old):
+            out[old] += values[n_new:]
 
 
 class _Accumulator:

@@ -136,6 +136,7 @@ def levenberg_marquardt(x0, residuals, jacobian, n_robust, n_point_cols, loss, s
         if not step_taken:
             status = "no further decrease"
             break
+        del U, Wt, W, Wt_dense, S  # before the next assembly: W^T and W take ~230 bytes per observation each
         if reduction < ftol:
             status = "relative cost decrease below ftol"
             break

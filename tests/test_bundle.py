@@ -131,6 +131,50 @@ def test_normal_equations_in_small_chunks_equal_one_chunk(monkeypatch, dense):
         assert np.abs(small - one).max() <= 1e-10 * np.abs(one).max()
 
 
+def _arrays(obj):
+    """Every ndarray an object holds (attributes, lists, tuples), recursively."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    items = obj if isinstance(obj, (list, tuple)) else vars(obj).values() if hasattr(obj, "__dict__") else ()
+    return [a for o in items for a in _arrays(o)]
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_normal_equations_hold_little_per_observation_and_stay_exact(monkeypatch, dense):
+    """The reprojection block's caches (chunk plans, W^T's pattern) hold int32 indices, ~70 bytes per
+    observation besides the caller's arrays; with two lenses, a point observed twice in one image, held
+    images and points, and chunks that split images, the assembly is still the sparse J^T J."""
+    from alignkit.core import bundle_reprojection
+
+    monkeypatch.setattr(bundle_reprojection, "CHUNK_OBSERVATIONS", 50)
+    C, R, X, oi, op, oxy = scene(rows=2, cols=3, n_points=120)
+    C0, R0, X0 = perturbed(C, R, X)
+    oi, op, oxy = np.r_[oi, oi[:5]], np.r_[op, op[:5]], np.r_[oxy, oxy[:5] + 0.2]
+    fixed, fixed_points = np.arange(len(C)) == 1, np.arange(len(X)) % 7 == 0
+    x0, residuals, jacobian, _, n_obs_res, n_point_cols = build_problem(
+        R0, C0, [F * 1.02, F], [0.01, 0.0], [-0.002, 0.0], PP * 2, np.arange(len(C)) % 2, X0, oi, op, oxy,
+        fixed_images=fixed, fixed_points=fixed_points, gps_enu=C + 0.3)
+    x = x0 + np.random.default_rng(4).normal(0, 1e-3, x0.shape)
+    r = residuals(x)
+    sw = np.ones(len(r))
+    sw[:n_obs_res] = np.repeat(np.random.default_rng(5).uniform(0.2, 1.0, n_obs_res // 2), 2)  # robust weights
+    U, Wt, V, g = jacobian.normal_equations(x, r, sw, dense)
+    J = jacobian(x).toarray() * sw[:, None]
+    A, nc = J.T @ J, len(x) - n_point_cols
+    scale = np.abs(A).max()
+    assert np.abs(U - A[:nc, :nc]).max() < 1e-10 * scale
+    assert np.abs((Wt if dense else Wt.toarray()) - A[nc:, :nc]).max() < 1e-10 * scale
+    blocks = [A[nc + k: nc + k + 3, nc + k: nc + k + 3] for k in range(0, n_point_cols, 3)]
+    assert np.abs(V - blocks).max() < 1e-10 * scale
+    assert np.abs(g - J.T @ (sw * r)).max() < 1e-10 * np.abs(g).max()
+    rep = jacobian.problem.reprojection
+    held = [a for a in _arrays(rep) if not any(a is b for b in (oi, op, oxy, *_arrays(rep.lay)))]
+    assert sum(a.size for a in held if a.dtype == np.int64) <= 10 * (len(C) + 1)  # per-image tables only
+    if not dense:  # dense, W^T's entries are (point, column) for all of them
+        assert sum(a.nbytes for a in held) < 120 * len(oi)  # 90 here (chunks of 50); int64 caches held 600
+        assert Wt.indices.dtype == np.int32
+
+
 @pytest.mark.parametrize("solver", ["lm", "scipy"])
 def test_recovers_poses_focal_and_distortion(solver):
     C, R, X, oi, op, oxy = scene()
