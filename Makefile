@@ -66,10 +66,10 @@ priors: setup
 	$(QGIS_PROCESS) run alignkit:photopriors -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)")
 
 align: setup
-	@[ -n "$(IMAGES)" ] || { echo "usage: make align IMAGES=dir OUT=file.gpkg [CRS=EPSG:n] [FOCAL=px] [GCP=file] [CHECK=a,b] [DEM=file] [EXECUTOR=tcp://host:port]"; exit 2; }
+	@[ -n "$(IMAGES)" ] || { echo "usage: make align IMAGES=dir OUT=file.gpkg [CRS=EPSG:n] [FOCAL=px] [GCP=file] [CHECK=a,b] [DEM=file] [EXECUTOR=tcp://host:port] [SUBMODEL=photos]"; exit 2; }
 	$(QGIS_PROCESS) run alignkit:alignphotos -- IMAGES="$(IMAGES)" OUTPUT="$(OUT)" $(if $(CRS),TARGET_CRS="$(CRS)") $(if $(FOCAL),FOCAL_PX="$(FOCAL)") \
 	  $(if $(GCP),GCP_FILE="$(GCP)") $(if $(CHECK),CHECK_POINTS="$(CHECK)") $(if $(DEM),REFERENCE_DEM="$(DEM)") \
-	  $(if $(EXECUTOR),EXECUTOR="$(EXECUTOR)")
+	  $(if $(EXECUTOR),EXECUTOR="$(EXECUTOR)") $(if $(SUBMODEL),SUBMODEL_PHOTOS="$(SUBMODEL)")
 
 align-stack: setup
 	@[ -n "$(INPUT)" ] || { echo "usage: make align-stack INPUT=dir OUT=dir [REFERENCE=name] [MODEL=m] [FUSE=mode]"; exit 2; }

@@ -98,6 +98,9 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             QgsProcessingParameterString(
                 "EXECUTOR", "Dask scheduler (tcp://host:port; empty = local process pool; shared storage)",
                 optional=True),
+            QgsProcessingParameterNumber(
+                "SUBMODEL_PHOTOS", "Reconstruct larger blocks as overlapping submodels of this many photos (0 = one model)",
+                defaultValue=defaults.submodel_photos, minValue=0, maxValue=1000000),
             QgsProcessingParameterFile("WORKSPACE", "Workspace folder (default: beside the output)",
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
             QgsProcessingParameterEnum(
@@ -171,6 +174,7 @@ class AlignPhotosAlgorithm(AlignKitAlgorithm):
             pair_neighbors=self.parameterAsInt(parameters, "PAIR_NEIGHBORS", context),
             workers=self.parameterAsInt(parameters, "WORKERS", context),
             executor=(self.parameterAsString(parameters, "EXECUTOR", context) or "").strip(),
+            submodel_photos=self.parameterAsInt(parameters, "SUBMODEL_PHOTOS", context),
             focal_px=self.parameterAsDouble(parameters, "FOCAL_PX", context),
             gcp_file=self.parameterAsFile(parameters, "GCP_FILE", context) or "",
             check_points=self.parameterAsString(parameters, "CHECK_POINTS", context) or "",
