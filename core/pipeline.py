@@ -229,7 +229,8 @@ def _run(config, progress, is_canceled):
             track_set, cams, gps_enu, pair_matches, config,
             lambda: make_executor(config.workers, config.executor, shared=(ws, config.images)),
             _submodel_overlap(footprint_radius), report, is_canceled,
-            read_gray=features.WorkingGray(tuple(p.path for p in usable), config.max_image_size))
+            read_gray=features.WorkingGray(tuple(p.path for p in usable), config.max_image_size),
+            cache=(ws / "submodels", stamp))
         _save_reconstruction(recon, recon_path, stamp)
     else:
         report(1.0, "Reusing the reconstruction in the workspace")

@@ -12,12 +12,16 @@ triangulated whole, photos no part registered added, the image-only adjustment, 
 completion), so the merged result is the same kind of model as a single run's.
 """
 import dataclasses
+import hashlib
+import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from . import workspace
 from .georef import umeyama
 
 MIN_SHARED_PHOTOS = 3  # photos a part must share with the merged model to be fitted onto it
@@ -82,8 +86,8 @@ def part_pair_poses(pair_matches, images):
 
 
 def reconstruct_part(task):
-    """One submodel, in a worker: its largest component's poses and lens, in the block's ENU frame
-    when it could be aligned to its GPS."""
+    """One submodel, in a worker: (its number, its largest component's poses and lens, in the block's
+    ENU frame when it could be aligned to its GPS)."""
     from .reconstruction import reconstruct  # here: a worker imports what it runs
 
     t0 = time.perf_counter()
@@ -91,9 +95,9 @@ def reconstruct_part(task):
     rec = reconstruct(task["tracks"], task["cameras"], task["gps"], task["poses"], task["config"], submodel=True)
     comps, size = np.unique(rec.component[rec.registered], return_counts=True)
     keep = rec.registered & (rec.component == comps[np.argmax(size)]) if len(comps) else rec.registered
-    return {"images": images, "registered": keep, "R": rec.R, "C": rec.C, "focal": rec.focal,
-            "k1": rec.k1, "k2": rec.k2, "georeferenced": rec.georeferenced, "points": len(rec.points),
-            "seconds": time.perf_counter() - t0}
+    return task["number"], {"images": images, "registered": keep, "R": rec.R, "C": rec.C, "focal": rec.focal,
+                            "k1": rec.k1, "k2": rec.k2, "georeferenced": rec.georeferenced,
+                            "points": len(rec.points), "seconds": time.perf_counter() - t0}
 
 
 def merge_parts(parts, n_images):
@@ -152,11 +156,33 @@ def part_config(config):
     return dataclasses.replace(config, complete_tracks=False, submodel_photos=0)
 
 
+PART_ARRAYS = ("images", "registered", "R", "C", "focal", "k1", "k2")
+
+
+def _save_part(folder, stamp, number, part):
+    """A finished submodel in the workspace (atomic), so that a cancelled or killed run resumes with it."""
+    meta = {k: part[k] for k in part if k not in PART_ARRAYS}
+    workspace.write_npz(Path(folder) / f"part-{number:03d}.npz", stamp=np.array([stamp]),
+                        meta=np.array([json.dumps(meta, default=float)]), **{k: part[k] for k in PART_ARRAYS})
+
+
+def _load_part(folder, stamp, number):
+    """The submodel saved for the same inputs and photos, else None."""
+    path = Path(folder) / f"part-{number:03d}.npz"
+    if not path.exists():
+        return None
+    data = workspace.read_npz(path)
+    if str(data.pop("stamp")[0]) != stamp:
+        return None
+    return {**json.loads(str(data.pop("meta")[0])), **data}
+
+
 def reconstruct_split(tracks, cameras, gps_enu, pair_matches, config, make_executor, overlap_m,
-                      progress=None, is_canceled=None, read_gray=None):
+                      progress=None, is_canceled=None, read_gray=None, cache=None):
     """The block as submodels when it is larger than config.submodel_photos and every photo has GPS;
     otherwise one model. make_executor() gives the executor the submodels and track completion run on
-    (made only when used). Returns a Reconstruction (core/reconstruction.py)."""
+    (made only when used); cache: (folder, stamp of the inputs) where finished submodels are kept for a
+    rerun. Returns a Reconstruction (core/reconstruction.py)."""
     from .reconstruction import reconstruct
 
     n = len(cameras)
@@ -168,14 +194,27 @@ def reconstruct_split(tracks, cameras, gps_enu, pair_matches, config, make_execu
     t0 = time.perf_counter()
     parts = plan_parts(gps, limit, overlap_m)
     sub_config = part_config(config)
-    tasks = [{"images": idx, "tracks": subset_tracks(tracks, idx), "cameras": [cameras[i] for i in idx],
-              "gps": gps[idx], "poses": part_pair_poses(pair_matches, idx), "config": sub_config} for idx in parts]
+    folder, stamp = cache if cache else (None, "")
+    stamps = [hashlib.sha1(f"{stamp} {idx.tolist()}".encode(), usedforsecurity=False).hexdigest() for idx in parts]
+    results = {k: _load_part(folder, stamps[k], k) for k in range(len(parts))} if folder else {}
+    results = {k: r for k, r in results.items() if r is not None}
+    todo = [{"number": k, "images": idx, "tracks": subset_tracks(tracks, idx), "cameras": [cameras[i] for i in idx],
+             "gps": gps[idx], "poses": part_pair_poses(pair_matches, idx), "config": sub_config}
+            for k, idx in enumerate(parts) if k not in results]
     if progress:
-        progress(0.0, f"reconstructing {len(parts)} submodels of {min(map(len, parts))}-{max(map(len, parts))} photos")
-    with make_executor() as executor:
-        results = list(executor.map(reconstruct_part, tasks, progress=progress, is_canceled=is_canceled,
-                                    message="submodels reconstructed"))
-    del tasks
+        progress(0.0, f"reconstructing {len(todo)} submodels of {min(map(len, parts))}-{max(map(len, parts))} photos"
+                 + (f" ({len(results)} reused from the workspace)" if results else ""))
+    if todo:
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        with make_executor() as executor:
+            for number, part in executor.map(reconstruct_part, todo, progress=progress, is_canceled=is_canceled,
+                                             message="submodels reconstructed"):
+                results[number] = part
+                if folder:
+                    _save_part(folder, stamps[number], number, part)
+    del todo
+    results = [results[k] for k in range(len(parts))]
     start, log = merge_parts(results, n)
     log = [f"split into {len(parts)} submodels of {', '.join(str(len(p)) for p in parts)} photos "
            f"(at most {limit} each and the photos within {overlap_m:.0f} m of them)"] + log

@@ -94,3 +94,22 @@ def test_small_block_or_missing_gps_is_one_model():
     gps[3] = np.nan
     rec = submodels.reconstruct_split(truth.tracks, cameras_for(8), gps, [], config, refuse, overlap_m=20.0)
     assert rec.registered.all() and not any("submodels" in line for line in rec.log)
+
+
+def test_finished_submodels_are_kept_for_a_rerun(tmp_path):
+    """A killed or cancelled run resumes with the submodels it finished: the rerun needs no executor
+    and gives the same model; other inputs (another stamp) reconstruct them again."""
+    truth = survey(rows=3, cols=8, gps_noise_h=1.0, gps_noise_v=2.0, seed=7)
+    cams, config = cameras_for(24), AlignConfig(submodel_photos=12)
+    cache = (tmp_path / "submodels", "inputs-1")
+    first = submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], config, SerialExecutor, 25.0, cache=cache)
+    assert sorted(p.name for p in cache[0].iterdir()) == ["part-000.npz", "part-001.npz"]
+
+    def refuse():
+        raise AssertionError("the submodels were reconstructed again")
+
+    again = submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], config, refuse, 25.0, cache=cache)
+    np.testing.assert_allclose(again.C, first.C, atol=1e-9)
+    with pytest.raises(AssertionError, match="reconstructed again"):
+        submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], config, refuse, 25.0,
+                                    cache=(cache[0], "inputs-2"))
