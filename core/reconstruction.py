@@ -617,10 +617,10 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion):
             self.adjust(comp, max_nfev=20)
             self.filter_outliers(comp)
             self.grow(comp)
-            if submodel:  # its largest component is all a merge takes; it is finished whole
+            if submodel:  # its largest component is all a merge takes; the merged block is finished whole
                 self.maybe_align(comp, force=True)
                 self.retriangulate(comp)
-                self.adjust(comp, refine_intrinsics=True)
+                self.adjust(comp, refine_intrinsics=True, ftol=GROWTH_FTOL)
                 self.filter_outliers(comp)
                 break
             self.finish_component(comp)

@@ -97,7 +97,8 @@ def reconstruct_part(task):
     keep = rec.registered & (rec.component == comps[np.argmax(size)]) if len(comps) else rec.registered
     return task["number"], {"images": images, "registered": keep, "R": rec.R, "C": rec.C, "focal": rec.focal,
                             "k1": rec.k1, "k2": rec.k2, "georeferenced": rec.georeferenced,
-                            "points": len(rec.points), "seconds": time.perf_counter() - t0}
+                            "points": len(rec.points), "seconds": time.perf_counter() - t0,
+                            "adjust_s": rec.timings["local_ba_s"] + rec.timings["global_ba_s"]}
 
 
 def merge_parts(parts, n_images):
@@ -219,7 +220,7 @@ def reconstruct_split(tracks, cameras, gps_enu, pair_matches, config, make_execu
     log = [f"split into {len(parts)} submodels of {', '.join(str(len(p)) for p in parts)} photos "
            f"(at most {limit} each and the photos within {overlap_m:.0f} m of them)"] + log
     log += [f"submodel of {len(r['images'])} photos: {int(r['registered'].sum())} registered, {r['points']} points, "
-            f"{r['seconds']:.0f} s" for r in results]
+            f"{r['seconds']:.0f} s ({r['adjust_s']:.0f} s adjusting)" for r in results]
     parts_s = time.perf_counter() - t0
     rec = reconstruct(tracks, cameras, gps_enu, pair_matches, config, progress, is_canceled, read_gray, start=start,
                       make_executor=make_executor)

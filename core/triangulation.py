@@ -6,6 +6,10 @@ import time
 
 import numpy as np
 
+# Tracks triangulated in one pass: hypotheses and DLT arrays are padded to the longest track of the
+# pass, so a whole 1,000-photo block at once (merged submodels) took 12 GB; per pass they stay small.
+TRIANGULATE_BATCH_TRACKS = 20_000
+
 
 def _dlt(P, xn, weight):
     """Batched multi-view DLT. P (n,m,3,4) projection [R | -RC], xn (n,m,2) normalised, weight (n,m) 0/1."""
@@ -56,6 +60,9 @@ class Triangulation:
         track_ids = track_ids[~self.has_point[track_ids]]
         if not len(track_ids):
             return 0
+        if len(track_ids) > TRIANGULATE_BATCH_TRACKS:
+            return sum(self.triangulate_tracks(track_ids[k:k + TRIANGULATE_BATCH_TRACKS], comp)
+                       for k in range(0, len(track_ids), TRIANGULATE_BATCH_TRACKS))
         lo = np.searchsorted(self.obs_track, track_ids)
         hi = np.searchsorted(self.obs_track, track_ids, side="right")
         obs = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if len(lo) else np.zeros(0, np.int64)
