@@ -211,3 +211,17 @@ def test_a_scheduler_that_goes_away_is_a_clear_error():
             for _ in executor.map(time.sleep, [0.0, 60.0, 60.0], progress=lambda f, m: local.close()):
                 pass
     local.close()
+
+
+def test_submodels_run_on_the_cluster(cluster, tmp_path):
+    """Split and merge with its submodels as Dask tasks: the model the process of this test makes."""
+    from alignkit.core import submodels
+    from alignkit.tests.test_reconstruction import cameras_for, survey
+
+    truth = survey(rows=3, cols=8, gps_noise_h=1.0, gps_noise_v=2.0, seed=7)
+    cams, config = cameras_for(24), AlignConfig(submodel_photos=12)
+    here = submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], config, SerialExecutor, 25.0)
+    there = submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], config,
+                                        lambda: make_executor(0, cluster, shared=(tmp_path,)), 25.0)
+    assert any("split into 2 submodels" in line for line in there.log) and there.registered.all()
+    np.testing.assert_allclose(there.C, here.C, atol=1e-9)
