@@ -228,6 +228,12 @@ def _terminate(pool):
     """Stop a pool now (cancel, error, or the consumer abandoned the generator)."""
     # Python < 3.14 has no public way to kill busy workers; _processes is the pool's own table.
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    # A task bigger than the pipe's buffer (a submodel's tracks) may be half-written when its worker
+    # dies; the queue's feeder thread then blocks for good, and joining it would hang the pool's
+    # manager thread and so the interpreter's exit. The feeder is a daemon: leave it.
+    call_queue = getattr(pool, "_call_queue", None)
+    if call_queue is not None:
+        call_queue.cancel_join_thread()
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():

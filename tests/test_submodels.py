@@ -113,3 +113,26 @@ def test_finished_submodels_are_kept_for_a_rerun(tmp_path):
     with pytest.raises(AssertionError, match="reconstructed again"):
         submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], config, refuse, 25.0,
                                     cache=(cache[0], "inputs-2"))
+
+
+def test_cancel_stops_the_submodels_and_their_workers():
+    """Cancelled while the submodels grow on a process pool: Canceled, and no worker left running."""
+    import multiprocessing
+    import threading
+    import time
+
+    from alignkit.core.cancel import Canceled
+    from alignkit.core.executor import ProcessExecutor
+
+    truth = survey(rows=6, cols=10, gps_noise_h=1.0, gps_noise_v=2.0, seed=5)
+    cancel_at = time.monotonic() + 1.0
+    with pytest.raises(Canceled):
+        submodels.reconstruct_split(truth.tracks, cameras_for(60), truth.gps, [], AlignConfig(submodel_photos=20),
+                                    lambda: ProcessExecutor(2), 30.0, is_canceled=lambda: time.monotonic() > cancel_at)
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    # Nothing is left that would hold the interpreter's exit: the pool's threads end (its tasks are
+    # bigger than a pipe's buffer, so one was being written when the workers died).
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(timeout=30.0)
+            assert not thread.is_alive(), f"{thread.name} still runs after the cancel"
