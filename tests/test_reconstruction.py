@@ -282,3 +282,21 @@ def test_distortion_gate_keeps_a_nadir_block_from_doming(monkeypatch):
     by_size, rec = height_error(0, size_test_px)
     assert rec.distortion_held.all() and any("px anywhere in the frame" in line for line in rec.log)
     assert by_size < 0.5 * free
+
+
+def test_a_very_big_adjustment_takes_fewer_points_per_image(monkeypatch):
+    """Above BA_MAX_OBSERVATIONS an adjustment takes fewer points per image, still spread over every
+    photo: the whole-block adjustments stay near the cap and the block keeps its shape. (96 points per
+    image make the subset bite on this small block, as 800 do on a big one.)"""
+    import alignkit.core.reconstruction as rc
+
+    truth = survey(rows=4, cols=6, seed=1)
+    config = AlignConfig(ba_points_per_image=96, ba_final_points_per_image=96)
+    full = reconstruct(truth.tracks, cameras_for(24), truth.gps, [], config)
+    cap = max(b[3] for b in full.ba_log if b[0] == "global") // 2
+    monkeypatch.setattr(rc, "BA_MAX_OBSERVATIONS", cap)
+    rec = reconstruct(truth.tracks, cameras_for(24), truth.gps, [], config)
+    globals_ = [b for b in rec.ba_log if b[0] == "global"]
+    assert max(b[3] for b in globals_) <= 1.3 * cap, (cap, [b[3] for b in globals_])
+    assert all(b[1] == 24 for b in globals_[-3:])  # still every photo
+    check_against_truth(rec, truth)
