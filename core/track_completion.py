@@ -20,7 +20,6 @@ two-photo point that REFUTING_PHOTOS other photos refute (nothing like it in the
 Photos are read through a cache with a byte budget (targets in capture order, so their references
 are mostly still in it): memory is the cache, not the block.
 """
-import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -334,10 +333,10 @@ def locate(views, read_gray, ref_image, ref_xy, ref_xn, depth, target_image):
     return xy, score, ok, refuted
 
 
-def _batch_bounds(n, executor):
+def _batch_bounds(n, make_executor):
     """Contiguous runs of targets, one task each: in this process one run; on an executor a few per
     worker, so that the references a worker reads stay mostly its own (photos overlap in capture order)."""
-    if executor is None or n < PARALLEL_MIN_PHOTOS:
+    if make_executor is None or n < PARALLEL_MIN_PHOTOS:
         return [(0, n)] if n else []
     edges = np.linspace(0, n, min(n, PARALLEL_BATCHES) + 1).astype(int)
     return list(zip(edges[:-1], edges[1:]))
@@ -352,9 +351,10 @@ def locate_batch(task):
     return number, [locate(views, gray, ref, xy, xn, depth, k) for k, ref, xy, xn, depth in looks]
 
 
-def _locate_batches(batches, views, gray, executor, is_canceled):
-    """locate's result for every look of every batch, in order: here, or one task per batch."""
-    if executor is None or len(batches) <= 1:
+def _locate_batches(batches, views, gray, make_executor, is_canceled):
+    """locate's result for every look of every batch, in order: here, or one task per batch on the
+    executor make_executor() gives (made only then: a Dask client connects and probes the storage)."""
+    if make_executor is None or len(batches) <= 1:
         results = []
         for looks in batches:
             for k, ref, xy, xn, depth in looks:
@@ -362,17 +362,19 @@ def _locate_batches(batches, views, gray, executor, is_canceled):
                 results.append(locate(views, gray, ref, xy, xn, depth, k))
         return results
     tasks = [(number, views, gray.read, looks) for number, looks in enumerate(batches)]
-    done = dict(executor.map(locate_batch, tasks, is_canceled=is_canceled, message="looking for points"))
+    with make_executor() as executor:
+        done = dict(executor.map(locate_batch, tasks, is_canceled=is_canceled, message="looking for points"))
     return [r for number in range(len(batches)) for r in done[number]]
 
 
 def complete_tracks(points, obs_point, obs_image, obs_xy, obs_xn, views, images, neighbours, gray,
-                    known=None, is_canceled=None, executor=None):
+                    known=None, is_canceled=None, make_executor=None):
     """New observations of the points (indices into `points`) found by correlation in `images`.
 
     obs_*: the points' current observations (original pixels; obs_xn undistorted normalised);
     neighbours: image -> images it shares matches with (where to look for points); gray: a GrayCache
-    of the photos; known: see `candidates`.
+    of the photos; known: see `candidates`; make_executor() gives the executor a search of many photos
+    runs on (its workers read the photos through gray.read).
     Returns (point, image, xy (n,2) original pixels, score) of what was found, and (point, image)
     of the photos that refute a point (see `locate`)."""
     cand_p, cand_k = candidates(points, obs_point, obs_image, views, images, neighbours, known)
@@ -389,8 +391,8 @@ def complete_tracks(points, obs_point, obs_image, obs_xy, obs_xn, views, images,
     targets, starts = np.unique(cand_k[order], return_index=True)
     looks = [(int(k), order[a:b]) for k, a, b in zip(targets, starts, np.r_[starts[1:], len(order)])]
     batches = [[(k, ref_image[sel], obs_xy[ref[sel]], obs_xn[ref[sel]], depth[sel]) for k, sel in looks[a:b]]
-               for a, b in _batch_bounds(len(looks), executor)]
-    located = _locate_batches(batches, views, gray, executor, is_canceled)
+               for a, b in _batch_bounds(len(looks), make_executor)]
+    located = _locate_batches(batches, views, gray, make_executor, is_canceled)
     out, refuted = [], []
     for (_, sel), (xy, score, ok, no) in zip(looks, located):
         out.append((cand_p[sel[ok]], cand_k[sel[ok]], xy[ok], score[ok]))
@@ -437,13 +439,11 @@ class TrackCompletion:
         mdl = self.image_model
         views = Views(R=self.R, C=self.C, focal=self.focal[mdl], k1=self.k1[mdl], k2=self.k2[mdl],
                       pp=self.pp[mdl], sizes=self.sizes)
-        # On the executor's workers when there is one (they decode the photos themselves).
-        with self.make_executor() if self.make_executor else contextlib.nullcontext() as executor:
-            (track, image, xy, _), (refuted_point, refuted_image) = complete_tracks(
-                self.points, self.obs_track[obs], self.obs_image[obs], self.obs_xy[obs], self.xn[obs], views,
-                np.flatnonzero(self.registered & (self.component == comp)), neighbours, self.photos,
-                known=(np.r_[self.obs_track[known], refuted[0]], np.r_[self.obs_image[known], refuted[1]]),
-                is_canceled=self.is_canceled, executor=executor)
+        (track, image, xy, _), (refuted_point, refuted_image) = complete_tracks(
+            self.points, self.obs_track[obs], self.obs_image[obs], self.obs_xy[obs], self.xn[obs], views,
+            np.flatnonzero(self.registered & (self.component == comp)), neighbours, self.photos,
+            known=(np.r_[self.obs_track[known], refuted[0]], np.r_[self.obs_image[known], refuted[1]]),
+            is_canceled=self.is_canceled, make_executor=self.make_executor)
         self.refuted_looks = (np.r_[refuted[0], refuted_point], np.r_[refuted[1], refuted_image])  # not again
         refuting = np.bincount(self.refuted_looks[0], minlength=self.n_tracks)
         # A point seen in two photos only is checked by nothing but its epipolar line; when two more

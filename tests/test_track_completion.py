@@ -159,8 +159,7 @@ def test_search_on_an_executor_finds_what_the_search_here_finds(monkeypatch, tmp
     here = tc.complete_tracks(*args, tc.GrayCache(photos))
     monkeypatch.setattr(tc, "PARALLEL_MIN_PHOTOS", 2)
     monkeypatch.setattr(tc, "PARALLEL_BATCHES", 2)
-    with ProcessExecutor(2) as executor:
-        there = tc.complete_tracks(*args, tc.GrayCache(photos), executor=executor)
+    there = tc.complete_tracks(*args, tc.GrayCache(photos), make_executor=lambda: ProcessExecutor(2))
     (point, image, xy, score), refuted = here
     assert len(point) > 0.5 * len(X) and set(image.tolist()) == {1, 2, 3}
     for a, b in zip(here[0] + here[1], there[0] + there[1]):
