@@ -22,7 +22,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import workspace
-from .georef import umeyama
+from .georef import Georeferencing
 
 MIN_SHARED_PHOTOS = 3  # photos a part must share with the merged model to be fitted onto it
 
@@ -121,7 +121,7 @@ def merge_parts(parts, n_images):
         Rp, Cp = p["R"][own], p["C"][own]
         both = registered[glob]
         if registered.any() and both.sum() >= MIN_SHARED_PHOTOS:
-            s, rot, t = _robust_similarity(Cp[both], C[glob[both]])
+            (s, rot, t), _, _ = Georeferencing.robust_similarity(Cp[both], C[glob[both]])
             Cp, Rp = s * Cp @ rot.T + t, Rp @ rot.T
             gap = np.linalg.norm(Cp[both] - C[glob[both]], axis=1)
             log.append(f"submodel {k}: {len(own)} photos, merged through {int(both.sum())} shared photos "
@@ -136,19 +136,6 @@ def merge_parts(parts, n_images):
         lens[glob[new]] = np.column_stack([p["focal"], p["k1"], p["k2"]])[own][new]
         registered[glob[new]] = True
     return {"registered": registered, "R": R, "C": C, "focal": lens[:, 0], "k1": lens[:, 1], "k2": lens[:, 2]}, log
-
-
-def _robust_similarity(src, dst):
-    """Similarity src -> dst that leaves out points more than 3 robust sigmas off after a first fit."""
-    keep = np.ones(len(src), bool)
-    for _ in range(2):
-        s, rot, t = umeyama(src[keep], dst[keep])
-        gap = np.linalg.norm(s * src @ rot.T + t - dst, axis=1)
-        limit = 3.0 * 1.4826 * np.median(gap) + 1e-9
-        if (gap <= limit).sum() < MIN_SHARED_PHOTOS:
-            break
-        keep = gap <= limit
-    return umeyama(src[keep], dst[keep])
 
 
 def part_config(config):
