@@ -126,6 +126,10 @@ def merge_parts(parts, n_images):
             gap = np.linalg.norm(Cp[both] - C[glob[both]], axis=1)
             log.append(f"submodel {k}: {len(own)} photos, merged through {int(both.sum())} shared photos "
                        f"(scale {s:.5f}, their centres {np.median(gap):.3f} m apart, median)")
+        elif registered.any() and not p["georeferenced"]:  # no frame in common: its photos register again
+            log.append(f"submodel {k}: {len(own)} photos share only {int(both.sum())} photos with the others "
+                       f"and could not be placed on its GPS: left to register in the merged block")
+            continue
         elif registered.any():
             log.append(f"submodel {k}: {len(own)} photos share only {int(both.sum())} photos with the others: "
                        f"kept where its GPS put it")

@@ -52,9 +52,17 @@ def test_merge_moves_a_part_onto_the_photos_it_shares():
     rot = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
     b = dict(images=np.arange(4, 12), registered=np.ones(8, bool), R=R[4:] @ rot.T,
              C=2.0 * C[4:] @ rot.T + 5.0, **lens)
+    a["georeferenced"] = b["georeferenced"] = True
     merged, log = submodels.merge_parts([a, b], 12)
     assert merged["registered"].all() and "4 shared photos" in log[1]
     assert np.allclose(merged["C"], C, atol=1e-9) and np.allclose(merged["R"], R, atol=1e-9)
+    # A part that shares too few photos stays where its GPS put it, unless it has no GPS placement:
+    # then its photos are left for the merged block to register.
+    c = dict(b, images=np.arange(8, 16), C=C[4:] + 100.0)
+    merged, _ = submodels.merge_parts([a, dict(c, georeferenced=True)], 16)
+    assert merged["registered"][8:].all() and np.allclose(merged["C"][8:], C[4:] + 100.0)
+    merged, log = submodels.merge_parts([a, dict(c, georeferenced=False)], 16)
+    assert not merged["registered"][8:].any() and "left to register" in log[1]
 
 
 def shape_error(rec, truth):
