@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from .cancel import check
 
@@ -223,6 +224,13 @@ class ProcessExecutor(Executor):
             self._pool.shutdown(wait=True)
             self._pool = None
 
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None and self._pool is not None:
+            # The caller failed while a map was running: do not wait for the queued tasks.
+            pool, self._pool = self._pool, None
+            _terminate(pool)
+        self.close()
+
 
 def _terminate(pool):
     """Stop a pool now (cancel, error, or the consumer abandoned the generator)."""
@@ -239,9 +247,20 @@ def _terminate(pool):
         if process.is_alive():
             process.terminate()
     for process in processes:
-        process.join(timeout=2.0)
-        if process.is_alive():
-            process.kill()
+        if not _reaped(process, 2.0):
+            process.kill()  # SIGKILL cannot be ignored
+            _reaped(process, 30.0)
+
+
+def _reaped(process, seconds):
+    """Wait until `process` has ended and its exit is recorded. The pool's manager thread joins the same
+    Process objects: the waitpid that loses the race gets ECHILD, and is_alive() stays True until the
+    winner has stored the exit code, so poll rather than trust one join."""
+    deadline = time.monotonic() + seconds
+    while process.is_alive() and time.monotonic() < deadline:
+        process.join(timeout=0.05)
+        time.sleep(0.005)
+    return not process.is_alive()
 
 
 def make_executor(workers=0, address="", shared=()):
