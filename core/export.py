@@ -218,12 +218,13 @@ def _footprints(usable, recon):
     a plane at the median height of the points the photo sees; GSD from the camera's adjusted height
     above that plane and its adjusted focal."""
     out = []
-    obs_img, obs_pt = recon.obs_image, recon.obs_point
+    order = np.argsort(recon.obs_image, kind="stable")  # each photo's observations, without a scan per photo
+    bounds = np.searchsorted(recon.obs_image[order], np.arange(len(usable) + 1))
     global_ground = np.median(recon.points[:, 2]) if len(recon.points) else 0.0
     for i, p in enumerate(usable):
         if not recon.registered[i]:
             continue
-        seen = obs_pt[obs_img == i]
+        seen = recon.obs_point[order[bounds[i]:bounds[i + 1]]]
         ground_z = float(np.median(recon.points[seen, 2]) if len(seen) >= 10 else global_ground)
         K = np.array([[recon.focal[i], 0, p.K()[0, 2]], [0, recon.focal[i], p.K()[1, 2]], [0, 0, 1.0]])
         poly = ground_footprint(K, recon.R[i], recon.C[i], ground_z, p.width, p.height,
@@ -239,9 +240,13 @@ FOOTPRINT_FIELDS = [("image", "str"), ("ground_z", "real"), ("gsd_cm", "real"), 
 def _footprints_layer(footprints, to_crs, metric=True):
     """The footprints in the output CRS. gsd_cm and area_m2 are measured in the ENU frame (true metres);
     without GPS (`metric` False) the frame's scale is arbitrary and they are left empty."""
+    if not footprints:
+        return Layer("footprints", "Polygon", FOOTPRINT_FIELDS, [])
+    # One transformation for every vertex and centre: per footprint it cost ~45 ms at 1,000 photos.
+    rows = [np.vstack([poly, [np.r_[poly[:, :2].mean(axis=0), ground_z]]]) for _, poly, ground_z, _ in footprints]
+    ends = np.cumsum([len(r) for r in rows])
     feats = []
-    for name, poly, ground_z, gsd in footprints:
-        out = to_crs(np.vstack([poly, [np.r_[poly[:, :2].mean(axis=0), ground_z]]]))
+    for (name, poly, _, gsd), out in zip(footprints, np.split(to_crs(np.vstack(rows)), ends[:-1])):
         ring = [tuple(c[:2]) for c in out[:-1]]
         # ground_z in the layers' vertical reference (that of every other height), at the footprint's centre
         feats.append(([ring], {"image": name, "ground_z": float(out[-1, 2]),

@@ -13,6 +13,8 @@ A frame made without `plain_heights` (legacy, tests, synthetic ground truth) pas
 through unchanged, as the input had them; the frame is metric and locally exact either way (a 30 m
 datum offset changes its curvature by ~5e-6).
 """
+import functools
+
 import numpy as np
 from pyproj import CRS, Transformer
 
@@ -26,6 +28,14 @@ def utm_crs_for(lon, lat):
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
+@functools.lru_cache(maxsize=64)
+def transformer(source, target):
+    """Transformer.from_crs(source, target, always_xy=True), built once per pair: building one takes
+    tens of milliseconds (a geoid grid's more), which a per-footprint call paid a thousand times.
+    pyproj's Transformers are safe to share between threads (since 3.1)."""
+    return Transformer.from_crs(source, target, always_xy=True)
+
+
 ALTITUDE_REFERENCES = ("egm96", "ellipsoidal", "egm2008", "offset")
 _GEOID_CRS = {"egm96": "EPSG:4326+5773", "egm2008": "EPSG:4326+3855"}  # lat/lon + geoid heights
 _GEOID_NAME = {"egm96": "EGM96 height (EPSG:5773)", "egm2008": "EGM2008 height (EPSG:3855)"}
@@ -36,7 +46,7 @@ def geoid_undulation(lat, lon, model="egm96"):
     Raises ValueError when PROJ lacks the model's grid (it would otherwise return 0 silently)."""
     lat = np.atleast_1d(np.asarray(lat, np.float64))
     lon = np.atleast_1d(np.asarray(lon, np.float64))
-    t = Transformer.from_crs(_GEOID_CRS[model], GEODETIC_3D, always_xy=True)
+    t = transformer(_GEOID_CRS[model], GEODETIC_3D)
     _, _, h = t.transform(lon, lat, np.zeros_like(lat))
     h = np.asarray(h, np.float64)
     if not np.all(np.isfinite(h)) or np.all(h == 0.0):
@@ -103,8 +113,8 @@ class LocalFrame:
         heights written to CRSs without a vertical axis), else as the caller's input had them."""
         self.lat0, self.lon0, self.h0 = float(lat0), float(lon0), float(h0)
         self.plain_heights, self.offset_m = plain_heights, float(offset_m)
-        self._to_ecef = Transformer.from_crs(GEODETIC_3D, ECEF, always_xy=True)
-        self._from_ecef = Transformer.from_crs(ECEF, GEODETIC_3D, always_xy=True)
+        self._to_ecef = transformer(GEODETIC_3D, ECEF)
+        self._from_ecef = transformer(ECEF, GEODETIC_3D)
         self.origin_ecef = np.array(self._to_ecef.transform(self.lon0, self.lat0, self.h0), dtype=np.float64)
         la, lo = np.radians(self.lat0), np.radians(self.lon0)
         # Rows: east, north, up unit vectors expressed in ECEF.
@@ -144,9 +154,9 @@ class LocalFrame:
         lat, lon, h = self.to_geodetic(enu)
         crs = CRS.from_user_input(crs)
         if self.plain_heights is not None and has_vertical_axis(crs):
-            x, y, z = Transformer.from_crs(GEODETIC_3D, crs, always_xy=True).transform(lon, lat, h)
+            x, y, z = transformer(GEODETIC_3D, crs).transform(lon, lat, h)
             return np.column_stack([np.ravel(x), np.ravel(y), np.ravel(z)]).astype(np.float64)
-        xy = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        xy = transformer("EPSG:4326", crs)
         x, y = xy.transform(lon, lat)
         if self.plain_heights is not None:
             h = from_ellipsoidal(lat, lon, h, self.plain_heights, self.offset_m)
@@ -157,9 +167,9 @@ class LocalFrame:
         xyz = np.atleast_2d(np.asarray(xyz, dtype=np.float64))
         crs = CRS.from_user_input(crs)
         if self.plain_heights is not None and has_vertical_axis(crs):
-            lon, lat, h = Transformer.from_crs(crs, GEODETIC_3D, always_xy=True).transform(xyz[:, 0], xyz[:, 1], xyz[:, 2])
+            lon, lat, h = transformer(crs, GEODETIC_3D).transform(xyz[:, 0], xyz[:, 1], xyz[:, 2])
             return self.to_enu(lat, lon, h)
-        t = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        t = transformer(crs, "EPSG:4326")
         lon, lat = t.transform(xyz[:, 0], xyz[:, 1])
         h = xyz[:, 2]
         if self.plain_heights is not None:

@@ -162,11 +162,12 @@ def build_tracks(pair_matches, store, border_sizes=BORDER_SIZES):
         next_label = label.max() + 1
         bad_edge = np.isin(label[e_src], bad_labels)
         edge_label = label[e_src[bad_edge]]
-        bad_edges = np.column_stack([e_src[bad_edge], e_dst[bad_edge]])
-        bad_strength = strength[bad_edge]
-        for comp in bad_labels:
-            sel = edge_label == comp
-            mapping = _split_component(bad_edges[sel], bad_strength[sel], node_image)
+        by_label = np.argsort(edge_label, kind="stable")  # each component's edges as one slice
+        bad_edges = np.column_stack([e_src[bad_edge], e_dst[bad_edge]])[by_label]
+        bad_strength = strength[bad_edge][by_label]
+        bounds = np.searchsorted(edge_label[by_label], np.r_[bad_labels, bad_labels[-1] + 1])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            mapping = _split_component(bad_edges[a:b], bad_strength[a:b], node_image)
             roots = {}
             for node, root in mapping.items():
                 if root not in roots:
@@ -190,8 +191,10 @@ def build_tracks(pair_matches, store, border_sizes=BORDER_SIZES):
     xy = np.zeros((len(order), 2), np.float64)
     rgb = np.zeros((len(order), 3), np.float64)
     biased = np.zeros(len(order), bool)
-    for i in np.unique(images):
-        sel = images == i
+    by_image = np.argsort(images, kind="stable")
+    bounds = np.searchsorted(images[by_image], np.arange(n_images + 1))
+    for i in np.flatnonzero(np.diff(bounds)):
+        sel = by_image[bounds[i]:bounds[i + 1]]
         table = np.asarray(store.keypoint_table(int(i)))[features[sel]]
         xy[sel] = table[:, :2]
         rgb[sel] = store.colors(int(i))[features[sel]]
@@ -202,8 +205,7 @@ def build_tracks(pair_matches, store, border_sizes=BORDER_SIZES):
         _, track = np.unique(track[usable], return_inverse=True)
         images, features, xy, rgb = images[usable], features[usable], xy[usable], rgb[usable]
     n_tracks = int(track.max()) + 1 if len(track) else 0
-    track_rgb = np.zeros((n_tracks, 3))
-    np.add.at(track_rgb, track, rgb)
+    track_rgb = np.column_stack([np.bincount(track, rgb[:, c], minlength=n_tracks) for c in range(3)])
     track_rgb /= np.maximum(np.bincount(track, minlength=n_tracks), 1)[:, None]
     return Tracks(
         obs_track=track.astype(np.int64),
