@@ -133,20 +133,33 @@ def write_cameras_csv(path, usable, recon, to_crs, crs):
     _write_text(path, "\n".join(header + rows) + "\n")
 
 
-def _observations_by_image(recon):
-    """{image: (point indices, xy)} of the used observations, in a stable order."""
+def _observation_table(recon, keep_image=None):
+    """The used observations (of the images keep_image marks, if given) sorted by image, then point:
+    image, point, xy and each one's index in its image's list. Formatting is per observation, so
+    everything else is array work: per photo or per point loops cost minutes at 1,000 photos."""
     order = np.lexsort((recon.obs_point, recon.obs_image))
-    images = recon.obs_image[order]
-    out = {}
-    for i in np.unique(images):
-        sel = order[images == i]
-        out[int(i)] = (recon.obs_point[sel], recon.obs_xy[sel])
-    return out
+    if keep_image is not None:
+        order = order[keep_image[recon.obs_image[order]]]
+    image = recon.obs_image[order].astype(np.int64)
+    key = np.arange(len(order)) - np.searchsorted(image, image)  # first row of each row's image
+    return image, recon.obs_point[order].astype(np.int64), recon.obs_xy[order], key
+
+
+def _joined_by(group, strings, n_groups):
+    """[' '.join(the strings of group g, in their order) for g in range(n_groups)]."""
+    by_group = np.argsort(group, kind="stable")
+    ordered = [strings[k] for k in by_group.tolist()]
+    bounds = np.searchsorted(group[by_group], np.arange(n_groups + 1)).tolist()
+    return [" ".join(ordered[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _bundle_text(usable, recon):
-    by_image = _observations_by_image(recon)
-    pp = np.array([p.K()[:2, 2] for p in usable])
+    image, point, xy, key = _observation_table(recon)
+    pp = np.array([p.K()[:2, 2] for p in usable]).reshape(-1, 2)
+    views = [f"{i} {k} {x:.4f} {y:.4f}" for i, k, x, y in
+             zip(image.tolist(), key.tolist(), (xy[:, 0] - pp[image, 0]).tolist(), (pp[image, 1] - xy[:, 1]).tolist())]
+    views = _joined_by(point, views, len(recon.points))
+    n_views = np.bincount(point, minlength=len(recon.points)).tolist()
     lines = ["# Bundle file v0.3", f"{len(usable)} {len(recon.points)}"]
     for i in range(len(usable)):
         if not recon.registered[i]:
@@ -157,18 +170,12 @@ def _bundle_text(usable, recon):
         lines.append(f"{recon.focal[i]:.10g} {recon.k1[i]:.10g} {recon.k2[i]:.10g}")
         lines += [" ".join(f"{v:.15g}" for v in row) for row in R]
         lines.append(" ".join(f"{v:.15g}" for v in t))
-    views = [[] for _ in range(len(recon.points))]
-    for i, (pts, xy) in by_image.items():
-        for key, (k, (x, y)) in enumerate(zip(pts, xy)):
-            views[k].append(f"{i} {key} {x - pp[i, 0]:.4f} {pp[i, 1] - y:.4f}")
-    for k, X in enumerate(recon.points):
-        r, g, b = (int(c) for c in recon.point_rgb[k])
-        lines += [" ".join(f"{v:.15g}" for v in X), f"{r} {g} {b}", f"{len(views[k])} " + " ".join(views[k])]
+    for (x, y, z), (r, g, b), n, seen in zip(recon.points.tolist(), recon.point_rgb.astype(int).tolist(), n_views, views):
+        lines += [f"{x:.15g} {y:.15g} {z:.15g}", f"{r} {g} {b}", f"{n} {seen}"]
     return "\n".join(lines) + "\n"
 
 
 def _colmap_texts(usable, recon):
-    by_image = _observations_by_image(recon)
     cameras, camera_of = {}, {}
     for i, p in enumerate(usable):
         if not recon.registered[i]:
@@ -181,7 +188,11 @@ def _colmap_texts(usable, recon):
     for key, cid in cameras.items():
         w, h, f, cx, cy, k1, k2 = key
         cam_lines.append(f"{cid} RADIAL {w} {h} {f:.10g} {cx:.10g} {cy:.10g} {k1:.10g} {k2:.10g}")
-    point2d_index = {}  # (image, point) -> index in that image's POINTS2D
+    registered = np.zeros(len(usable), bool)
+    registered[list(camera_of)] = True
+    image, point, xy, key = _observation_table(recon, registered)
+    points2d = _joined_by(image, [f"{x + 0.5:.4f} {y + 0.5:.4f} {k + 1}" for x, y, k in
+                                  zip(xy[:, 0].tolist(), xy[:, 1].tolist(), point.tolist())], len(usable))
     img_lines = ["# Image list with two lines of data per image:",
                  "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
                  "#   POINTS2D[] as (X, Y, POINT3D_ID)", f"# Number of images: {len(camera_of)}"]
@@ -189,21 +200,16 @@ def _colmap_texts(usable, recon):
         q = quaternion_from_rotation(recon.R[i])
         t = -recon.R[i] @ recon.C[i]
         img_lines.append(f"{i + 1} " + " ".join(f"{v:.17g}" for v in (*q, *t)) + f" {camera_of[i]} {usable[i].name}")
-        pts, xy = by_image.get(i, (np.zeros(0, int), np.zeros((0, 2))))
-        for n, k in enumerate(pts):
-            point2d_index[(i, int(k))] = n
-        img_lines.append(" ".join(f"{x + 0.5:.4f} {y + 0.5:.4f} {int(k) + 1}" for k, (x, y) in zip(pts, xy)))
-    tracks = [[] for _ in range(len(recon.points))]
-    for (i, k), n in point2d_index.items():
-        tracks[k].append(f"{i + 1} {n}")
-    mean_track = np.mean([len(t) for t in tracks]) if tracks else 0.0
+        img_lines.append(points2d[i])
+    # each point's track as (IMAGE_ID, POINT2D_IDX), in image order
+    tracks = _joined_by(point, [f"{i + 1} {k}" for i, k in zip(image.tolist(), key.tolist())], len(recon.points))
+    mean_track = len(point) / len(recon.points) if len(recon.points) else 0.0
     pt_lines = ["# 3D point list with one line of data per point:",
                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
                 f"# Number of points: {len(recon.points)}, mean track length: {mean_track:.4f}"]
-    for k, X in enumerate(recon.points):
-        r, g, b = (int(c) for c in recon.point_rgb[k])
-        pt_lines.append(f"{k + 1} " + " ".join(f"{v:.15g}" for v in X)
-                        + f" {r} {g} {b} {float(recon.point_error_px[k]):.6g} " + " ".join(sorted(tracks[k])))
+    for k, ((x, y, z), (r, g, b), err, track) in enumerate(zip(
+            recon.points.tolist(), recon.point_rgb.astype(int).tolist(), recon.point_error_px.tolist(), tracks)):
+        pt_lines.append(f"{k + 1} {x:.15g} {y:.15g} {z:.15g} {r} {g} {b} {err:.6g} {track}")
     return ("\n".join(cam_lines) + "\n", "\n".join(img_lines) + "\n", "\n".join(pt_lines) + "\n")
 
 
