@@ -4,6 +4,9 @@ eliminated by a Schur complement (the default), and the robust losses both solve
 The LM solver needs only `jacobian.normal_equations(x, r, sw, dense) -> (U, Wt, V, g)` from the
 problem (core/bundle.py), whatever residual blocks it was assembled from.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .cancel import check
@@ -14,6 +17,9 @@ DENSE_SCHUR_LIMIT = 40_000_000  # camera x point columns below which the Schur c
 # with, so memory and time grow with the block instead of its square and cube. Measured (docs/SCALE.md):
 # equal at 250-500 photos, sparse 1.6x faster at 1,000 and 3.9x at 2,000; dense Cholesky below.
 SPARSE_SCHUR_MIN_COLS = 3000
+# Non-zeros of W from which the sparse Schur product W V^-1 W^T runs by row blocks on threads (SciPy's
+# sparse products release the GIL): the finishing adjustments of a big block run while the pool is idle.
+THREADED_SCHUR_MIN_NNZ = 1_000_000
 
 
 def robust_loss(kind, scale, n_robust):
@@ -178,10 +184,36 @@ def _reduced_system(U, Wt, Wt_dense, W, Vb, g, dd, nc, sparse_s):
         VWt = np.matmul(Vinv, Wt_dense).reshape(3 * n_pts, nc)  # V^-1 W^T
         return U + np.diag(dd[:nc]) - Wt.T @ VWt, -g[:nc] + VWt.T @ g[nc:], Vinv
     Vinv_s = bsr_matrix((Vinv, np.arange(n_pts), np.arange(n_pts + 1)), shape=(3 * n_pts,) * 2)
-    WV = (W @ Vinv_s).tocsr()
-    WVW = WV @ Wt  # W^T as it is (CSR): W.T would be converted back to CSR first
+    WVW, WVg = _schur_product(W, Vinv_s, Wt, g[nc:])
     S = U + diags(dd[:nc]) - WVW if sparse_s else U + np.diag(dd[:nc]) - WVW.toarray()
-    return S, -g[:nc] + WV @ g[nc:], Vinv
+    return S, -g[:nc] + WVg, Vinv
+
+
+def _threads():
+    """Threads this process may keep busy: its CPUs, or OMP_NUM_THREADS when set (a pool worker gets 1:
+    its siblings have the other cores)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(n, int(env))) if env.isdigit() else n
+
+
+def _schur_product(W, Vinv_s, Wt, g_points):
+    """W V^-1 W^T (CSR) and W V^-1 g_points; by blocks of W's rows of equal non-zeros on threads when W is
+    big. W^T is taken as it is (CSR): W.T would be converted back to CSR first."""
+    from scipy.sparse import vstack
+
+    def block(rows):
+        WV = (W[rows] @ Vinv_s).tocsr()
+        return WV @ Wt, WV @ g_points
+
+    threads = _threads() if W.nnz >= THREADED_SCHUR_MIN_NNZ else 1
+    if threads == 1:
+        return block(slice(None))
+    cuts = np.searchsorted(W.indptr, np.linspace(0, W.nnz, threads + 1)[1:-1])
+    bounds = np.r_[0, cuts, W.shape[0]]
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(block, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    return vstack([p[0] for p in parts], format="csr"), np.concatenate([p[1] for p in parts])
 
 
 def camera_covariance(x, residuals, jacobian, n_robust, n_point_cols, loss, scale, cols):
