@@ -114,9 +114,9 @@ def time_solvers(npz, lam=1e-4):
         return float(np.abs(x - x_ref).max() / np.abs(x_ref).max())
 
     for name, fn in (
-        ("splu_colamd_symmetric_s", lambda: solve_sparse_spd(S, rhs)),  # what the adjustment uses
-        ("splu_mmd_symmetric_s", lambda: splu(S.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                                              options={"SymmetricMode": True}).solve(rhs)),
+        ("splu_mmd_symmetric_s", lambda: solve_sparse_spd(S, rhs)),  # what the adjustment uses
+        ("splu_colamd_symmetric_s", lambda: splu(S.tocsc(), permc_spec="COLAMD", diag_pivot_thresh=0.0,
+                                                 options={"SymmetricMode": True}).solve(rhs)),
         ("splu_colamd_s", lambda: splu(S).solve(rhs)),
         ("spsolve_s", lambda: spsolve(S, rhs)),
     ):
