@@ -307,7 +307,7 @@ def match_pair(item):
     from .features import FeatureStore
 
     path = pair_path(matches_dir, i, j)
-    store = FeatureStore(store_dir)
+    store = FeatureStore.cached(store_dir)
     stamp = {
         "params": params,
         "features": [_fingerprint(store, i), _fingerprint(store, j), store.params],
