@@ -225,19 +225,21 @@ class ProcessExecutor(Executor):
             finished = True
         finally:
             if not finished:  # cancel, a worker's error, or the caller abandoned the generator
-                self._pool = None
-                _terminate(pool)
+                self._stop_now()
 
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def __exit__(self, exc_type, *exc):
-        if exc_type is not None and self._pool is not None:
-            # The caller failed while a map was running: do not wait for the queued tasks.
+    def _stop_now(self):
+        if self._pool is not None:
             pool, self._pool = self._pool, None
             _terminate(pool)
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:  # the caller failed while a map was running: do not wait for the queued tasks
+            self._stop_now()
         self.close()
 
 
