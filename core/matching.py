@@ -16,6 +16,7 @@ features and parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -43,6 +44,10 @@ COARSE_GIVE_UP = 6
 # brighton's 8,000 keep their 3,000 (fewer lose pairs there: 71 verified pairs with 3,000, 54 with 1,000).
 COARSE_SHARE = 0.375
 COARSE_THRESHOLD = 0.015  # its inlier threshold, as a fraction of the long side: parallax is allowed
+# The guided search compares the queries of TILE x TILE cells with one distance block, the candidates
+# outside each query's own 3 x 3 cells masked: one block per cell was bound by Python's loop (2,800
+# features: 12.3 -> 6.2 ms a pair, the same matches on 500 pairs); larger tiles waste more products.
+TILE = 3
 
 METHODS = {"magsac": cv2.USAC_MAGSAC, "accurate": cv2.USAC_ACCURATE, "ransac": cv2.RANSAC}
 
@@ -158,7 +163,8 @@ def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
     Features are bucketed in cells of `radius` pixels; a feature is compared with image 2's
     features in the 3 x 3 cells around its prediction, by exact L2 distance. Lowe's ratio test
     then compares only local candidates, which tells repetitive texture (foliage, lawn) apart far
-    better than a global search, at a fraction of its cost. The mutual check is local too.
+    better than a global search, at a fraction of its cost. The mutual check is local too: among
+    the features predicted in the same cell.
     """
     d1 = _to_float(desc1)
     d2 = _to_float(desc2)
@@ -172,40 +178,51 @@ def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
     span = t_cell.max(axis=0) - lo + 2
     # Queries predicted beyond the neighbourhood of image 2 have nothing to match.
     inside = np.all((q_cell >= lo) & (q_cell < lo + span), axis=1)
-    q_idx, q_cell = q_idx[inside], q_cell[inside]
-    t_key = (t_cell[:, 1] - lo[1]) * span[0] + (t_cell[:, 0] - lo[0])
-    t_order = np.argsort(t_key, kind="stable")
-    t_sorted = t_key[t_order]
-    q_key = (q_cell[:, 1] - lo[1]) * span[0] + (q_cell[:, 0] - lo[0])
+    q_idx, q_cell, t_cell = q_idx[inside], q_cell[inside] - lo, t_cell - lo
+    q_key = q_cell[:, 1] * span[0] + q_cell[:, 0]
+    q_tile = q_cell // TILE
+    tile_key = q_tile[:, 1] * (span[0] // TILE + 1) + q_tile[:, 0]
+    order = np.lexsort((q_idx, q_key, tile_key))
+    q_idx, q_cell, q_key, q_tile, tile_key = (a[order] for a in (q_idx, q_cell, q_key, q_tile, tile_key))
+    t_order = np.lexsort((np.arange(len(t_cell)), t_cell[:, 0], t_cell[:, 1]))  # row by row, as the 3 x 3 cells
+    t_cell = t_cell[t_order]
     d1_sq = np.einsum("ij,ij->i", d1, d1)
     d2_sq = np.einsum("ij,ij->i", d2, d2)
-    out = []
-    for key in np.unique(q_key):
-        queries = q_idx[q_key == key]
-        cx, cy = key % span[0], key // span[0]
-        blocks = [
-            t_order[np.searchsorted(t_sorted, k, "left") : np.searchsorted(t_sorted, k, "right")]
-            for k in ((cy + dy) * span[0] + cx + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-        ]
-        train = np.concatenate(blocks)
+    mask = _neighbour_mask(TILE)
+    starts = np.flatnonzero(np.r_[True, tile_key[1:] != tile_key[:-1]])
+    out_q, out_t, out_key = [], [], []
+    for s, e in zip(starts, np.r_[starts[1:], len(tile_key)]):
+        corner = q_tile[s] * TILE - 1  # of the tile's (TILE + 2)^2 candidate cells
+        local = t_cell - corner
+        near = np.all((local >= 0) & (local < TILE + 2), axis=1)
+        train = t_order[near]
         if len(train) < 2:
             continue
+        queries, keys = q_idx[s:e], q_key[s:e]
+        q_local, t_local = q_cell[s:e] - corner - 1, local[near]
         dist = d1[queries] @ d2[train].T
         dist *= -2.0
         dist += d1_sq[queries, None]
         dist += d2_sq[None, train]
+        dist += mask[q_local[:, 1] * TILE + q_local[:, 0]][:, t_local[:, 1] * (TILE + 2) + t_local[:, 0]]
         rows = np.arange(len(queries))
         best = dist.argmin(axis=1)
         first = dist[rows, best].copy()
         dist[rows, best] = np.inf
         second = dist.min(axis=1)
         dist[rows, best] = first
-        ok = first < (ratio * ratio) * second  # squared distances
-        ok &= dist[:, best].argmin(axis=0) == rows  # best is mutual among these queries
-        out.append(np.column_stack([queries[ok], train[best[ok]]]))
-    if not out:
+        ok = np.isfinite(second) & (first < (ratio * ratio) * second)  # squared distances
+        rivals = dist[:, best]  # best is mutual among the queries of the same cell
+        rivals[keys[:, None] != keys[None, :]] = np.inf
+        ok &= rivals.argmin(axis=0) == rows
+        out_q.append(queries[ok])
+        out_t.append(train[best[ok]])
+        out_key.append(keys[ok])
+    if not out_q:
         return np.zeros((0, 2), np.int32)
-    matches = np.concatenate(out)
+    q, key = np.concatenate(out_q), np.concatenate(out_key)
+    by_cell = np.lexsort((q, key))  # cell by cell, queries in order: ties below resolve as they always did
+    matches = np.column_stack([q, np.concatenate(out_t)])[by_cell]
     # One-to-one: a feature of image 2 keeps only its closest query.
     dist = (
         d1_sq[matches[:, 0]]
@@ -216,6 +233,16 @@ def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
     keep = np.ones(len(order), bool)
     keep[1:] = matches[order[1:], 1] != matches[order[:-1], 1]
     return np.ascontiguousarray(matches[np.sort(order[keep])], np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _neighbour_mask(tile):
+    """(tile^2, (tile + 2)^2) float32 to add to a tile's distances: 0 where a candidate's cell is within
+    one cell of the query's, inf elsewhere (cells numbered row by row from the tile's corner)."""
+    query = np.array([(x, y) for y in range(tile) for x in range(tile)]) + 1
+    train = np.array([(x, y) for y in range(tile + 2) for x in range(tile + 2)])
+    far = (np.abs(query[:, None, :] - train[None, :, :]) > 1).any(axis=2)
+    return np.where(far, np.inf, 0.0).astype(np.float32)
 
 
 def _normalised(points, K):

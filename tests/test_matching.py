@@ -165,3 +165,52 @@ def test_unknown_matcher_or_verification_is_a_clear_error():
         match_params(_config(matcher="annoy"))
     with pytest.raises(ValueError, match="verification"):
         match_params(_config(verification="lmeds"))
+
+
+def _guided_one_cell_at_a_time(desc1, desc2, predicted, xy2, radius, ratio):
+    """The guided search's definition, query by query: candidates in the 3 x 3 cells around the
+    prediction (at least two), ratio test, best mutual among the queries predicted in the same
+    cell, then each feature of image 2 kept by its closest query."""
+    d1, d2 = desc1.astype(np.float64), desc2.astype(np.float64)
+    q_cell = np.floor(predicted / radius).astype(int)
+    t_cell = np.floor(xy2 / radius).astype(int)
+    dist = ((d1[:, None, :] - d2[None, :, :]) ** 2).sum(axis=2)
+    near = (np.abs(q_cell[:, None, :] - t_cell[None, :, :]) <= 1).all(axis=2)
+    found = {}
+    for q in range(len(d1)):
+        cands = np.flatnonzero(near[q])
+        if len(cands) < 2:
+            continue
+        ranked = cands[np.argsort(dist[q, cands])]
+        best = ranked[0]
+        if not dist[q, best] < ratio**2 * dist[q, ranked[1]]:
+            continue
+        same_cell = np.flatnonzero((q_cell == q_cell[q]).all(axis=1))
+        if same_cell[np.argmin(dist[same_cell, best])] != q:
+            continue
+        if best not in found or dist[q, best] < dist[found[best], best]:
+            found[best] = q
+    return {(q, t) for t, q in found.items()}
+
+
+def test_guided_search_in_tiles_finds_what_a_cell_by_cell_search_finds():
+    from alignkit.core.matching import guided_matches
+
+    rng = np.random.default_rng(5)
+    n = 600
+    xy2 = rng.uniform(0, 1200, (n, 2))
+    # Repetitive texture: a few patterns over the whole photo, so that which candidates a query is
+    # compared with decides the ratio test.
+    patterns = rng.integers(0, 60, (40, 128))
+    desc2 = (patterns[rng.integers(0, 40, n)] + rng.normal(0, 6, (n, 128))).astype(np.float32)
+    # Image 1: the same features, moved a little, with noisy descriptors, plus features of its own.
+    predicted = np.vstack([xy2 + rng.normal(0, 15, xy2.shape), rng.uniform(0, 1200, (200, 2))])
+    desc1 = np.vstack([desc2 + rng.normal(0, 10, desc2.shape), rng.integers(0, 60, (200, 128))]).astype(np.float32)
+    predicted[::50] = np.nan  # features the guide cannot place
+    known = np.isfinite(predicted).all(axis=1)
+    found = guided_matches(desc1, desc2, predicted, xy2, 72.0, 0.8)
+    expected = _guided_one_cell_at_a_time(desc1[known], desc2, predicted[known], xy2, 72.0, 0.8)
+    expected = {(int(np.flatnonzero(known)[q]), t) for q, t in expected}
+    assert len(expected) > 300
+    assert set(map(tuple, found.tolist())) == expected
+    assert len(found) == len(expected)
