@@ -43,6 +43,7 @@ COARSE_GIVE_UP = 6
 # search (1200x900 survey photos, 2,800 features: 3/8 gives the same inliers at 0.45x the time), while
 # brighton's 8,000 keep their 3,000 (fewer lose pairs there: 71 verified pairs with 3,000, 54 with 1,000).
 COARSE_SHARE = 0.375
+CHEIRALITY_VOTERS = 256  # inliers that choose among an essential matrix's four poses
 COARSE_THRESHOLD = 0.015  # its inlier threshold, as a fraction of the long side: parallax is allowed
 # The guided search compares the queries of TILE x TILE cells with one distance block, the candidates
 # outside each query's own 3 x 3 cells masked: one block per cell was bound by Python's loop (2,800
@@ -249,35 +250,6 @@ def _normalised(points, K):
     return cv2.undistortPoints(points.reshape(-1, 1, 2), K, None).reshape(-1, 2)
 
 
-def _skew(t):
-    return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
-
-
-def _sampson_residuals(params, n1, n2):
-    R = cv2.Rodrigues(params[:3])[0]
-    t = params[3:6] / np.linalg.norm(params[3:6])
-    E = _skew(t) @ R
-    h1 = np.column_stack([n1, np.ones(len(n1))])
-    h2 = np.column_stack([n2, np.ones(len(n2))])
-    Ex1, Etx2 = h1 @ E.T, h2 @ E
-    num = np.sum(h2 * Ex1, axis=1)
-    return num / np.sqrt(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2)
-
-
-def refine_relative_pose(R, t, n1, n2, scale):
-    """Least-squares (Sampson, soft-L1 beyond `scale`) relative pose on all inliers.
-
-    RANSAC's model comes from a minimal sample (refined on a subset); this uses every inlier.
-    """
-    from scipy.optimize import least_squares
-
-    x0 = np.concatenate([cv2.Rodrigues(R)[0].ravel(), np.ravel(t)])
-    fit = least_squares(_sampson_residuals, x0, args=(n1, n2), loss="soft_l1", f_scale=scale, max_nfev=50)
-    R_new = cv2.Rodrigues(fit.x[:3])[0]
-    t_new = fit.x[3:6] / np.linalg.norm(fit.x[3:6])
-    return R_new, t_new
-
-
 def verify(p1, p2, K1, K2, threshold_px, method, min_inliers, homography_ratio):
     """Geometric verification of putative correspondences (original pixels).
 
@@ -304,8 +276,13 @@ def verify(p1, p2, K1, K2, threshold_px, method, min_inliers, homography_ratio):
         if E is not None and emask is not None and E.shape == (3, 3):
             emask = emask.ravel().astype(bool)
             if emask.sum() >= min_inliers:
-                _, R, t, _ = cv2.recoverPose(E, n1[emask], n2[emask], np.eye(3))
-                R, t = refine_relative_pose(R, t.ravel(), n1[emask], n2[emask], threshold_px / focal)
+                # Which of E's four poses puts the points in front is a vote: 256 inliers settle it as
+                # surely as all of them, at a fifth of the time. The pose only offers an initial pair a
+                # start that the bundle adjustment refines, so a least-squares refinement on every inlier
+                # no longer follows: 10-18 ms a pair for rotations 0.0092 -> 0.0087 deg (median; 99th
+                # percentile 0.35 -> 0.53 deg) on 198 pairs of 1200x900 generated photos.
+                voters = np.flatnonzero(emask)[:: max(1, int(emask.sum()) // CHEIRALITY_VOTERS)]
+                _, R, t, _ = cv2.recoverPose(E, n1[voters], n2[voters], np.eye(3))
                 mask, model = emask, "essential"
     if mask is None:
         F, fmask = cv2.findFundamentalMat(p1, p2, flag, threshold_px, RANSAC_CONFIDENCE, RANSAC_MAX_ITERS)
