@@ -135,23 +135,47 @@ def putative_matches(desc1, desc2, ratio, matcher_name="flann"):
     return np.column_stack([query[ok], best[ok]]).astype(np.int32)
 
 
+def _squared_distances(d1, d2, rows=slice(None), cols=slice(None), d1_sq=None, d2_sq=None):
+    """(len(rows), len(cols)) float32 squared L2 distances between descriptors d1[rows] and d2[cols]."""
+    d1_sq = np.einsum("ij,ij->i", d1, d1) if d1_sq is None else d1_sq
+    d2_sq = np.einsum("ij,ij->i", d2, d2) if d2_sq is None else d2_sq
+    dist = d1[rows] @ d2[cols].T
+    dist *= -2.0
+    dist += d1_sq[rows, None]
+    dist += d2_sq[None, cols]
+    return dist
+
+
+def _best_two(dist):
+    """Per row of a distance matrix: the column of the smallest, the smallest and the second smallest."""
+    rows = np.arange(len(dist))
+    best = dist.argmin(axis=1)
+    first = dist[rows, best].copy()
+    dist[rows, best] = np.inf
+    second = dist.min(axis=1)
+    dist[rows, best] = first
+    return best, first, second
+
+
 def coarse_homography(desc1, desc2, xy1, xy2, n_features, ratio, threshold_px):
     """(H or None, inliers): a homography from the strongest `n_features` (at most COARSE_SHARE) of each image.
 
-    Cheap (about a tenth of a full search: ratio test only, the RANSAC rejects the rest), it
+    Cheap (a fraction of a full search: ratio test only, the RANSAC rejects the rest), it
     predicts where each feature of image 1 should be found in image 2. Only a guide: parallax off
     the dominant plane is absorbed by the search radius.
     """
     n1, n2 = (min(n_features, int(np.ceil(COARSE_SHARE * len(d)))) for d in (desc1, desc2))
     if n1 < 2 or n2 < 2:
         return None, 0
-    # 32 checks: the same guides as 64 on brighton, at two thirds of the time.
-    idx, dist = _knn("flann", _to_float(desc1[:n1]), _to_float(desc2[:n2]), 2, checks=32)
-    ok = (idx[:, 0] >= 0) & (dist[:, 0] < ratio * dist[:, 1])
+    # Exact distances: at these sizes one matrix product beats FLANN's approximate search (1,000 x 1,000
+    # features 4.3 against 13.9 ms; 2,200: 23 against 39 ms; 3,000: even) and misses nothing.
+    d1, d2 = _to_float(desc1[:n1]), _to_float(desc2[:n2])
+    best, first, second = _best_two(_squared_distances(d1, d2))
+    ok = first < ratio * ratio * second
     if ok.sum() < 4:
         return None, 0
     H, mask = cv2.findHomography(
-        xy1[:n1][ok], xy2[idx[ok, 0]], cv2.USAC_MAGSAC, threshold_px, maxIters=2000, confidence=0.999
+        xy1[:n1][ok], xy2[best[ok]], cv2.USAC_MAGSAC, threshold_px, maxIters=2000, confidence=0.999
     )
     inliers = 0 if mask is None else int(mask.sum())
     return (H if H is not None and inliers >= COARSE_MIN_INLIERS else None), inliers
@@ -201,21 +225,13 @@ def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
             continue
         queries, keys = q_idx[s:e], q_key[s:e]
         q_local, t_local = q_cell[s:e] - corner - 1, local[near]
-        dist = d1[queries] @ d2[train].T
-        dist *= -2.0
-        dist += d1_sq[queries, None]
-        dist += d2_sq[None, train]
+        dist = _squared_distances(d1, d2, queries, train, d1_sq, d2_sq)
         dist += mask[q_local[:, 1] * TILE + q_local[:, 0]][:, t_local[:, 1] * (TILE + 2) + t_local[:, 0]]
-        rows = np.arange(len(queries))
-        best = dist.argmin(axis=1)
-        first = dist[rows, best].copy()
-        dist[rows, best] = np.inf
-        second = dist.min(axis=1)
-        dist[rows, best] = first
-        ok = np.isfinite(second) & (first < (ratio * ratio) * second)  # squared distances
+        best, first, second = _best_two(dist)
+        ok = np.isfinite(second) & (first < (ratio * ratio) * second)
         rivals = dist[:, best]  # best is mutual among the queries of the same cell
         rivals[keys[:, None] != keys[None, :]] = np.inf
-        ok &= rivals.argmin(axis=0) == rows
+        ok &= rivals.argmin(axis=0) == np.arange(len(queries))
         out_q.append(queries[ok])
         out_t.append(train[best[ok]])
         out_key.append(keys[ok])

@@ -15,7 +15,9 @@ from alignkit.tools.evaluate import sampson_distance
 
 
 def _config(**kw):
-    values = {"max_image_size": 640, "max_features": 2500, "workers": 1, "min_inliers": 20}
+    # min_inliers at the pipeline's default: below it a far pair's 20-29 "inliers" found by the global
+    # search hold a few wrong matches or not, by the luck of the RANSAC seed (3 of 7 seeds).
+    values = {"max_image_size": 640, "max_features": 2500, "workers": 1, "min_inliers": 30}
     values.update(kw)
     return AlignConfig(**values)
 
@@ -59,7 +61,7 @@ def test_verified_matches_agree_with_true_epipolar_geometry(survey):
     gt, store, results = survey["gt"], survey["store"], survey["results"]
     checked, angles = 0, []
     for (i, j), r in results.items():
-        if r.n_inliers < 20:
+        if r.n_inliers < 30:
             continue
         R_true, t_true = _true_relative(gt, i, j)
         tx = np.array([[0, -t_true[2], t_true[1]], [t_true[2], 0, -t_true[0]], [-t_true[1], t_true[0], 0]])
