@@ -96,7 +96,10 @@ def reconstruct_part(task):
     comps, size = np.unique(rec.component[rec.registered], return_counts=True)
     keep = rec.registered & (rec.component == comps[np.argmax(size)]) if len(comps) else rec.registered
     return task["number"], {"images": images, "registered": keep, "R": rec.R, "C": rec.C, "focal": rec.focal,
-                            "k1": rec.k1, "k2": rec.k2, "georeferenced": rec.georeferenced,
+                            "k1": rec.k1, "k2": rec.k2, "distortion_held": rec.distortion_held,
+                            "distortion_wald": rec.distortion_wald,
+                            "distortion_threshold": np.full(len(images), rec.distortion_threshold),
+                            "georeferenced": rec.georeferenced,
                             "points": len(rec.points), "seconds": time.perf_counter() - t0,
                             "adjust_s": rec.timings["local_ba_s"] + rec.timings["global_ba_s"]}
 
@@ -105,11 +108,11 @@ def merge_parts(parts, n_images):
     """One model from the parts' poses: the part with most photos first, then always the part that
     shares most registered photos with what is merged, moved onto it by the similarity of the shared
     camera centres (robust to a photo a part got wrong). A photo keeps the pose of the first part
-    that registered it. Returns dict(registered, R, C, focal, k1, k2) over the block and a log."""
+    that registered it. Returns dict(registered, R, C, and the LENS entries) over the block and a log."""
     registered = np.zeros(n_images, bool)
     R = np.full((n_images, 3, 3), np.nan)
     C = np.full((n_images, 3), np.nan)
-    lens = np.full((n_images, 3), np.nan)
+    lens = np.full((n_images, len(LENS)), np.nan)
     log = []
     todo = sorted(range(len(parts)), key=lambda k: -int(parts[k]["registered"].sum()))
     while todo:
@@ -137,9 +140,12 @@ def merge_parts(parts, n_images):
             log.append(f"submodel {k}: {len(own)} photos, the first")
         new = ~both
         R[glob[new]], C[glob[new]] = Rp[new], Cp[new]
-        lens[glob[new]] = np.column_stack([p["focal"], p["k1"], p["k2"]])[own][new]
+        # A part saved before its distortion gate existed: not tested (so not held).
+        lens[glob[new]] = np.column_stack([p.get(k, np.zeros(len(p["images"]))) for k in LENS])[own][new]
         registered[glob[new]] = True
-    return {"registered": registered, "R": R, "C": C, "focal": lens[:, 0], "k1": lens[:, 1], "k2": lens[:, 2]}, log
+    merged = {k: lens[:, col] for col, k in enumerate(LENS)}
+    merged["distortion_held"] = merged["distortion_held"] == 1.0
+    return {"registered": registered, "R": R, "C": C, **merged}, log
 
 
 def part_config(config):
@@ -148,7 +154,9 @@ def part_config(config):
     return dataclasses.replace(config, complete_tracks=False, submodel_photos=0)
 
 
-PART_ARRAYS = ("images", "registered", "R", "C", "focal", "k1", "k2")
+PART_ARRAYS = ("images", "registered", "R", "C", "focal", "k1", "k2", "distortion_held", "distortion_wald",
+               "distortion_threshold")
+LENS = ("focal", "k1", "k2", "distortion_held", "distortion_wald", "distortion_threshold")  # per photo, merged
 
 
 def _save_part(folder, stamp, number, part):

@@ -85,10 +85,30 @@ def test_split_block_is_as_good_as_one_model():
     assert any("split into 4 submodels" in line for line in rec.log), rec.log[:3]
     assert sum("merged through" in line for line in rec.log) == 3, rec.log[:6]
     assert rec.registered.all() and (rec.component == 0).all() and rec.georeferenced
+    # A real lens (the survey's k1, k2): the parts show it, and the merged block tests it and keeps it free.
+    assert not rec.distortion_held.any() and rec.distortion_wald[0] > 10 * rec.distortion_threshold
     single = reconstruct(truth.tracks, cams, truth.gps, [], AlignConfig())
     (split_centre, split_rot), (one_centre, one_rot) = shape_error(rec, truth), shape_error(single, truth)
     print(f"split {100 * split_centre:.4f} % {split_rot:.3f} deg, one model {100 * one_centre:.4f} % {one_rot:.3f} deg")
     assert split_centre < 1.2 * one_centre and split_rot < 1.2 * one_rot
+
+
+@pytest.mark.slow
+def test_a_lens_no_submodel_shows_is_held_without_testing_the_merged_block():
+    """A lens without distortion: each part's gate holds it, so the merged block skips the test (an
+    adjustment of the whole block) and its shape is as good as one model's, which tests it."""
+    truth = survey(rows=6, cols=10, gps_noise_h=1.0, gps_noise_v=2.0, seed=5, lens=(0.0, 0.0))
+    cams = cameras_for(60)
+    rec = submodels.reconstruct_split(truth.tracks, cams, truth.gps, [], AlignConfig(submodel_photos=20),
+                                      SerialExecutor, overlap_m=30.0)
+    assert any("lens distortion not shown by any submodel" in line for line in rec.log), rec.log
+    assert rec.distortion_held.all() and (rec.k1 == 0).all() and (rec.k2 == 0).all()
+    assert rec.distortion_wald[0] < rec.distortion_threshold
+    single = reconstruct(truth.tracks, cams, truth.gps, [], AlignConfig())
+    assert single.distortion_held.all()
+    (split_centre, _), (one_centre, _) = shape_error(rec, truth), shape_error(single, truth)
+    print(f"split {100 * split_centre:.4f} %, one model {100 * one_centre:.4f} %")
+    assert split_centre < 1.2 * one_centre
 
 
 def test_small_block_or_missing_gps_is_one_model():
