@@ -1,7 +1,7 @@
 """Stage 3: descriptor matching and geometric verification of the candidate pairs.
 
-Per pair (in a worker): first the strongest 3000 features of each image are matched (FLANN,
-Lowe's ratio test) to fit a coarse homography; every feature is then compared only with the
+Per pair (in a worker): first the strongest features of each image (3,000, at most 3/8 of them) are
+matched (exact distances, Lowe's ratio test) to fit a coarse homography; every feature is then compared only with the
 features near where that homography puts it (exact distances, ratio test and mutual check among
 local candidates: far more matches on foliage and lawn, at a fraction of a global search). Pairs
 whose strongest features agree on nothing are taken as not overlapping; if the guided search
