@@ -10,7 +10,9 @@ a consumer drone (1 m horizontal, 2 m vertical std):
   240: 12 lines x 20 photos, 1200x900 (`make_survey --rows 12 --cols 20 --gps-noise-h 1 --gps-noise-v 2`)
 For each: AlignKit (core.pipeline.run with the default AlignConfig, in a child process) and its
 camera shape error (centres after a similarity fit to the truth, tools.evaluate.camera_shape_error:
-mm and % of the flying height), rotation error, mean track length, points, seconds. With
+mm and % of the flying height), rotation error, mean track length (and over the points seen in 3+
+photos: COLMAP's default mapper triangulates no two-view tracks, so that is the figure to compare;
+tools.evaluate.track_length_stats), points, seconds. With
 BENCH_ANCHOR=1 (or --anchor-python): COLMAP on the same photos in the same run, through
 tools/colmap_anchor.py in its own venv (incremental mapper, exhaustive matching for 18 photos;
 global mapper, spatial matching for 240), same working size and feature budget; the ratios
@@ -86,7 +88,7 @@ def _child(survey_dir, work, overrides):
     from alignkit.core import features, pipeline, workspace
     from alignkit.core.config import AlignConfig
     from alignkit.core.synthetic import load_ground_truth
-    from alignkit.tools.evaluate import camera_shape_error
+    from alignkit.tools.evaluate import camera_shape_error, track_length_stats
 
     overrides = dict(overrides)
     offset = overrides.pop("sift_offset_px", None)
@@ -105,8 +107,7 @@ def _child(survey_dir, work, overrides):
     track_length = np.bincount(recon.obs_point, minlength=len(recon.points))
     result = {
         "images": summary["images"], "registered": summary["registered"], "components": summary["components"],
-        "points": int(len(recon.points)), "mean_track_length": float(track_length.mean()),
-        "two_view_share": float(np.mean(track_length == 2)), "mean_reproj_px": summary["mean_reproj_px"],
+        "points": int(len(recon.points)), **track_length_stats(track_length), "mean_reproj_px": summary["mean_reproj_px"],
         **shape,
         **{k: summary.get(k) for k in ("extract_s", "match_s", "tracks_s", "reconstruct_s", "total_s")},
         "ba_max_iterations": cfg.ba_max_iterations,
@@ -192,7 +193,8 @@ def bench(cache, blocks, seeds, anchor, reuse_anchor=False):
             if anchor:
                 row["colmap"] = run_colmap(anchor, src, work, block, config, reuse_anchor)
                 a, c = row["alignkit"], row["colmap"]
-                row["ratios"] = {k: a[k] / c[k] for k in ("shape_rms_mm", "mean_track_length", "total_s")
+                row["ratios"] = {k: a[k] / c[k] for k in ("shape_rms_mm", "mean_track_length", "mean_track_length_3plus",
+                                                          "total_s")
                                  if isinstance(a.get(k), (int, float)) and c.get(k)}
             rows.append(row)
             print(table([row]), flush=True)
@@ -225,18 +227,24 @@ def _fmt(value, spec):
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+def _track(r):
+    """Mean track length, and over the 3+ photo points (COLMAP's default keeps no two-view tracks)."""
+    return f"{_fmt(r.get('mean_track_length'), '.2f')} ({_fmt(r.get('mean_track_length_3plus'), '.2f')})"
+
+
 def table(rows):
-    lines = ["| block | seed | AlignKit shape mm (% height) | rot deg | track | points | s | COLMAP shape mm (%) "
-             "| track | points | s | shape ratio | track ratio |", "|" + "---|" * 13]
+    lines = ["| block | seed | AlignKit shape mm (% height) | rot deg | track (3+) | points | s | COLMAP shape mm (%) "
+             "| track (3+) | points | s | shape ratio | track ratio (3+) |", "|" + "---|" * 13]
     for r in rows:
         a, c, q = r["alignkit"], r.get("colmap", {}), r.get("ratios", {})
         lines.append(
             f"| {r['block']} | {r['seed']} | {_fmt(a.get('shape_rms_mm'), '.2f')} "
             f"({_fmt(a.get('shape_percent_of_height'), '.4f')}) | {_fmt(a.get('rotation_mean_deg'), '.4f')} | "
-            f"{_fmt(a.get('mean_track_length'), '.2f')} | {_fmt(a.get('points'), 'd')} | {_fmt(a.get('total_s'), '.0f')} | "
+            f"{_track(a)} | {_fmt(a.get('points'), 'd')} | {_fmt(a.get('total_s'), '.0f')} | "
             f"{_fmt(c.get('shape_rms_mm'), '.2f')} ({_fmt(c.get('shape_percent_of_height'), '.4f')}) | "
-            f"{_fmt(c.get('mean_track_length'), '.2f')} | {_fmt(c.get('points'), 'd')} | {_fmt(c.get('total_s'), '.0f')} | "
-            f"{_fmt(q.get('shape_rms_mm'), '.2f')} | {_fmt(q.get('mean_track_length'), '.2f')} |")
+            f"{_track(c)} | {_fmt(c.get('points'), 'd')} | {_fmt(c.get('total_s'), '.0f')} | "
+            f"{_fmt(q.get('shape_rms_mm'), '.2f')} | {_fmt(q.get('mean_track_length'), '.2f')} "
+            f"({_fmt(q.get('mean_track_length_3plus'), '.2f')}) |")
     return "\n".join(lines)
 
 

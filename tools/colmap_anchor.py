@@ -8,8 +8,9 @@ so it imports nothing of AlignKit: only pycolmap and numpy.
         [--max-image-size 3200] [--max-features 8000] [--threads N]
 
 OUT.json: {"mapper", "matcher", "registered", "images", "points", "mean_track_length",
-"mean_reproj_px", "extract_s", "match_s", "map_s", "total_s", "cameras": {name: {"C": [x, y, z],
-"R": 3x3 world-to-camera}}} for the largest model, in COLMAP's own frame (arbitrary similarity).
+"mean_track_length_3plus", "two_view_share", "mean_reproj_px", "extract_s", "match_s", "map_s",
+"total_s", "cameras": {name: {"C": [x, y, z], "R": 3x3 world-to-camera}}} for the largest model, in
+COLMAP's own frame (arbitrary similarity).
 """
 import argparse
 import json
@@ -71,8 +72,14 @@ def run(images, workdir, mapper, matcher, max_image_size, max_features, threads)
         pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
         cameras[image.name] = {"C": [float(v) for v in image.projection_center()],
                                "R": pose.rotation.matrix().tolist()}
+    # as tools.evaluate.track_length_stats (not imported: this venv has no AlignKit); COLMAP's mapper
+    # leaves two-view tracks untriangulated by default, so its few two-photo points are filter leftovers
+    lengths = [p.track.length() for p in best.points3D.values()]
+    three = [n for n in lengths if n >= 3]
     result.update(registered=best.num_reg_images(), points=best.num_points3D(),
                   mean_track_length=float(best.compute_mean_track_length()),
+                  mean_track_length_3plus=float(sum(three) / len(three)) if three else float("nan"),
+                  two_view_share=float(sum(1 for n in lengths if n == 2) / len(lengths)) if lengths else float("nan"),
                   mean_reproj_px=float(best.compute_mean_reprojection_error()), cameras=cameras)
     return result
 
