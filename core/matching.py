@@ -45,10 +45,12 @@ COARSE_GIVE_UP = 6
 COARSE_SHARE = 0.375
 CHEIRALITY_VOTERS = 256  # inliers that choose among an essential matrix's four poses
 COARSE_THRESHOLD = 0.015  # its inlier threshold, as a fraction of the long side: parallax is allowed
-# The guided search compares the queries of TILE x TILE cells with one distance block, the candidates
-# outside each query's own 3 x 3 cells masked: one block per cell was bound by Python's loop (2,800
-# features: 12.3 -> 6.2 ms a pair, the same matches on 500 pairs); larger tiles waste more products.
-TILE = 3
+# The guided search compares the queries of tile x tile cells with one distance block, the candidates
+# outside each query's own 3 x 3 cells masked: one block per cell was bound by Python's loop. The tile
+# grows until it holds about TILE_QUERIES queries (at most 3 x 3 cells): larger blocks waste products on
+# masked candidates. One thread, ms a pair for tiles of 1 / 2 / 3 cells: 1200x900 survey photos (2,800
+# features, ~14 a cell) 24 / 11-14 / 10; brighton (8,000 features, ~50 a cell) 36 / 30-36 / 41-44.
+TILE_QUERIES = 120
 
 METHODS = {"magsac": cv2.USAC_MAGSAC, "accurate": cv2.USAC_ACCURATE, "ransac": cv2.RANSAC}
 
@@ -181,7 +183,7 @@ def coarse_homography(desc1, desc2, xy1, xy2, n_features, ratio, threshold_px):
     return (H if H is not None and inliers >= COARSE_MIN_INLIERS else None), inliers
 
 
-def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
+def guided_matches(desc1, desc2, predicted, xy2, radius, ratio, tile=None):
     """(M, 2) int32 matches searched only near where a guide (coarse homography) predicts each feature.
 
     predicted: (N1, 2) positions of image 1's features in image 2 (NaN = unknown); xy2: (N2, 2).
@@ -189,7 +191,8 @@ def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
     features in the 3 x 3 cells around its prediction, by exact L2 distance. Lowe's ratio test
     then compares only local candidates, which tells repetitive texture (foliage, lawn) apart far
     better than a global search, at a fraction of its cost. The mutual check is local too: among
-    the features predicted in the same cell.
+    the features predicted in the same cell. tile: cells a side per distance block (None: by the
+    density, see TILE_QUERIES); the matches do not depend on it.
     """
     d1 = _to_float(desc1)
     d2 = _to_float(desc2)
@@ -205,28 +208,31 @@ def guided_matches(desc1, desc2, predicted, xy2, radius, ratio):
     inside = np.all((q_cell >= lo) & (q_cell < lo + span), axis=1)
     q_idx, q_cell, t_cell = q_idx[inside], q_cell[inside] - lo, t_cell - lo
     q_key = q_cell[:, 1] * span[0] + q_cell[:, 0]
-    q_tile = q_cell // TILE
-    tile_key = q_tile[:, 1] * (span[0] // TILE + 1) + q_tile[:, 0]
+    if tile is None:
+        per_cell = len(q_key) / max(len(np.unique(q_key)), 1)
+        tile = int(np.clip(round(np.sqrt(TILE_QUERIES / per_cell)), 1, 3))
+    q_tile = q_cell // tile
+    tile_key = q_tile[:, 1] * (span[0] // tile + 1) + q_tile[:, 0]
     order = np.lexsort((q_idx, q_key, tile_key))
     q_idx, q_cell, q_key, q_tile, tile_key = (a[order] for a in (q_idx, q_cell, q_key, q_tile, tile_key))
     t_order = np.lexsort((np.arange(len(t_cell)), t_cell[:, 0], t_cell[:, 1]))  # row by row, as the 3 x 3 cells
     t_cell = t_cell[t_order]
     d1_sq = np.einsum("ij,ij->i", d1, d1)
     d2_sq = np.einsum("ij,ij->i", d2, d2)
-    mask = _neighbour_mask(TILE)
+    mask = _neighbour_mask(tile)
     starts = np.flatnonzero(np.r_[True, tile_key[1:] != tile_key[:-1]])
     out_q, out_t, out_key = [], [], []
     for s, e in zip(starts, np.r_[starts[1:], len(tile_key)]):
-        corner = q_tile[s] * TILE - 1  # of the tile's (TILE + 2)^2 candidate cells
+        corner = q_tile[s] * tile - 1  # of the tile's (tile + 2)^2 candidate cells
         local = t_cell - corner
-        near = np.all((local >= 0) & (local < TILE + 2), axis=1)
+        near = np.all((local >= 0) & (local < tile + 2), axis=1)
         train = t_order[near]
         if len(train) < 2:
             continue
         queries, keys = q_idx[s:e], q_key[s:e]
         q_local, t_local = q_cell[s:e] - corner - 1, local[near]
         dist = _squared_distances(d1, d2, queries, train, d1_sq, d2_sq)
-        dist += mask[q_local[:, 1] * TILE + q_local[:, 0]][:, t_local[:, 1] * (TILE + 2) + t_local[:, 0]]
+        dist += mask[q_local[:, 1] * tile + q_local[:, 0]][:, t_local[:, 1] * (tile + 2) + t_local[:, 0]]
         best, first, second = _best_two(dist)
         ok = np.isfinite(second) & (first < (ratio * ratio) * second)
         rivals = dist[:, best]  # best is mutual among the queries of the same cell

@@ -198,7 +198,8 @@ def _guided_one_cell_at_a_time(desc1, desc2, predicted, xy2, radius, ratio):
     return {(q, t) for t, q in found.items()}
 
 
-def test_guided_search_in_tiles_finds_what_a_cell_by_cell_search_finds():
+@pytest.mark.parametrize("tile", [1, 2, 3, None])
+def test_guided_search_in_tiles_finds_what_a_cell_by_cell_search_finds(tile):
     from alignkit.core.matching import guided_matches
 
     rng = np.random.default_rng(5)
@@ -213,7 +214,7 @@ def test_guided_search_in_tiles_finds_what_a_cell_by_cell_search_finds():
     desc1 = np.vstack([desc2 + rng.normal(0, 10, desc2.shape), rng.integers(0, 60, (200, 128))]).astype(np.float32)
     predicted[::50] = np.nan  # features the guide cannot place
     known = np.isfinite(predicted).all(axis=1)
-    found = guided_matches(desc1, desc2, predicted, xy2, 72.0, 0.8)
+    found = guided_matches(desc1, desc2, predicted, xy2, 72.0, 0.8, tile=tile)
     expected = _guided_one_cell_at_a_time(desc1[known], desc2, predicted[known], xy2, 72.0, 0.8)
     expected = {(int(np.flatnonzero(known)[q]), t) for q, t in expected}
     assert len(expected) > 300
