@@ -259,15 +259,15 @@ def test_distortion_gate_keeps_a_nadir_block_from_doming(monkeypatch):
     """A lens without distortion and a detector biased 0.05 px outward at the corners: a free k1 takes
     the bias and trades it against a dome of the block; the gate sees no evidence for the distortion
     (Wald 4.6 against 21.4) and holds it. Measured: heights 5.8 mm RMS from the truth (17.0 mm free)."""
-    from alignkit.core import reconstruction
+    from alignkit.core import lens_gates
 
-    size_test_px = reconstruction.DISTORTION_MIN_PX
+    size_test_px = lens_gates.DISTORTION_MIN_PX
     truth = survey(rows=5, cols=8, lens=(0.0, 0.0), radial_bias_px=0.05, gps_noise_h=1.0, gps_noise_v=2.0,
                    seed=4, outliers=0.0, noise_px=0.3)
 
     def height_error(parameters, min_px):
-        monkeypatch.setattr(reconstruction, "DISTORTION_PARAMETERS", parameters)  # 0: no evidence test
-        monkeypatch.setattr(reconstruction, "DISTORTION_MIN_PX", min_px)  # 0: no size test
+        monkeypatch.setattr(lens_gates, "DISTORTION_PARAMETERS", parameters)  # 0: no evidence test
+        monkeypatch.setattr(lens_gates, "DISTORTION_MIN_PX", min_px)  # 0: no size test
         rec = reconstruct(truth.tracks, cameras_for(40, focal_error=0.0), truth.gps, [], AlignConfig())
         assert rec.registered.all()
         s, rot, t = umeyama(rec.C, truth.C)
