@@ -595,8 +595,9 @@ class _Mapper(Triangulation, Georeferencing, ObservationIndex, TrackCompletion, 
         if self.aligned.get(comp):
             # The images alone decide the shape; the GPS then places it and says how good it is.
             before = (self.R.copy(), self.C.copy(), self.points.copy(), self.focal.copy(), self.focal_held.copy())
-            # A lens the submodels held (hold_distortion_shown_by_no_part) has nothing to test, and track
-            # completion's adjustments refine this one, as they refine the test's rerun below.
+            # A lens already held (by the submodels, see hold_distortion_shown_by_no_part, or by an earlier
+            # component's gate) has nothing to test, and track completion's adjustments refine this one,
+            # as they refine the test's rerun below.
             held = self.distortion_held[np.unique(self.image_model[self.component == comp])].all()
             res = self.adjust(comp, refine_intrinsics=True, use_gps=False, test_distortion=not held,
                               ftol=INTERIM_FTOL if held else 1e-6)
