@@ -106,13 +106,13 @@ def _to_float(descriptors):
     return np.ascontiguousarray(descriptors, dtype=np.float32)
 
 
-def _knn(matcher_name, query, train, k, checks=64):
+def _knn(matcher_name, query, train, k):
     """(len(query), k) indices and distances of the nearest train descriptors (-1 / inf where missing)."""
     if matcher_name == "bf":
         matcher = cv2.BFMatcher(cv2.NORM_L2)
     else:
         # 4 randomised k-d trees, 64 checks: 98% of brute force's verified matches, 5x faster (brighton).
-        matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": int(checks)})
+        matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4}, {"checks": 64})
     found = matcher.knnMatch(query, train, k=k)
     idx = np.full((len(query), k), -1, np.int64)
     dist = np.full((len(query), k), np.inf, np.float64)
